@@ -1,0 +1,173 @@
+"""Image-folder datasets (``root/<split>/<class>/*.jpg|png``), train/validation split, tf.data pipelines,
+and the CIFAR-10 download that writes the four-class ``cifar4`` folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from cam.images import ImageError, load_image, resize
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class DataError(RuntimeError):
+    """A dataset folder or archive that cannot be used; the message says what to do."""
+
+
+def data_root(explicit: str | Path | None = None) -> Path:
+    """The dataset root: ``explicit`` if given, else $CAM_DATA, else ``data/`` in the project."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("CAM_DATA"):
+        return Path(os.environ["CAM_DATA"])
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+def list_classes(root: str | Path, split: str) -> list[str]:
+    """Class names of a split: its sub-folders, sorted."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DataError(f"No '{split}' folder in {root}: expected {root}/{split}/<class>/*.jpg")
+    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+    if not classes:
+        raise DataError(f"{folder} has no class folders")
+    return classes
+
+
+def list_images(root: str | Path, split: str, classes: list[str] | None = None) -> tuple[list[Path], np.ndarray]:
+    """Paths of the images of a split and their class indices, in a stable order."""
+    classes = classes or list_classes(root, split)
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        files = sorted(p for p in (Path(root) / split / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        labels += [index] * len(files)
+    return paths, np.asarray(labels, dtype=np.int32)
+
+
+@dataclass
+class ImageSet:
+    """Images of one split in memory, resized to the model's input, with the files that could not be read."""
+
+    images: np.ndarray  # (N, size, size, 3) uint8
+    labels: np.ndarray  # (N,) int32
+    classes: list[str]
+    paths: list[Path]
+    bad_files: list[tuple[Path, str]] = field(default_factory=list)
+
+    def subset(self, indices: np.ndarray) -> ImageSet:
+        return ImageSet(self.images[indices], self.labels[indices], self.classes, [self.paths[i] for i in indices])
+
+
+def load_split(root: str | Path, split: str, size: int, classes: list[str] | None = None) -> ImageSet:
+    """Decode every image of ``root/split`` at ``size`` x ``size``; unreadable files are listed in ``bad_files``."""
+    classes = classes or list_classes(root, split)
+    paths, labels = list_images(root, split, classes)
+    if not paths:
+        raise DataError(f"No images in {Path(root) / split}")
+    images, kept, bad = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(resize(load_image(path), size))
+            kept.append(i)
+        except ImageError as error:
+            bad.append((path, str(error)))
+    return ImageSet(np.stack(images), labels[kept], classes, [paths[i] for i in kept], bad)
+
+
+def split_train_validation(n: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, reproducible, disjoint split of ``range(n)`` into (train, validation) index arrays."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_validation = int(round(n * validation_fraction))
+    return np.sort(order[n_validation:]), np.sort(order[:n_validation])
+
+
+def augment(images: tf.Tensor, pad: int = 4) -> tf.Tensor:
+    """Random horizontal flip and a random shift of up to ``pad`` pixels (reflect-pad, then crop), per image."""
+    size = tf.shape(images)[1:3]
+    images = tf.image.random_flip_left_right(images)
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    return tf.map_fn(
+        lambda image: tf.image.random_crop(image, tf.concat([size, [3]], 0)), padded, fn_output_signature=images.dtype
+    )
+
+
+def to_dataset(data: ImageSet, batch_size: int, training: bool, seed: int = 0) -> tf.data.Dataset:
+    """A batched, prefetched tf.data pipeline of (float32 RGB 0..255 images, one-hot labels)."""
+    one_hot = np.eye(len(data.classes), dtype=np.float32)[data.labels]
+    dataset = tf.data.Dataset.from_tensor_slices((data.images, one_hot))
+    if training:
+        dataset = dataset.shuffle(len(data.labels), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    to_float = (lambda x, y: (augment(tf.cast(x, tf.float32)), y)) if training else (
+        lambda x, y: (tf.cast(x, tf.float32), y)
+    )
+    return dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def write_cifar4(archive: str | Path, out: str | Path, classes: tuple[str, ...] = ("bird", "cat", "dog", "horse")) -> int:
+    """Write ``out/{train,test}/<class>/NNNN.png`` from a CIFAR-10 python archive; returns the image count."""
+    wanted = {CIFAR10_NAMES.index(name): name for name in classes}
+    batches = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    written = 0
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            for split, names in batches.items():
+                counters = dict.fromkeys(classes, 0)
+                for batch_name in names:
+                    if batch_name not in members:
+                        raise DataError(f"{archive} lacks {batch_name}: not a CIFAR-10 python archive")
+                    batch = pickle.load(tar.extractfile(members[batch_name]), encoding="bytes")
+                    pixels = batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+                    for image, label in zip(pixels, batch[b"labels"]):
+                        if label not in wanted:
+                            continue
+                        name = wanted[label]
+                        folder = Path(out) / split / name
+                        folder.mkdir(parents=True, exist_ok=True)
+                        Image.fromarray(image).save(folder / f"{counters[name]:04d}.png")
+                        counters[name] += 1
+                        written += 1
+    except (tarfile.TarError, EOFError, pickle.UnpicklingError, KeyError) as error:
+        raise DataError(f"{archive} is not a readable CIFAR-10 python archive: {error}") from error
+    return written
+
+
+def md5sum(path: str | Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_cifar4(out: str | Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> int:
+    """Download the official CIFAR-10 python archive, check its MD5, write the four-class folder."""
+    archive = Path(out) / "cifar-10-python.tar.gz"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    if not archive.exists():
+        try:
+            urllib.request.urlretrieve(url, archive)
+        except OSError as error:
+            archive.unlink(missing_ok=True)
+            raise DataError(
+                f"Could not download {url} ({error}). If you are offline, copy the archive to {archive} "
+                "and run the command again."
+            ) from error
+    if md5sum(archive) != md5:
+        raise DataError(f"{archive} has the wrong checksum (expected MD5 {md5}); delete it and download again")
+    return write_cifar4(archive, out)

@@ -1,0 +1,92 @@
+"""Safe image decoding (files or uploaded bytes) and resizing to a model's input."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Refuse images above this many pixels (a decompression bomb is a tiny file that decodes to gigapixels).
+MAX_PIXELS = 50_000_000
+MIN_SIDE = 8
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+class ImageError(ValueError):
+    """An input that cannot be used as an image; the message says why, in words for a user."""
+
+
+def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a file path or raw bytes into an RGB uint8 array (H, W, 3), EXIF orientation applied.
+
+    Any mode (grayscale, palette, RGBA, 16-bit, CMYK...) becomes RGB; transparency is composited on white.
+    Raises ImageError for missing, empty, corrupt, non-image, too small or too large inputs.
+    """
+    name = "uploaded file" if isinstance(source, bytes) else str(source)
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as error:
+            raise ImageError(f"Cannot read {name}: {error.strerror or error}") from error
+    if not data:
+        raise ImageError(f"{name} is empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; we check the size ourselves.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{name} is {width}x{height} = {width * height / 1e6:.0f} megapixels; "
+                    f"the limit is {max_pixels / 1e6:.0f} megapixels"
+                )
+            if image.format not in SUPPORTED_FORMATS:
+                raise ImageError(f"{name} is a {image.format} image; supported: {', '.join(SUPPORTED_FORMATS)}")
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except UnidentifiedImageError as error:
+        raise ImageError(f"{name} is not an image Pillow can read (unknown or unsupported format)") from error
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{name} is too large to decode safely: {error}") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, ImageError):
+            raise
+        raise ImageError(f"{name} is corrupt or truncated: {error}") from error
+    if min(image.size) < MIN_SIDE:
+        raise ImageError(f"{name} is {image.size[0]}x{image.size[1]}; both sides must be at least {MIN_SIDE} pixels")
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode to an RGB uint8 array; 16-bit and float images are scaled to 0..255, alpha goes on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        gray = np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize an (H, W, 3) uint8 image to ``size`` (square side, or (height, width)) with bicubic filtering."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def model_input(images: list[np.ndarray] | np.ndarray, size: int) -> np.ndarray:
+    """Stack images resized to the model's square input as float32 RGB 0..255, shape (B, size, size, 3)."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = [images]
+    return np.stack([resize(np.asarray(image, np.uint8), size) for image in images]).astype(np.float32)

@@ -1,0 +1,329 @@
+"""Model builders, checkpoint save/load with model cards, and the registry of models the tool offers.
+
+Every model here takes RGB images with values 0..255 at a fixed size and does its own preprocessing
+inside (so gradients are in pixel space), and ends with ``Dense(name="logits")`` followed by
+``Activation("softmax", name="probabilities")``: the pre-softmax score y_c is that last layer's input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINTS = PROJECT_ROOT / "checkpoints"
+CIFAR4_CLASSES = ("bird", "cat", "dog", "horse")
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+# NoPool-GAP: filters of each 3x3 convolution, all with stride 1 and no pooling, so every feature map keeps
+# the input's size; a last 1x1 convolution widens the CAM features cheaply. Receptive field: 1 + 2 * 10 = 21
+# pixels of a 32x32 image. No dilation and no batch normalisation: on this CPU (oneDNN, bfloat16) a dilated
+# 3x3 convolution ran 3x slower than a plain one and BatchNormalization tripled a step's time, while at full
+# resolution every layer already costs as much as all of VGG16's last blocks together.
+NOPOOL_FILTERS = (32, 64, 64, 96, 96, 128, 128, 128, 160, 160)
+NOPOOL_CAM_FEATURES = 256
+CARD_KEYS = ("name", "architecture", "classes", "input_size", "preprocessing", "gradcam_layer", "training", "metrics")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or its card is missing, truncated, foreign or inconsistent."""
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights could not be downloaded (offline) and are not in Keras's cache."""
+
+
+def keras_cache_dir() -> Path:
+    """The folder where ``keras.utils.get_file`` looks for downloaded weights."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def _download_or_explain(fetch: Callable[[], keras.Model], filename: str) -> keras.Model:
+    try:
+        return fetch()
+    except Exception as error:  # keras raises a bare Exception for failed downloads
+        raise WeightsUnavailable(
+            f"Could not download ImageNet weights ({type(error).__name__}: {error}). "
+            f"If you are offline, place '{filename}' in '{keras_cache_dir()}' and try again."
+        ) from error
+
+
+def caffe_preprocessing(name: str = "caffe_preprocess") -> layers.Conv2D:
+    """RGB 0..255 -> BGR minus the ImageNet mean (Keras's VGG16 'caffe' mode) as a frozen 1x1 convolution.
+
+    A layer rather than a function, so that it is saved with the model, loads in safe mode and is
+    differentiable: gradients w.r.t. the model's input are gradients w.r.t. the RGB pixels.
+    """
+    layer = layers.Conv2D(3, 1, name=name, trainable=False)
+    layer.build((None, None, None, 3))
+    swap_rgb_bgr = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)
+    layer.set_weights([swap_rgb_bgr, -np.asarray(IMAGENET_MEAN_BGR, "float32")])
+    return layer
+
+
+def _classifier_head(x, num_classes: int, dropout: float, name_prefix: str = "") -> keras.KerasTensor:
+    logits = layers.Dense(num_classes, name="logits")(layers.Dropout(dropout, name=f"{name_prefix}dropout")(x))
+    return layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+
+
+def vgg16(
+    num_classes: int = 4,
+    input_size: int = 32,
+    weights: str | None = None,
+    batch_norm: bool = True,
+    head_units: int = 256,
+    dropout: float = 0.5,
+) -> keras.Model:
+    """Keras's VGG16 convolutional layers (same names and shapes, so ``block5_conv3`` is addressable and
+    ImageNet weights fit) with a compact head: GAP -> Dense(head_units, relu) -> Dense(num_classes).
+
+    ``batch_norm`` adds a BatchNormalization after each conv's ReLU (named ``<conv>_bn``), as torchvision's
+    vgg16_bn does; it is what makes training from scratch converge in few epochs. Being after the ReLU,
+    ``block5_conv3``'s output is still the post-ReLU map A of the Grad-CAM paper.
+    ``weights="imagenet"`` copies the convolutions from ``keras.applications.VGG16`` (needs a download).
+    """
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = caffe_preprocessing()(inputs)
+    for block, (convs, filters) in enumerate(VGG16_BLOCKS, start=1):
+        for index in range(1, convs + 1):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_conv{index}")(x)
+            if batch_norm:
+                x = layers.BatchNormalization(name=f"block{block}_conv{index}_bn")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(head_units, activation="relu", name="fc1")(layers.Dropout(dropout, name="fc1_dropout")(x))
+    model = keras.Model(inputs, _classifier_head(x, num_classes, dropout), name="vgg16")
+    if weights == "imagenet":
+        base = _download_or_explain(
+            lambda: keras.applications.VGG16(include_top=False, weights="imagenet"),
+            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        )
+        for layer in base.layers:
+            if layer.weights:
+                model.get_layer(layer.name).set_weights(layer.get_weights())
+    elif weights is not None:
+        raise ValueError(f"weights must be None or 'imagenet', not {weights!r}")
+    return model
+
+
+def nopool_gap(num_classes: int = 4, input_size: int = 32, dropout: float = 0.2) -> keras.Model:
+    """A CNN without pooling or strides: 3x3 conv + ReLU for each of NOPOOL_FILTERS at full resolution,
+    a 1x1 conv + ReLU to NOPOOL_CAM_FEATURES maps (layer ``cam_features``, the input's height and width),
+    then GlobalAveragePooling2D and one Dense layer whose weights w_kc give CAM_c = sum_k w_kc A_k.
+    """
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
+    for index, filters in enumerate(NOPOOL_FILTERS, start=1):
+        x = layers.Conv2D(
+            filters, 3, padding="same", activation="relu", kernel_initializer="he_normal", name=f"conv{index}"
+        )(x)
+    x = layers.Conv2D(NOPOOL_CAM_FEATURES, 1, activation="relu", kernel_initializer="he_normal", name="cam_features")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, _classifier_head(x, num_classes, dropout), name="nopool_gap")
+
+
+def receptive_field(model: keras.Model) -> int:
+    """Receptive field (pixels) of one unit of the last feature map, for stride-1 convolutions."""
+    field = 1
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            field += (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
+    return field
+
+
+# ImageNet classes that are our four animals, as (first, last) index ranges, inclusive.
+IMAGENET_TO_CIFAR4 = {
+    "bird": ((7, 24), (80, 100), (127, 146)),
+    "cat": ((281, 285),),
+    "dog": ((151, 268),),
+    "horse": ((339, 339),),
+}
+
+
+def imagenet_class_groups() -> dict[str, list[int]]:
+    """For each of our classes, the ImageNet class indices that belong to it."""
+    return {name: [i for lo, hi in ranges for i in range(lo, hi + 1)] for name, ranges in IMAGENET_TO_CIFAR4.items()}
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model and its card (a dict; see ``CARD_KEYS``). ``trained`` is False for a random stand-in."""
+
+    model: keras.Model
+    card: dict
+    trained: bool = True
+    note: str = ""
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.card["input_size"])
+
+
+def vgg16_imagenet() -> LoadedModel:
+    """The standard 1000-class VGG16 with ImageNet weights and class names (downloads on first use)."""
+    inputs = keras.Input((224, 224, 3), name="image")
+    base = _download_or_explain(
+        lambda: keras.applications.VGG16(
+            weights="imagenet", input_tensor=caffe_preprocessing()(inputs), classifier_activation=None
+        ),
+        "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+    )
+    # Keras names the 1000-way dense layer "predictions"; rename our convention's way via a new head layer.
+    logits = layers.Identity(name="logits")(base.output)
+    probabilities = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    model = keras.Model(inputs, probabilities, name="vgg16_imagenet")
+    index_file = _download_or_explain(
+        lambda: keras.utils.get_file(
+            "imagenet_class_index.json",
+            "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json",
+            cache_subdir="models",
+        ),
+        "imagenet_class_index.json",
+    )
+    index = json.loads(Path(index_file).read_text())
+    card = {
+        "name": "vgg16_imagenet",
+        "architecture": "vgg16 (keras.applications, 1000 ImageNet classes)",
+        "classes": [index[str(i)][1] for i in range(1000)],
+        "input_size": 224,
+        "preprocessing": "inside the model: RGB 0..255 -> BGR minus ImageNet mean (caffe)",
+        "gradcam_layer": "block5_conv3",
+        "training": {"source": "ImageNet weights published by Keras (not trained by this project)"},
+        "metrics": {},
+        "class_groups": imagenet_class_groups(),
+    }
+    return LoadedModel(model, card)
+
+
+def save_checkpoint(model: keras.Model, card: dict, directory: Path = CHECKPOINTS) -> Path:
+    """Write ``<dir>/<card name>.keras`` and its card ``<dir>/<card name>.json``; returns the .keras path."""
+    missing = [key for key in CARD_KEYS if key not in card]
+    if missing:
+        raise ValueError(f"model card lacks {missing}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{card['name']}.keras"
+    model.save(path)
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> LoadedModel:
+    """Load ``NAME.keras`` (Keras safe mode) and its card ``NAME.json``, checking that they agree."""
+    path = Path(path).with_suffix(".keras")
+    card_path = path.with_suffix(".json")
+    for file in (path, card_path):
+        if not file.is_file():
+            raise CheckpointError(f"Checkpoint file not found: {file}")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"Model card {card_path} is not valid JSON: {error}") from error
+    missing = [key for key in CARD_KEYS if key not in card]
+    if missing:
+        raise CheckpointError(f"Model card {card_path} lacks {', '.join(missing)}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a Keras archive (truncated or not a .keras file)")
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:
+        raise CheckpointError(f"Keras could not load {path}: {type(error).__name__}: {error}") from error
+    outputs, size = model.output_shape[-1], model.input_shape[1]
+    if outputs != len(card["classes"]) or size != card["input_size"]:
+        raise CheckpointError(
+            f"{path} does not match its card: model has {outputs} classes at {size}px, "
+            f"card says {len(card['classes'])} classes at {card['input_size']}px"
+        )
+    return LoadedModel(model, card)
+
+
+def untrained_stand_in(name: str, seed: int = 0) -> LoadedModel:
+    """A randomly initialised model of a registry architecture, for when no checkpoint exists yet."""
+    keras.utils.set_random_seed(seed)
+    builder = {"vgg16": vgg16, "nopool_gap": nopool_gap}[name]
+    model = builder(num_classes=len(CIFAR4_CLASSES), input_size=32)
+    card = {
+        "name": name,
+        "architecture": name,
+        "classes": list(CIFAR4_CLASSES),
+        "input_size": 32,
+        "preprocessing": "inside the model",
+        "gradcam_layer": default_gradcam_layer(model),
+        "training": {"source": "untrained: random weights, no checkpoint found"},
+        "metrics": {},
+    }
+    return LoadedModel(model, card, trained=False, note=f"No checkpoint for '{name}': showing an UNTRAINED model.")
+
+
+def default_gradcam_layer(model: keras.Model) -> str:
+    """The last layer with a 4-D output before the classifier (``block5_conv3`` for VGG16, ``cam_features``
+    for NoPool-GAP), skipping pooling and normalisation layers that only reshape or rescale it."""
+    skip = (layers.MaxPooling2D, layers.BatchNormalization, layers.Dropout, layers.GlobalAveragePooling2D)
+    for layer in reversed(model.layers):
+        if len(layer.output.shape) == 4 and not isinstance(layer, skip):
+            return layer.name
+    raise ValueError(f"model {model.name} has no 4-D layer")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model the tool offers: how to get it, and what the dashboard uses it for."""
+
+    name: str
+    title: str
+    how_to_get: str
+    load: Callable[[], LoadedModel]
+
+
+def _checkpoint_or_stand_in(name: str) -> Callable[[], LoadedModel]:
+    def load() -> LoadedModel:
+        path = CHECKPOINTS / f"{name}.keras"
+        return load_checkpoint(path) if path.exists() else untrained_stand_in(name)
+
+    return load
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "vgg16",
+            "VGG16 (ours, 4 classes)",
+            "shipped in checkpoints/vgg16.keras; retrain with `python -m cam train vgg16`",
+            _checkpoint_or_stand_in("vgg16"),
+        ),
+        ModelSpec(
+            "vgg16_imagenet",
+            "VGG16 (ImageNet, 1000 classes)",
+            "downloaded by Keras on first use (needs internet, or the weights file in " + str(keras_cache_dir()) + ")",
+            vgg16_imagenet,
+        ),
+        ModelSpec(
+            "nopool_gap",
+            "NoPool-GAP (ours, 4 classes)",
+            "shipped in checkpoints/nopool_gap.keras; retrain with `python -m cam train nopool_gap`",
+            _checkpoint_or_stand_in("nopool_gap"),
+        ),
+    )
+}
+
+
+def load_model(name: str) -> LoadedModel:
+    """Load a model of the registry by name, or a checkpoint by path (``something.keras``)."""
+    if name in REGISTRY:
+        return REGISTRY[name].load()
+    if name.endswith(".keras") or Path(name).with_suffix(".json").exists():
+        return load_checkpoint(name)
+    raise ValueError(f"Unknown model {name!r}; choose one of {', '.join(REGISTRY)} or a path to a .keras file")
