@@ -67,10 +67,14 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     """Any Pillow mode to an RGB uint8 array; 16-bit and float images are scaled to 0..255, alpha goes on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
+        # 16-bit data spans 0..65535; float data is either 0..1 or 0..255.
         top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        if image.mode == "F" and values.max() <= 1.0:
+            top = 1.0
         gray = np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    # "transparency" in info is a keyed colour (PNG tRNS, GIF) in P, L, 1 or RGB images: it must go white too.
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
@@ -79,7 +83,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Resize an (H, W, 3) uint8 image to ``size`` (square side, or (height, width)) with bicubic filtering."""
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = (size, size) if isinstance(size, (int, np.integer)) else size
     if image.shape[:2] == (height, width):
         return image
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))

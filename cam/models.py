@@ -19,7 +19,8 @@ import numpy as np
 from keras import layers
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINTS = PROJECT_ROOT / "checkpoints"
+# $CAM_CHECKPOINTS overrides where the registry looks for our checkpoints (tests use an empty folder).
+CHECKPOINTS = Path(os.environ.get("CAM_CHECKPOINTS", PROJECT_ROOT / "checkpoints"))
 CIFAR4_CLASSES = ("bird", "cat", "dog", "horse")
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))

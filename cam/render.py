@@ -1,0 +1,143 @@
+"""Activation maps and guided gradients to pictures, with numpy, Pillow and matplotlib colormaps (no TensorFlow)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from cam.images import resize
+
+# The colormaps offered in the dashboard; colorize() accepts any name matplotlib knows.
+COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "gray")
+TITLE_COLOUR = (0, 0, 0)
+BACKGROUND = (255, 255, 255)
+
+
+def normalize(map_: np.ndarray) -> np.ndarray:
+    """Scale a float map linearly to [0, 1] (min -> 0, max -> 1) as float32; a constant map becomes all zeros."""
+    values = np.asarray(map_, dtype=np.float32)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
+
+
+def upsample(map_: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a float map (h, w), or (h, w, C) channel by channel, to (height, width) = size bilinearly; float32."""
+    values = np.asarray(map_, dtype=np.float32)
+    if values.ndim == 3:
+        return np.stack([upsample(values[..., channel], size) for channel in range(values.shape[2])], axis=2)
+    if values.ndim != 2:
+        raise ValueError(f"expected a map of shape (h, w) or (h, w, C), got {values.shape}")
+    height, width = size
+    if values.shape == (height, width):
+        return values
+    # A float32 2-D array becomes a mode "F" image, so Pillow interpolates the real values, not bytes.
+    resized = Image.fromarray(values).resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def colorize(map_01: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """Colour a [0, 1] float map (H, W) through a matplotlib colormap into RGB uint8 (H, W, 3); values are clipped.
+
+    Raises ValueError for a colormap name matplotlib does not know.
+    """
+    try:
+        cmap = matplotlib.colormaps[colormap]
+    except KeyError:
+        raise ValueError(f"unknown colormap {colormap!r}; try one of: {', '.join(COLORMAPS)}") from None
+    # bytes=True yields RGBA uint8; dropping alpha leaves a strided view, so copy it into a plain RGB array.
+    return np.ascontiguousarray(cmap(np.clip(map_01, 0.0, 1.0), bytes=True)[..., :3])
+
+
+def heatmap(map_: np.ndarray, size: tuple[int, int], colormap: str = "jet") -> np.ndarray:
+    """The map alone as a picture: upsampled bilinearly to (height, width) = size, normalized, colorized; RGB uint8."""
+    # Normalizing after upsampling keeps the full colour range even when the map is shrunk.
+    return colorize(normalize(upsample(map_, size)), colormap)
+
+
+def overlay(image: np.ndarray, map_: np.ndarray, opacity: float = 0.5, colormap: str = "jet") -> np.ndarray:
+    """Blend a map of any resolution over an RGB uint8 image (H, W, 3): (1 - opacity) * image + opacity * colour.
+
+    The colour is heatmap(map_, (H, W), colormap), so the result keeps the image's full resolution.
+    opacity 0 gives the image back, 1 the colour alone; outside [0, 1] raises ValueError.
+    """
+    image = _require_rgb(image)
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be between 0 and 1, got {opacity}")
+    colour = heatmap(map_, image.shape[:2], colormap)
+    blended = (1.0 - opacity) * image.astype(np.float32) + opacity * colour.astype(np.float32)
+    return blended.round().astype(np.uint8)
+
+
+def guided_image(gradients: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Show Guided Backprop / Guided Grad-CAM gradients (h, w, 3) as RGB uint8, as the Grad-CAM authors do.
+
+    Standardize, shrink to standard deviation 0.1 around 0.5 grey, clip to [0, 1]. With size (height, width),
+    the standardized floats are upsampled bilinearly before clipping and conversion.
+    """
+    values = np.asarray(gradients, dtype=np.float32)
+    values = (values - values.mean()) / (values.std() + 1e-5) * 0.1 + 0.5
+    if size is not None:
+        values = upsample(values, size)
+    return (np.clip(values, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def title_band_height(panel_height: int) -> int:
+    """Height of the white band above each panel in side_by_side: twice the title's font size."""
+    return 2 * _font_size(panel_height)
+
+
+def side_by_side(panels: list[np.ndarray], titles: list[str], gap: int = 16) -> np.ndarray:
+    """Lay RGB uint8 panels left to right, each scaled to the tallest panel's height and titled above, on white.
+
+    The result is title_band_height(tallest) + tallest high and sum(scaled widths) + gap * (len(panels) - 1) wide.
+    """
+    if not panels or len(panels) != len(titles):
+        raise ValueError(f"need one title per panel and at least one panel; got {len(panels)} and {len(titles)}")
+    if gap < 0:
+        raise ValueError(f"gap must not be negative, got {gap}")
+    panels = [_require_rgb(panel) for panel in panels]
+    height = max(panel.shape[0] for panel in panels)
+    font = ImageFont.load_default(size=_font_size(height))
+    band = title_band_height(height)
+    scaled = [_scale_to_height(panel, height) for panel in panels]
+    columns = [_titled(panel, title, font, band) for panel, title in zip(scaled, titles, strict=True)]
+    spacer = np.full((columns[0].shape[0], gap, 3), BACKGROUND, dtype=np.uint8)
+    pieces = [piece for column in columns for piece in (spacer, column)][1:]
+    return np.concatenate(pieces, axis=1)
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """Encode an RGB uint8 array (H, W, 3) as PNG bytes, e.g. for a download button."""
+    buffer = io.BytesIO()
+    Image.fromarray(_require_rgb(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _require_rgb(image: np.ndarray) -> np.ndarray:
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 array (H, W, 3), got {array.dtype} {array.shape}")
+    return array
+
+
+def _font_size(panel_height: int) -> int:
+    # Titles grow with the panels so they stay readable in large exports, but never below 12 px.
+    return max(12, panel_height // 20)
+
+
+def _scale_to_height(panel: np.ndarray, height: int) -> np.ndarray:
+    width = max(1, round(panel.shape[1] * height / panel.shape[0]))
+    return resize(panel, (height, width))
+
+
+def _titled(panel: np.ndarray, title: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, band: int) -> np.ndarray:
+    column = Image.new("RGB", (panel.shape[1], band + panel.shape[0]), BACKGROUND)
+    column.paste(Image.fromarray(panel), (0, band))
+    # Drawing on the column's own canvas clips a title wider than its panel instead of spilling onto a neighbour.
+    ImageDraw.Draw(column).text((panel.shape[1] / 2, band / 2), title, fill=TITLE_COLOUR, font=font, anchor="mm")
+    return np.asarray(column)

@@ -1,0 +1,164 @@
+"""cam.render: hand-checked numbers for normalising, upsampling, colouring, blending and laying out panels."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cam.render import (
+    COLORMAPS,
+    colorize,
+    guided_image,
+    heatmap,
+    normalize,
+    overlay,
+    side_by_side,
+    title_band_height,
+    to_png,
+    upsample,
+)
+
+
+def _photo(height: int = 300, width: int = 500) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_normalize_hand_checked() -> None:
+    np.testing.assert_array_equal(normalize(np.array([[0.0, 2.0], [4.0, 8.0]])), [[0.0, 0.25], [0.5, 1.0]])
+
+
+def test_normalize_constant_map_is_zeros() -> None:
+    result = normalize(np.full((3, 3), 7.0))
+    assert not np.isnan(result).any()
+    np.testing.assert_array_equal(result, np.zeros((3, 3)))
+
+
+def test_upsample_keeps_corners_and_is_monotone() -> None:
+    result = upsample(np.array([[0.0, 4.0], [8.0, 12.0]]), (4, 4))
+    assert result.shape == (4, 4) and result.dtype == np.float32
+    np.testing.assert_allclose(result[[0, 0, -1, -1], [0, -1, 0, -1]], [0, 4, 8, 12], atol=1e-5)
+    # Bilinear between pixel centres: a quarter and three quarters of the way along each row.
+    np.testing.assert_allclose(result[0], [0, 1, 3, 4], atol=1e-5)
+    assert (np.diff(result, axis=0) >= 0).all() and (np.diff(result, axis=1) >= 0).all()
+
+
+def test_upsample_colour_map_channel_by_channel() -> None:
+    gradients = np.stack([np.full((2, 3), value) for value in (1.0, -2.0, 3.0)], axis=2)
+    result = upsample(gradients, (5, 7))
+    assert result.shape == (5, 7, 3) and result.dtype == np.float32
+    np.testing.assert_allclose(result[2, 3], [1.0, -2.0, 3.0], atol=1e-5)
+
+
+def test_colorize_ends_of_jet_and_gray() -> None:
+    colours = colorize(np.array([[0.0, 1.0]]), "gray")
+    assert colours.shape == (1, 2, 3) and colours.dtype == np.uint8
+    assert colours.tolist() == [[[0, 0, 0], [255, 255, 255]]]
+    jet = colorize(np.array([[0.0, 1.0]]))
+    assert jet[0, 0, 2] > 100 and jet[0, 0, :2].max() == 0  # dark blue
+    assert jet[0, 1, 0] > 100 and jet[0, 1, 1:].max() == 0  # dark red
+
+
+def test_every_offered_colormap_works() -> None:
+    for name in COLORMAPS:
+        assert colorize(np.linspace(0, 1, 6).reshape(2, 3), name).shape == (2, 3, 3)
+
+
+def test_unknown_colormap_names_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown colormap 'rainbowz'.*jet, turbo"):
+        colorize(np.zeros((2, 2)), "rainbowz")
+
+
+@pytest.mark.parametrize("map_shape", [(2, 2), (32, 32)])
+def test_overlay_keeps_full_image_resolution(map_shape: tuple[int, int]) -> None:
+    map_ = np.random.default_rng(1).random(map_shape)
+    result = overlay(_photo(), map_)
+    assert result.shape == (300, 500, 3) and result.dtype == np.uint8
+
+
+def test_overlay_opacity_ends() -> None:
+    image, map_ = _photo(30, 50), np.array([[0.0, 1.0], [2.0, 5.0]])
+    np.testing.assert_array_equal(overlay(image, map_, opacity=0.0), image)
+    pure_colour = colorize(normalize(upsample(map_, (30, 50))), "viridis")
+    np.testing.assert_array_equal(overlay(image, map_, opacity=1.0, colormap="viridis"), pure_colour)
+
+
+def test_overlay_blends_halfway() -> None:
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+    result = overlay(image, np.ones((2, 2)), opacity=0.5, colormap="gray")
+    # A constant map normalizes to 0, which is black in "gray": half of nothing is nothing.
+    np.testing.assert_array_equal(result, image)
+    white = overlay(np.full((4, 4, 3), 255, np.uint8), np.zeros((2, 2)), opacity=0.25, colormap="gray")
+    assert (white == 191).all()  # 0.75 * 255 + 0.25 * 0 = 191.25
+
+
+@pytest.mark.parametrize("opacity", [-0.1, 1.5, float("nan")])
+def test_overlay_rejects_opacity_outside_0_1(opacity: float) -> None:
+    with pytest.raises(ValueError, match="opacity"):
+        overlay(_photo(8, 8), np.zeros((2, 2)), opacity=opacity)
+
+
+def test_heatmap_is_the_colour_map_alone_at_size() -> None:
+    result = heatmap(np.array([[0.0, 1.0], [1.0, 0.0]]), (60, 80), "gray")
+    assert result.shape == (60, 80, 3) and result.dtype == np.uint8
+    assert result.min() == 0 and result.max() == 255
+
+
+def test_guided_image_range_and_grey_middle() -> None:
+    # Zero mean and symmetric: +1 and -1 on the sides, 0 in the middle column.
+    column = np.array([1.0, 0.0, -1.0])
+    gradients = np.repeat(np.tile(column, (3, 1))[..., None], 3, axis=2)
+    result = guided_image(gradients)
+    assert result.shape == (3, 3, 3) and result.dtype == np.uint8
+    assert abs(int(result[1, 1, 0]) - 127.5) <= 0.5
+    # std is sqrt(2/3), so the sides sit 0.1 / sqrt(2/3) = 0.1225 from grey: 159 and 96 of 255.
+    assert result[1, 0, 0] == 159 and result[1, 2, 0] == 96
+
+
+def test_guided_image_clips_and_upsamples() -> None:
+    # Two opposite spikes among 147 zeros: each is 8.6 standard deviations out, far past the clip at 5.
+    gradients = np.zeros((7, 7, 3))
+    gradients[0, 0, 0], gradients[-1, -1, 0] = 1.0, -1.0
+    result = guided_image(gradients, size=(28, 21))
+    assert result.shape == (28, 21, 3) and result.dtype == np.uint8
+    assert result[0, 0, 0] == 255 and result[-1, -1, 0] == 0
+    assert (result[..., 1:] == 128).all()  # the mean, 0.5 grey
+
+
+def test_side_by_side_arithmetic() -> None:
+    panels = [_photo(100, 80), _photo(50, 30), _photo(100, 120)]
+    result = side_by_side(panels, ["image", "Grad-CAM", "Guided Grad-CAM"], gap=16)
+    band = title_band_height(100)
+    assert band == 24  # the 12 px minimum font, twice over
+    # The 50-high panel doubles to 100 high and 60 wide.
+    assert result.shape == (band + 100, 80 + 16 + 60 + 16 + 120, 3) and result.dtype == np.uint8
+    assert (result[band:, 80:96] == 255).all()  # white gap
+    np.testing.assert_array_equal(result[band:, :80], panels[0])
+
+
+def test_side_by_side_draws_titles_in_a_white_band() -> None:
+    result = side_by_side([np.zeros((400, 300, 3), np.uint8)], ["Grad-CAM"], gap=0)
+    band = title_band_height(400)
+    assert band == 40  # font of 400 // 20 = 20 px
+    assert result.shape == (440, 300, 3)
+    title = result[:band]
+    assert (title[0] == 255).all() and (title < 128).any()  # white margin, dark text
+
+
+def test_side_by_side_needs_one_title_per_panel() -> None:
+    with pytest.raises(ValueError, match="one title per panel"):
+        side_by_side([_photo(10, 10)], [])
+
+
+def test_to_png_round_trips() -> None:
+    image = _photo(20, 30)
+    data = to_png(image)
+    assert data.startswith(b"\x89PNG")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), image)
+
+
+def test_to_png_rejects_non_rgb() -> None:
+    with pytest.raises(ValueError, match="RGB uint8"):
+        to_png(np.zeros((4, 4), dtype=np.float32))
