@@ -112,13 +112,15 @@ def to_dataset(data: ImageSet, batch_size: int, training: bool, seed: int = 0) -
     if training:
         dataset = dataset.shuffle(len(data.labels), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
-    to_float = (lambda x, y: (augment(tf.cast(x, tf.float32)), y)) if training else (
-        lambda x, y: (tf.cast(x, tf.float32), y)
+    to_float = (
+        (lambda x, y: (augment(tf.cast(x, tf.float32)), y)) if training else (lambda x, y: (tf.cast(x, tf.float32), y))
     )
     return dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def write_cifar4(archive: str | Path, out: str | Path, classes: tuple[str, ...] = ("bird", "cat", "dog", "horse")) -> int:
+def write_cifar4(
+    archive: str | Path, out: str | Path, classes: tuple[str, ...] = ("bird", "cat", "dog", "horse")
+) -> int:
     """Write ``out/{train,test}/<class>/NNNN.png`` from a CIFAR-10 python archive; returns the image count."""
     wanted = {CIFAR10_NAMES.index(name): name for name in classes}
     batches = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -133,7 +135,7 @@ def write_cifar4(archive: str | Path, out: str | Path, classes: tuple[str, ...] 
                         raise DataError(f"{archive} lacks {batch_name}: not a CIFAR-10 python archive")
                     batch = pickle.load(tar.extractfile(members[batch_name]), encoding="bytes")
                     pixels = batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-                    for image, label in zip(pixels, batch[b"labels"]):
+                    for image, label in zip(pixels, batch[b"labels"], strict=True):
                         if label not in wanted:
                             continue
                         name = wanted[label]

@@ -14,7 +14,9 @@ def describe_device() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
-        return f"GPU: {details.get('device_name', gpus[0].name)}" + (f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else "")
+        return f"GPU: {details.get('device_name', gpus[0].name)}" + (
+            f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else ""
+        )
     return f"CPU: {cpu_name()} ({tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads)"
 
 

@@ -93,7 +93,10 @@ def upsample(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 
 
 def grad_cam(
-    model: keras.Model, images: np.ndarray, classes: Classes = None, layer: str = "block5_conv3",
+    model: keras.Model,
+    images: np.ndarray,
+    classes: Classes = None,
+    layer: str = "block5_conv3",
     size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Grad-CAM maps (B, h, w) at the layer's resolution, or (B, *size) upsampled bilinearly."""

@@ -64,7 +64,10 @@ def gradcam_index(loaded: LoadedModel, probabilities: np.ndarray, name: str) -> 
 
 
 def explain_image(
-    image: np.ndarray, explainer: Explainer, gradcam_model: LoadedModel, cam_model: LoadedModel,
+    image: np.ndarray,
+    explainer: Explainer,
+    gradcam_model: LoadedModel,
+    cam_model: LoadedModel,
     class_name: str | None = None,
 ) -> ImageResult:
     """Explain ``class_name`` (default: the Grad-CAM model's top prediction) with both models. One class drives
@@ -77,7 +80,9 @@ def explain_image(
         if wanted != chosen:
             explanation, chosen = explainer(x, wanted), wanted
     name = class_name or cifar4_name(gradcam_model, chosen)
-    cam_class = cam_model.classes.index(name) if name in cam_model.classes else int(explanation.cam_probabilities[0].argmax())
+    cam_class = (
+        cam_model.classes.index(name) if name in cam_model.classes else int(explanation.cam_probabilities[0].argmax())
+    )
     return ImageResult(image, gradcam_model, cam_model, explanation, chosen, cam_class)
 
 

@@ -68,7 +68,10 @@ class KeepBest(keras.callbacks.Callback):
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Softmax outputs for uint8 or float RGB 0..255 images, in batches."""
     return np.concatenate(
-        [model.predict_on_batch(images[i : i + batch_size].astype("float32")) for i in range(0, len(images), batch_size)]
+        [
+            model.predict_on_batch(images[i : i + batch_size].astype("float32"))
+            for i in range(0, len(images), batch_size)
+        ]
     )
 
 
@@ -82,7 +85,7 @@ def classification_report(model: keras.Model, data: ImageSet) -> dict:
     return {
         "accuracy": float((predicted == data.labels).mean()),
         "n": int(len(data.labels)),
-        "per_class_accuracy": {name: float(a) for name, a in zip(data.classes, per_class)},
+        "per_class_accuracy": {name: float(a) for name, a in zip(data.classes, per_class, strict=True)},
         "confusion_matrix": confusion.tolist(),
     }
 
@@ -93,7 +96,8 @@ def format_report(report: dict, classes: list[str]) -> str:
     width = max(len(c) for c in classes) + 2
     lines.append("confusion matrix (rows: true, columns: predicted)")
     lines.append(" " * width + "".join(f"{c:>{width}s}" for c in classes))
-    lines += [f"{c:>{width}s}" + "".join(f"{v:>{width}d}" for v in row) for c, row in zip(classes, report["confusion_matrix"])]
+    for name, row in zip(classes, report["confusion_matrix"], strict=True):
+        lines.append(f"{name:>{width}s}" + "".join(f"{v:>{width}d}" for v in row))
     return "\n".join(lines)
 
 
@@ -105,7 +109,9 @@ def float32_copy(model: keras.Model, config: TrainConfig, num_classes: int) -> k
     return clean
 
 
-def train(config: TrainConfig, out_dir: Path = CHECKPOINTS, name: str | None = None, log=print) -> tuple[keras.Model, dict]:
+def train(
+    config: TrainConfig, out_dir: Path = CHECKPOINTS, name: str | None = None, log=print
+) -> tuple[keras.Model, dict]:
     """Train on ``data/train`` (validation split taken from it), evaluate on ``data/test`` if present,
     save ``<out_dir>/<name>.keras`` and its card; returns the float32 model and the card."""
     keras.utils.set_random_seed(config.seed)
