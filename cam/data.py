@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import tarfile
 import urllib.request
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from cam.images import ImageError, load_image, resize
+from cam.models import CIFAR4_CLASSES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -69,7 +71,8 @@ class ImageSet:
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
 
     def subset(self, indices: np.ndarray) -> ImageSet:
-        return ImageSet(self.images[indices], self.labels[indices], self.classes, [self.paths[i] for i in indices])
+        paths = [self.paths[i] for i in indices]
+        return ImageSet(self.images[indices], self.labels[indices], self.classes, paths, self.bad_files)
 
 
 def load_split(root: str | Path, split: str, size: int, classes: list[str] | None = None) -> ImageSet:
@@ -85,6 +88,8 @@ def load_split(root: str | Path, split: str, size: int, classes: list[str] | Non
             kept.append(i)
         except ImageError as error:
             bad.append((path, str(error)))
+    if not images:
+        raise DataError(f"No readable image in {Path(root) / split}; first problem: {bad[0][1]}")
     return ImageSet(np.stack(images), labels[kept], classes, [paths[i] for i in kept], bad)
 
 
@@ -118,9 +123,7 @@ def to_dataset(data: ImageSet, batch_size: int, training: bool, seed: int = 0) -
     return dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def write_cifar4(
-    archive: str | Path, out: str | Path, classes: tuple[str, ...] = ("bird", "cat", "dog", "horse")
-) -> int:
+def write_cifar4(archive: str | Path, out: str | Path, classes: tuple[str, ...] = CIFAR4_CLASSES) -> int:
     """Write ``out/{train,test}/<class>/NNNN.png`` from a CIFAR-10 python archive; returns the image count."""
     wanted = {CIFAR10_NAMES.index(name): name for name in classes}
     batches = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -163,8 +166,9 @@ def download_cifar4(out: str | Path, url: str = CIFAR10_URL, md5: str = CIFAR10_
     archive.parent.mkdir(parents=True, exist_ok=True)
     if not archive.exists():
         try:
-            urllib.request.urlretrieve(url, archive)
-        except OSError as error:
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as file:
+                shutil.copyfileobj(response, file)
+        except (OSError, ValueError) as error:  # ValueError: a malformed URL
             archive.unlink(missing_ok=True)
             raise DataError(
                 f"Could not download {url} ({error}). If you are offline, copy the archive to {archive} "

@@ -280,9 +280,12 @@ class Explainer:
         features, before_softmax = self._cam_inner(x, training=False)
         return tf.nn.softmax(logits_of(self.cam_model, before_softmax)), cam_from(features, self._cam_dense.kernel)
 
-    def __call__(self, images: np.ndarray, classes: Classes = None) -> Explanation:
-        """Explain a batch (B, H, W, 3) at the models' input size; ``classes`` is the Grad-CAM model's class.
-        The GAP model's class is picked afterwards from ``Explanation.cams`` (all classes are computed)."""
+    def __call__(
+        self, images: np.ndarray, classes: Classes = None, cam_images: np.ndarray | None = None
+    ) -> Explanation:
+        """Explain a batch (B, H, W, 3) at the Grad-CAM model's input size; ``classes`` is that model's class.
+        ``cam_images``: the same images at the GAP model's input size, when it differs. The GAP model's class is
+        picked afterwards from ``Explanation.cams`` (all classes are computed)."""
         x = _batch(images)
         wanted = class_array(classes, x.shape[0], self.gradcam_model.output_shape[-1])
         started = time.perf_counter()
@@ -290,6 +293,7 @@ class Explainer:
         result = Explanation(probabilities, chosen, maps, guided, guided_maps, time.perf_counter() - started)
         if self.cam_model is not None:
             started = time.perf_counter()
-            result.cam_probabilities, result.cams = (t.numpy() for t in self._cam_step(x))
+            cam_x = x if cam_images is None else _batch(cam_images)
+            result.cam_probabilities, result.cams = (t.numpy() for t in self._cam_step(cam_x))
             result.cam_seconds = time.perf_counter() - started
         return result

@@ -34,6 +34,9 @@ NOPOOL_CAM_FEATURES = 256
 CARD_KEYS = ("name", "architecture", "classes", "input_size", "preprocessing", "gradcam_layer", "training", "metrics")
 
 
+VGG16_IMAGENET_FILES = ("vgg16_weights_tf_dim_ordering_tf_kernels.h5", "imagenet_class_index.json")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint or its card is missing, truncated, foreign or inconsistent."""
 
@@ -179,7 +182,7 @@ def vgg16_imagenet() -> LoadedModel:
         lambda: keras.applications.VGG16(
             weights="imagenet", input_tensor=caffe_preprocessing()(inputs), classifier_activation=None
         ),
-        "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+        VGG16_IMAGENET_FILES[0],
     )
     # Keras names the 1000-way dense layer "predictions"; rename our convention's way via a new head layer.
     logits = layers.Identity(name="logits")(base.output)
@@ -191,7 +194,7 @@ def vgg16_imagenet() -> LoadedModel:
             "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json",
             cache_subdir="models",
         ),
-        "imagenet_class_index.json",
+        VGG16_IMAGENET_FILES[1],
     )
     index = json.loads(Path(index_file).read_text())
     card = {
@@ -319,6 +322,19 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+def availability(name: str) -> str:
+    """Whether a registry model can be used here as it is, judged from files only (nothing is loaded)."""
+    if name == "vgg16_imagenet":
+        missing = [file for file in VGG16_IMAGENET_FILES if not (keras_cache_dir() / file).is_file()]
+        if missing:
+            return f"not yet: downloads {', '.join(missing)} into {keras_cache_dir()} on first use"
+        return f"yes, weights cached in {keras_cache_dir()}"
+    path = CHECKPOINTS / f"{name}.keras"
+    if path.is_file():
+        return f"yes, checkpoint {path}"
+    return f"no checkpoint at {path}: an UNTRAINED stand-in is used"
 
 
 def load_model(name: str) -> LoadedModel:

@@ -73,12 +73,13 @@ def explain_image(
     """Explain ``class_name`` (default: the Grad-CAM model's top prediction) with both models. One class drives
     both: the GAP model explains the same class when it knows it, else its own top prediction."""
     x = model_input(image, gradcam_model.input_size)
-    explanation = explainer(x)  # top prediction first: it costs one pass and gives the probabilities
+    cam_x = model_input(image, cam_model.input_size)
+    explanation = explainer(x, cam_images=cam_x)  # top prediction first: one pass, and the probabilities
     chosen = int(explanation.gradcam_class[0])
     if class_name is not None:
         wanted = gradcam_index(gradcam_model, explanation.gradcam_probabilities[0], class_name)
         if wanted != chosen:
-            explanation, chosen = explainer(x, wanted), wanted
+            explanation, chosen = explainer(x, wanted, cam_x), wanted
     name = class_name or cifar4_name(gradcam_model, chosen)
     cam_class = (
         cam_model.classes.index(name) if name in cam_model.classes else int(explanation.cam_probabilities[0].argmax())

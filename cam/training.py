@@ -115,7 +115,6 @@ def train(
     """Train on ``data/train`` (validation split taken from it), evaluate on ``data/test`` if present,
     save ``<out_dir>/<name>.keras`` and its card; returns the float32 model and the card."""
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(config.precision)
     log(f"device: {describe_device()}; precision: {config.precision}")
     full = load_split(config.data, "train", config.input_size)
     for path, reason in full.bad_files:
@@ -124,30 +123,35 @@ def train(
     train_set, val_set = full.subset(train_idx), full.subset(val_idx)
     log(f"data: {len(train_idx)} training, {len(val_idx)} validation images, classes {full.classes}")
 
-    model = build(config, len(full.classes))
-    steps = config.steps_per_epoch or math.ceil(len(train_idx) / config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps * config.epochs, warmup_target=config.learning_rate, warmup_steps=steps
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=["accuracy"],
-    )
-    keep_best = KeepBest(config.patience)
-    train_data = to_dataset(train_set, config.batch_size, training=True, seed=config.seed).repeat()
-    started = time.time()
-    history = model.fit(
-        train_data,
-        validation_data=to_dataset(val_set, 256, training=False),
-        epochs=config.epochs,
-        steps_per_epoch=steps,
-        callbacks=[keep_best],
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    seconds = time.time() - started
-    model.set_weights(keep_best.best_weights)
-    model = float32_copy(model, config, len(full.classes))
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        model = build(config, len(full.classes))
+        steps = config.steps_per_epoch or math.ceil(len(train_idx) / config.batch_size)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=steps * config.epochs, warmup_target=config.learning_rate, warmup_steps=steps
+        )
+        model.compile(
+            optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config.weight_decay),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=["accuracy"],
+        )
+        keep_best = KeepBest(config.patience)
+        train_data = to_dataset(train_set, config.batch_size, training=True, seed=config.seed).repeat()
+        started = time.time()
+        history = model.fit(
+            train_data,
+            validation_data=to_dataset(val_set, 256, training=False),
+            epochs=config.epochs,
+            steps_per_epoch=steps,
+            callbacks=[keep_best],
+            shuffle=False,  # the tf.data pipeline shuffles
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        seconds = time.time() - started
+        model.set_weights(keep_best.best_weights)
+        model = float32_copy(model, config, len(full.classes))
+    finally:  # a failed run must not leave the process computing in reduced precision
+        keras.mixed_precision.set_global_policy("float32")
 
     name = name or config.architecture
     epochs_run = len(history.history["loss"])

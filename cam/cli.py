@@ -1,0 +1,315 @@
+"""The command line, ``python -m cam explain|train|evaluate|data|models|report``.
+
+TensorFlow-heavy modules are imported inside the commands, so that ``--help`` answers at once. An expected failure
+(unreadable image, missing checkpoint, weights unavailable offline, unusable dataset, impossible explanation, bad
+argument value) prints one line ``error: ...`` on stderr and exits with 2; anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # only for annotations: importing them at run time would load TensorFlow for --help
+    from cam.methods import Explainer
+    from cam.models import LoadedModel
+    from cam.pipeline import Panel
+
+PROG = "python -m cam"
+# The file name of each panel, in the order cam.pipeline.render_panels returns them.
+METHODS = ("gradcam", "guided_gradcam", "cam")
+# cam.training.BUILDERS's keys, spelled out so that building the parser needs no TensorFlow (a test keeps them equal).
+ARCHITECTURES = ("vgg16", "nopool_gap")
+# What cam.models.vgg16_imagenet downloads into Keras's cache.
+TOP_K = 3
+
+
+# ---------------------------------------------------------------------------------------------------- explain
+def explain(args: argparse.Namespace) -> int:
+    """Explain each image with both models; exit 1 when some image could not be read (the others are done)."""
+    from cam.methods import Explainer
+    from cam.models import load_model
+
+    check_unique_stems(args.images)
+    gradcam, cam_model = load_model(args.model), load_model(args.cam_model)
+    for note in dict.fromkeys(loaded.note for loaded in (gradcam, cam_model) if not loaded.trained):
+        print(f"warning: {note}", file=sys.stderr)  # once, even when both models are the same stand-in
+    # Built once: it compiles one graph per model that every image then reuses.
+    explainer = Explainer(gradcam.model, args.layer or gradcam.card["gradcam_layer"], cam_model.model)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    failed = sum(not explain_one(Path(image), explainer, gradcam, cam_model, args) for image in args.images)
+    if failed:
+        print(f"{failed} of {len(args.images)} images could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def explain_one(
+    path: Path, explainer: Explainer, gradcam: LoadedModel, cam_model: LoadedModel, args: argparse.Namespace
+) -> bool:
+    """Explain, print and save one image; False (and a message on stderr) when it cannot be read."""
+    from cam.images import ImageError, load_image
+    from cam.pipeline import explain_image, render_panels
+
+    try:
+        image = load_image(path)
+    except ImageError as error:
+        _error(error)
+        return False
+    result = explain_image(image, explainer, gradcam, cam_model, args.class_name)
+    print(f"{path} ({image.shape[1]}x{image.shape[0]})")
+    for which, loaded in (("gradcam", gradcam), ("cam", cam_model)):
+        top = ", ".join(f"{name} {p:.3f}" for name, p in result.top_predictions(which, TOP_K))
+        print(f"  {loaded.card['name']} top {TOP_K}: {top}")
+    panels = render_panels(result, args.colormap, args.opacity)
+    for panel in panels:
+        print(f"  {panel.caption}")
+    for written in save_panels(panels, Path(args.out), path.stem, args.raw):
+        print(f"  wrote {written}")
+    return True
+
+
+def check_unique_stems(images: Sequence[str]) -> None:
+    """Refuse images whose outputs would overwrite each other's (``a/x.jpg`` and ``b/x.png`` both give ``x_*``)."""
+    stems = [Path(image).stem for image in images]
+    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if repeated:
+        raise ValueError(f"several images are named {', '.join(repeated)}: their outputs would overwrite each other")
+
+
+def save_panels(panels: list[Panel], out: Path, stem: str, raw: bool) -> list[Path]:
+    """Write ``<stem>_<method>.png`` per panel (``raw``: also its native map as ``.npy``) and
+    ``<stem>_side_by_side.png``; returns the paths written."""
+    from cam import render
+
+    written = []
+    for method, panel in zip(METHODS, panels, strict=True):
+        written.append(_write_png(out / f"{stem}_{method}.png", panel.image))
+        if raw:
+            np.save(out / f"{stem}_{method}.npy", panel.native)
+            written.append(out / f"{stem}_{method}.npy")
+    together = render.side_by_side([panel.image for panel in panels], [panel.title for panel in panels])
+    written.append(_write_png(out / f"{stem}_side_by_side.png", together))
+    return written
+
+
+def _write_png(path: Path, image: np.ndarray) -> Path:
+    from cam import render
+
+    path.write_bytes(render.to_png(image))
+    return path
+
+
+# ------------------------------------------------------------------------------------------- train, evaluate
+TRAIN_OPTIONS = ("input_size", "epochs", "batch_size", "learning_rate", "init", "precision", "seed", "steps_per_epoch")
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train one architecture and save its checkpoint and card; options left out keep TrainConfig's defaults."""
+    from cam.data import data_root
+    from cam.models import CHECKPOINTS
+    from cam.training import TrainConfig
+    from cam.training import train as run_training
+
+    given = {key: getattr(args, key) for key in TRAIN_OPTIONS if getattr(args, key) is not None}
+    config = TrainConfig(args.architecture, str(data_root(args.data)), **given)
+    out = Path(args.out) if args.out else CHECKPOINTS
+    _, card = run_training(config, out, args.name)
+    print(f"saved {out / card['name']}.keras and its card {out / card['name']}.json")
+    return 0
+
+
+def checkpoint_path(model: str) -> Path:
+    """The .keras file of a registry name (in cam.models.CHECKPOINTS) or of a path given with or without suffix."""
+    from cam.models import CHECKPOINTS, REGISTRY
+
+    return CHECKPOINTS / f"{model}.keras" if model in REGISTRY else Path(model).with_suffix(".keras")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Print a checkpoint's accuracy, per-class accuracy and confusion matrix on one split of a dataset."""
+    from cam.data import data_root, load_split
+    from cam.models import load_checkpoint
+    from cam.training import classification_report, format_report
+
+    path = checkpoint_path(args.model)
+    loaded = load_checkpoint(path)
+    root = data_root(args.data)
+    data = load_split(root, args.split, loaded.input_size, classes=loaded.classes)
+    for bad, reason in data.bad_files:
+        print(f"warning: skipped {bad}: {reason}", file=sys.stderr)
+    report = classification_report(loaded.model, data)
+    print(f"{loaded.card['name']} on {root / args.split}:")
+    print(format_report(report, loaded.classes))
+    if args.update_card:
+        card = update_card(path, "metrics", {**loaded.card["metrics"], args.split: report})
+        print(f"updated metrics.{args.split} in {card}")
+    return 0
+
+
+def update_card(path: str | Path, key: str, value: object) -> Path:
+    """Set ``card[key] = value`` in the card (the .json next to the .keras ``path``), keeping the other keys;
+    returns the card's path."""
+    card_path = Path(path).with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card[key] = value
+    partial = card_path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(partial, card_path)  # atomic: an interrupted write must not leave a truncated card
+    return card_path
+
+
+# ------------------------------------------------------------------------------------------ data, models, report
+def data(args: argparse.Namespace) -> int:
+    """Download CIFAR-10 and write the four-class image folder."""
+    from cam.data import CIFAR10_URL, data_root, download_cifar4
+
+    out = data_root(args.out)
+    count = download_cifar4(out, args.url or CIFAR10_URL)
+    print(f"wrote {count} images to {out / 'train'} and {out / 'test'}")
+    return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    """List the registry's models, how to get each and whether it is available here."""
+    from cam.models import REGISTRY, availability
+
+    for spec in REGISTRY.values():
+        print(f"{spec.name}: {spec.title}")
+        print(f"  available: {availability(spec.name)}")
+        print(f"  how to get it: {spec.how_to_get}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """Delegate to cam.report, whose options are parsed here, so that importing it waits until it is used."""
+    module = importlib.import_module("cam.report")
+    parser = argparse.ArgumentParser(prog=f"{PROG} report", description=module.__doc__)
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(args.rest))
+
+
+# ------------------------------------------------------------------------------------------------------ parser
+def _positive(kind: Callable[[str], int | float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
+    return parse
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _add_explain(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "explain",
+        help="Grad-CAM, Guided Grad-CAM and CAM of images, saved as PNGs",
+        description="For each IMAGE write <stem>_gradcam.png, <stem>_guided_gradcam.png, <stem>_cam.png at the "
+        "image's resolution and <stem>_side_by_side.png, and print each model's top predictions.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--model", default="vgg16", help="Grad-CAM model: vgg16, vgg16_imagenet or PATH.keras")
+    parser.add_argument("--cam-model", default="nopool_gap", help="CAM model (needs a GAP head): nopool_gap or PATH")
+    parser.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: top one)")
+    parser.add_argument("--layer", help="Grad-CAM layer (default: the model card's gradcam_layer)")
+    parser.add_argument("--colormap", default="jet", help="a matplotlib colormap name (default: jet)")
+    parser.add_argument("--opacity", type=_fraction, default=0.5, help="heat map opacity, 0..1 (default: 0.5)")
+    parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: ./out)")
+    parser.add_argument("--raw", action="store_true", help="also save each map at native resolution as .npy")
+    parser.set_defaults(run=explain)
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train an architecture on an image-folder dataset",
+        description="Train on DATA/train (validation split taken from it), test on DATA/test, save "
+        "OUT/NAME.keras and its card. Options left out keep cam.training.TrainConfig's defaults.",
+    )
+    parser.add_argument("architecture", choices=ARCHITECTURES)
+    parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
+    parser.add_argument("--input-size", type=_positive(int), metavar="PIXELS")
+    parser.add_argument("--epochs", type=_positive(int), metavar="N")
+    parser.add_argument("--batch-size", type=_positive(int), metavar="N")
+    parser.add_argument("--lr", dest="learning_rate", type=_positive(float), metavar="X", help="peak learning rate")
+    parser.add_argument("--init", choices=("imagenet", "scratch"), help="imagenet: vgg16 only, needs a download")
+    parser.add_argument("--precision", choices=("mixed_bfloat16", "float32"))
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--steps-per-epoch", type=_positive(int), metavar="N", help="default: the whole split")
+    parser.add_argument("--out", metavar="DIR", help="default: $CAM_CHECKPOINTS or checkpoints/")
+    parser.add_argument("--name", help="checkpoint name (default: the architecture)")
+    parser.set_defaults(run=train)
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("evaluate", help="accuracy and confusion matrix of a checkpoint")
+    parser.add_argument("model", metavar="MODEL", help="vgg16, nopool_gap (from the checkpoints folder) or PATH.keras")
+    parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
+    parser.add_argument("--split", default="test", help="sub-folder of DIR to evaluate on (default: test)")
+    parser.add_argument("--update-card", action="store_true", help="store the result as metrics.SPLIT in the card")
+    parser.set_defaults(run=evaluate)
+
+
+def _add_data(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("data", help="download a dataset (cifar4: bird, cat, dog, horse of CIFAR-10)")
+    parser.add_argument("dataset", choices=("cifar4",))
+    parser.add_argument("--out", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
+    parser.add_argument("--url", help=argparse.SUPPRESS)  # a mirror, or a local file:// copy for tests
+    parser.set_defaults(run=data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command; cheap, it imports nothing heavy."""
+    parser = argparse.ArgumentParser(prog=PROG, description="See what a CNN looks at: Grad-CAM, Guided Grad-CAM, CAM.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_explain(commands)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_data(commands)
+    commands.add_parser("models", help="list the models and whether each is available here").set_defaults(run=models)
+    # Its options belong to cam.report: everything after 'report' goes there (see report()), --help included.
+    commands.add_parser("report", help="see `report --help`", add_help=False).set_defaults(run=report)
+    return parser
+
+
+def expected_errors() -> tuple[type[Exception], ...]:
+    """Failures that are the input's fault, reported in one line. ImageError and ExplanationError are ValueErrors."""
+    from cam.data import DataError
+    from cam.models import CheckpointError, WeightsUnavailable
+
+    return ValueError, DataError, CheckpointError, WeightsUnavailable
+
+
+def _error(error: Exception) -> None:
+    print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one line, even for multi-line messages
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (argparse itself exits with 2 on malformed arguments)."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "report":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    try:
+        return args.run(args)
+    except Exception as error:
+        if not isinstance(error, expected_errors()):
+            raise
+        _error(error)
+        return 2

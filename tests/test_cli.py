@@ -1,0 +1,213 @@
+"""The command line end to end in temporary folders, in-process through cam.cli.main (one subprocess for --help)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cam.models
+from cam import cli
+from cam.training import BUILDERS
+
+PROJECT = Path(__file__).resolve().parent.parent
+COMMANDS = ("explain", "train", "evaluate", "data", "models", "report")
+PNGS = ("gradcam", "guided_gradcam", "cam", "side_by_side")
+
+
+@pytest.fixture
+def checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty checkpoints folder for the registry (cam.models read $CAM_CHECKPOINTS when it was imported)."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    monkeypatch.setenv("CAM_CHECKPOINTS", str(folder))
+    monkeypatch.setattr(cam.models, "CHECKPOINTS", folder)
+    return folder
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> dict[str, Path]:
+    """An RGB JPEG 200x150 and an RGBA PNG 64x96 (width x height)."""
+    rng = np.random.default_rng(0)
+    jpeg, png = tmp_path / "street.jpg", tmp_path / "logo.png"
+    Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(jpeg)
+    Image.fromarray(rng.integers(0, 256, (96, 64, 4), dtype=np.uint8), "RGBA").save(png)
+    return {"street": jpeg, "logo": png}
+
+
+def _size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+# --- parser ----------------------------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_command_without_importing_tensorflow(tmp_path: Path) -> None:
+    env = {**os.environ, "CAM_CHECKPOINTS": str(tmp_path)}
+
+    def python(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=PROJECT, env=env, capture_output=True, text=True)
+
+    shown = python("-m", "cam", "--help")
+    assert shown.returncode == 0, shown.stderr
+    assert all(command in shown.stdout for command in COMMANDS)
+    probe = "import sys, cam.cli; cam.cli.build_parser(); print({'tensorflow', 'keras'} & set(sys.modules))"
+    imported = python("-c", probe)
+    assert imported.stdout.strip() == "set()", imported.stderr
+
+
+def test_train_offers_exactly_the_trainable_architectures() -> None:
+    assert set(cli.ARCHITECTURES) == set(BUILDERS)
+
+
+def test_unknown_option_exits_2() -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["models", "--verbose"])
+    assert exited.value.code == 2
+
+
+# --- explain ---------------------------------------------------------------------------------------------------------
+
+
+def test_explain_writes_full_resolution_panels_and_native_maps(checkpoints, photos, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert cli.main(["explain", *map(str, photos.values()), "--out", str(out), "--raw"]) == 0
+    printed = capsys.readouterr()
+    assert "warning: No checkpoint for 'vgg16'" in printed.err and "UNTRAINED" in printed.err
+    assert printed.out.count("vgg16 top 3:") == printed.out.count("nopool_gap top 3:") == 2
+    for stem, photo in photos.items():
+        width, height = _size(photo)
+        for method in PNGS[:3]:
+            assert _size(out / f"{stem}_{method}.png") == (width, height)
+        together_width, together_height = _size(out / f"{stem}_side_by_side.png")
+        assert together_width >= 3 * width and together_height > height  # three panels abreast under titles
+        for name in PNGS:
+            assert str(out / f"{stem}_{name}.png") in printed.out
+        # Native resolutions: VGG16's block5_conv3 is 2x2 at a 32x32 input; the other two are at the input size.
+        assert np.load(out / f"{stem}_gradcam.npy").shape == (2, 2)
+        assert np.load(out / f"{stem}_guided_gradcam.npy").shape == (32, 32, 3)
+        assert np.load(out / f"{stem}_cam.npy").shape == (32, 32)
+
+
+def test_explain_reports_a_bad_image_and_still_explains_the_good_one(checkpoints, photos, tmp_path, capsys) -> None:
+    bad, out = tmp_path / "broken.png", tmp_path / "out"
+    bad.write_text("not an image")
+    argv = ["explain", str(bad), str(photos["logo"]), "--model", "nopool_gap", "--out", str(out)]
+    assert cli.main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(bad) in errors[0] and "not an image" in errors[0]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"logo_{name}.png" for name in PNGS)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--model", "resnet"], "Unknown model 'resnet'"),
+        (["--model", "nopool_gap", "--class", "zebra"], "class 'zebra' is unknown"),
+        (["--model", "nopool_gap", "--layer", "nowhere"], "has no layer 'nowhere'"),
+    ],
+)
+def test_explain_bad_choices_exit_2_with_one_line(checkpoints, photos, tmp_path, capsys, options, message) -> None:
+    assert cli.main(["explain", str(photos["logo"]), "--out", str(tmp_path / "out"), *options]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_explain_refuses_images_whose_outputs_would_collide(tmp_path, capsys) -> None:
+    assert cli.main(["explain", "a/photo.jpg", "b/photo.png", "--out", str(tmp_path / "out")]) == 2
+    assert "several images are named photo" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# --- train, evaluate -------------------------------------------------------------------------------------------------
+
+
+def test_train_then_evaluate_and_update_the_card(checkpoints, shared_tiny_dataset, tmp_path, capsys) -> None:
+    data, out = str(shared_tiny_dataset), tmp_path / "trained"
+    options = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--precision", "float32"]
+    assert cli.main(["train", "nopool_gap", "--data", data, *options, "--out", str(out), "--name", "tiny"]) == 0
+    card_path = out / "tiny.json"
+    before = json.loads(card_path.read_text())
+    capsys.readouterr()
+
+    assert cli.main(["evaluate", str(out / "tiny.keras"), "--data", data, "--update-card"]) == 0
+    printed = capsys.readouterr().out
+    after = json.loads(card_path.read_text())
+    assert f"accuracy {after['metrics']['test']['accuracy']:.4f} on 12 images" in printed
+    assert "confusion matrix" in printed and str(card_path) in printed
+    assert after["metrics"]["test"]["confusion_matrix"] == before["metrics"]["test"]["confusion_matrix"]
+    assert {key: value for key, value in after.items() if key != "metrics"} == {
+        key: value for key, value in before.items() if key != "metrics"
+    }
+    assert after["metrics"]["validation"] == before["metrics"]["validation"]
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.json", "tiny.keras"]
+
+
+def test_evaluate_without_a_checkpoint_exits_2(checkpoints, shared_tiny_dataset, capsys) -> None:
+    assert cli.main(["evaluate", "nopool_gap", "--data", str(shared_tiny_dataset)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: Checkpoint file not found: {checkpoints / 'nopool_gap.keras'}"
+
+
+def test_update_card_changes_one_key_and_leaves_the_checkpoint_alone(tmp_path: Path) -> None:
+    keras_file, card = tmp_path / "m.keras", tmp_path / "m.json"
+    keras_file.write_bytes(b"weights")
+    card.write_text(json.dumps({"name": "m", "metrics": {"test": 1}}))
+    assert cli.update_card(keras_file, "metrics", {"test": 2}) == card
+    assert json.loads(card.read_text()) == {"name": "m", "metrics": {"test": 2}}
+    assert keras_file.read_bytes() == b"weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.keras"]
+
+
+# --- data, models, report --------------------------------------------------------------------------------------------
+
+
+def test_data_cifar4_offline_fails_with_a_clear_message(tmp_path, capsys) -> None:
+    out = tmp_path / "cifar4"
+    assert cli.main(["data", "cifar4", "--out", str(out), "--url", "http://127.0.0.1:9/cifar-10-python.tar.gz"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: Could not download") and "\n" not in error
+    assert str(out / "cifar-10-python.tar.gz") in error
+
+
+def test_models_lists_the_registry_without_loading_a_model(checkpoints, tmp_path, monkeypatch, capsys) -> None:
+    def refuse() -> None:
+        raise AssertionError("`models` must not load a model")
+
+    for name, spec in cam.models.REGISTRY.items():
+        monkeypatch.setitem(cam.models.REGISTRY, name, dataclasses.replace(spec, load=refuse))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no-keras-cache"))
+    (checkpoints / "nopool_gap.keras").write_bytes(b"present")
+    assert cli.main(["models"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("vgg16", "vgg16_imagenet", "nopool_gap"):
+        assert f"{name}: " in printed
+    assert f"yes, checkpoint {checkpoints / 'nopool_gap.keras'}" in printed
+    assert f"no checkpoint at {checkpoints / 'vgg16.keras'}" in printed
+    assert "not yet: downloads vgg16_weights_tf_dim_ordering_tf_kernels.h5" in printed
+
+
+def test_report_delegates_its_arguments_to_cam_report(monkeypatch) -> None:
+    received = {}
+
+    def add_arguments(parser) -> None:
+        parser.add_argument("--pages", type=int)
+        parser.add_argument("title")
+
+    def run(args) -> int:
+        received.update(vars(args))
+        return 7
+
+    fake = types.ModuleType("cam.report", "Fake report.")
+    fake.add_arguments, fake.run = add_arguments, run
+    monkeypatch.setitem(sys.modules, "cam.report", fake)
+    assert cli.main(["report", "--pages", "3", "Summary"]) == 7
+    assert received == {"pages": 3, "title": "Summary"}
