@@ -37,13 +37,18 @@ def logits_of(model: keras.Model, tensor: tf.Tensor) -> tf.Tensor:
     )
 
 
+def feature_layers(model: keras.Model) -> list[str]:
+    """Names of the layers with a 4-D (B, h, w, K) output: the candidates for Grad-CAM."""
+    return [layer.name for layer in model.layers if len(layer.output.shape) == 4]
+
+
 def feature_layer(model: keras.Model, name: str) -> layers.Layer:
     """The layer named ``name``, checked to have a 4-D (B, h, w, K) output."""
     try:
         layer = model.get_layer(name)
     except ValueError:
-        convs = [lyr.name for lyr in model.layers if len(lyr.output.shape) == 4]
-        raise ExplanationError(f"model {model.name} has no layer '{name}'; 4-D layers: {', '.join(convs)}") from None
+        candidates = ", ".join(feature_layers(model))
+        raise ExplanationError(f"model {model.name} has no layer '{name}'; 4-D layers: {candidates}") from None
     if len(layer.output.shape) != 4:
         raise ExplanationError(f"layer '{name}' has output shape {layer.output.shape}; Grad-CAM needs a 4-D map")
     return layer

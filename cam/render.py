@@ -49,8 +49,10 @@ def colorize(map_01: np.ndarray, colormap: str = "jet") -> np.ndarray:
         cmap = matplotlib.colormaps[colormap]
     except KeyError:
         raise ValueError(f"unknown colormap {colormap!r}; try one of: {', '.join(COLORMAPS)}") from None
-    # bytes=True yields RGBA uint8; dropping alpha leaves a strided view, so copy it into a plain RGB array.
-    return np.ascontiguousarray(cmap(np.clip(map_01, 0.0, 1.0), bytes=True)[..., :3])
+    # A 256-entry lookup table: indexing is several times faster than evaluating the colormap per pixel,
+    # which matters for maps upsampled to photos of tens of megapixels.
+    table = cmap(np.linspace(0.0, 1.0, 256), bytes=True)[:, :3]
+    return table[(np.clip(map_01, 0.0, 1.0) * 255.0).round().astype(np.uint8)]
 
 
 def heatmap(map_: np.ndarray, size: tuple[int, int], colormap: str = "jet") -> np.ndarray:
@@ -69,18 +71,20 @@ def overlay(image: np.ndarray, map_: np.ndarray, opacity: float = 0.5, colormap:
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be between 0 and 1, got {opacity}")
     colour = heatmap(map_, image.shape[:2], colormap)
-    blended = (1.0 - opacity) * image.astype(np.float32) + opacity * colour.astype(np.float32)
-    return blended.round().astype(np.uint8)
+    return np.asarray(Image.blend(Image.fromarray(image), Image.fromarray(colour), opacity))
 
 
 def guided_image(gradients: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Show Guided Backprop / Guided Grad-CAM gradients (h, w, 3) as RGB uint8, as the Grad-CAM authors do.
+    """Show Guided Backprop / Guided Grad-CAM gradients (h, w, 3) as RGB uint8 around 0.5 grey.
 
-    Standardize, shrink to standard deviation 0.1 around 0.5 grey, clip to [0, 1]. With size (height, width),
-    the standardized floats are upsampled bilinearly before clipping and conversion.
+    Like the Grad-CAM authors' deprocessing (centre on the mean, scale, add 0.5 grey, clip to [0, 1]), but the
+    scale is the 99th percentile of |deviation| mapped to 0.5 rather than ten standard deviations: guided
+    gradients are dominated by a few pixels, and the paper's scale left 99% of them within 2% of grey.
+    With size (height, width), the scaled floats are upsampled bilinearly before clipping and conversion.
     """
     values = np.asarray(gradients, dtype=np.float32)
-    values = (values - values.mean()) / (values.std() + 1e-5) * 0.1 + 0.5
+    deviation = values - values.mean()
+    values = deviation / (2.0 * np.percentile(np.abs(deviation), 99) + 1e-12) + 0.5
     if size is not None:
         values = upsample(values, size)
     return (np.clip(values, 0.0, 1.0) * 255.0).round().astype(np.uint8)
@@ -111,10 +115,11 @@ def side_by_side(panels: list[np.ndarray], titles: list[str], gap: int = 16) -> 
     return np.concatenate(pieces, axis=1)
 
 
-def to_png(image: np.ndarray) -> bytes:
-    """Encode an RGB uint8 array (H, W, 3) as PNG bytes, e.g. for a download button."""
+def to_png(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """Encode an RGB uint8 array (H, W, 3) as PNG bytes, e.g. for a download button. Level 1 encodes several
+    times faster for some 15% more bytes (for what is redrawn on every change)."""
     buffer = io.BytesIO()
-    Image.fromarray(_require_rgb(image)).save(buffer, format="PNG")
+    Image.fromarray(_require_rgb(image)).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 
