@@ -1,0 +1,153 @@
+"""`python -m cam report` end to end on a tiny image folder with tiny untrained models, and the Evaluation page."""
+
+import argparse
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from keras import layers
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from cam import report
+from cam.models import CIFAR4_CLASSES, LoadedModel
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Evaluation.py")
+
+
+def tiny(name: str, gap_source: str) -> LoadedModel:
+    """A 32x32 conv net whose layer ``gap_source`` feeds GAP -> logits -> softmax (VGG-like with a pooling)."""
+    inputs = keras.Input((32, 32, 3))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(layers.Rescaling(1 / 255)(inputs))
+    if name == "tiny_vgg":
+        x = layers.MaxPooling2D(8)(x)  # a 4x4 Grad-CAM map, coarse like VGG16's
+    x = layers.Conv2D(6, 3, padding="same", activation="relu", name=gap_source)(x)
+    logits = layers.Dense(4, name="logits")(layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, layers.Activation("softmax", name="probabilities")(logits), name=name)
+    card = {"name": name, "classes": list(CIFAR4_CLASSES), "input_size": 32, "gradcam_layer": gap_source,
+            "metrics": {"test": {"accuracy": 0.25, "n": 12}}}
+    return LoadedModel(model, card, trained=False, note=f"{name} is untrained")
+
+
+@pytest.fixture(scope="module")
+def produced(tmp_path_factory):
+    """Run the report once on 3 images per class and a boxes file with a class the models do not know."""
+    root = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    for name in CIFAR4_CLASSES:
+        (root / "data" / "test" / name).mkdir(parents=True)
+        for index in range(3):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "data" / "test" / name / f"{index}.png")
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "data" / "photo.png")
+    boxes = [{"image": "photo.png", "width": 48, "height": 40,
+              "objects": [{"name": "dog", "bbox": [4, 4, 30, 36]}, {"name": "zebra", "bbox": [30, 0, 48, 20]}]},
+             {"image": "gone.png", "width": 8, "height": 8, "objects": []}]
+    (root / "boxes.json").write_text(json.dumps(boxes))
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    args = parser.parse_args([
+        "--data", str(root / "data"), "--boxes", str(root / "boxes.json"), "--n", "6", "--mosaics", "3",
+        "--out", str(root / "out"), "--sanity-n", "3", "--steps", "4", "--batch-size", "4",
+    ])
+    messages = []
+    models = (tiny("tiny_vgg", "conv2"), tiny("tiny_gap", "cam_features"))
+    assert report.run(args, models=models, log=messages.append) == 0
+    return root / "out", args, messages
+
+
+def test_report_writes_every_file(produced):
+    out, _, messages = produced
+    names = {path.name for path in out.iterdir()}
+    assert {"report.md", "scores.csv", "report.json", "plotly.min.js"} <= names
+    assert {f"{figure}.png" for figure in report.FIGURES} | {f"{figure}.html" for figure in report.FIGURES} <= names
+    html = (out / "curves.html").read_text()
+    assert 'src="plotly.min.js"' in html and len(html) < 200_000  # offline, and the script is not copied into it
+    assert any("WARNING" in m for m in messages) and any("sanity" in m for m in messages)
+
+
+def test_scores_cover_every_set_method_and_metric(produced):
+    out, _, _ = produced
+    scores = pd.read_csv(out / "scores.csv")
+    assert set(scores["set"]) == {"test", "mosaics", "boxes", "sanity"}
+    assert set(scores["method"]) == set(report.METHODS)
+    test = scores[scores["set"] == "test"]
+    assert set(test["metric"]) == {"deletion_auc", "insertion_auc", "average_drop", "increase", "effective_grid"}
+    assert (test.groupby(["method", "metric"]).size() == 6).all()
+    mosaics = scores[scores["set"] == "mosaics"]
+    assert (mosaics.groupby(["method", "metric"]).size() == 3 * 4).all()
+    assert set(scores.loc[scores["set"] == "boxes", "class"]) == {"dog"}  # the zebra is skipped
+    sanity = scores[scores["set"] == "sanity"]
+    assert set(sanity.loc[sanity["method"] == "cam", "stage"]) == {"logits", "cam_features", "conv1"}
+    grids = test[test["metric"] == "effective_grid"]
+    assert set(grids["value"]) <= {1, 2, 4, 8, 16, 32}
+
+
+def test_report_json_and_markdown(produced):
+    out, args, _ = produced
+    data = json.loads((out / "report.json").read_text())
+    meta = data["meta"]
+    assert meta["command"] == report.command_line(args) and meta["n_images"] == 6 and meta["n_mosaics"] == 3
+    assert [m["trained"] for m in meta["models"]] == [False, False]
+    assert meta["models"][0]["native"] == {"Grad-CAM": "4x4", "Guided Grad-CAM": "32x32"}
+    assert any("zebra" in why for why in meta["skipped"]) and any("missing" in why for why in meta["skipped"])
+    assert meta["precision"] == "bfloat16" and set(meta["precision_gap"]) == {"tiny_vgg", "tiny_gap"}
+    assert len(data["curves"]["x"]) == 5 and set(data["curves"]["methods"]) == set(report.METHODS)
+    row = next(r for r in data["summary"] if (r["set"], r["metric"], r["method"]) == ("test", "deletion_auc", "cam"))
+    assert row["n"] == 6 and row["low"] <= row["mean"] <= row["high"]
+    assert {r["versus"] for r in data["differences"]} == {"gradcam", "guided_gradcam"}
+    text = (out / "report.md").read_text()
+    for expected in ("untrained stand-in", "| Deletion AUC | lower |", "Pointing game", "randomised down to",
+                     "Effective resolution", "![", "0.250 (n=12)", "bootstrap", "scored in bfloat16"):
+        assert expected in text
+
+
+def test_command_line_reproduces_the_arguments(produced):
+    _, args, _ = produced
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    again = parser.parse_args(report.command_line(args).split()[4:])  # after "python -m cam report"
+    assert vars(again) == vars(args)
+
+
+def test_missing_data_is_an_error_not_a_traceback(tmp_path, capsys):
+    args = argparse.Namespace(data=str(tmp_path), boxes=None, n=2, mosaics=0, out=tmp_path / "out", seed=0,
+                              sanity_n=0, steps=4, batch_size=4, precision="float32")
+    models = (tiny("tiny_vgg", "conv2"), tiny("tiny_gap", "cam_features"))
+    assert report.run(args, models=models, log=lambda message: None) == 2
+    assert "No 'test' folder" in capsys.readouterr().err
+
+
+def test_bfloat16_copy_computes_convolutions_in_bfloat16_and_keeps_the_weights():
+    model = tiny("tiny_gap", "cam_features").model
+    copy = report.evaluation_model(model, "bfloat16")
+    assert report.evaluation_model(model, "float32") is model
+    assert copy.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"
+    assert copy.get_layer("logits").dtype_policy.name == "float32" and copy.output.dtype == "float32"
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(copy.predict_on_batch(images), model.predict_on_batch(images), atol=0.02)
+
+
+def test_interval_is_a_bootstrap_around_the_mean():
+    rng = np.random.default_rng(0)
+    row = report.interval(np.r_[np.zeros(50), np.ones(50), np.nan], rng)
+    assert row["mean"] == 0.5 and row["n"] == 100 and 0.38 < row["low"] < 0.45 and 0.55 < row["high"] < 0.62
+    assert report.interval(np.array([np.nan]), rng)["n"] == 0
+
+
+def test_page_shows_the_report(produced, monkeypatch):
+    monkeypatch.setenv("CAM_REPORT_DIR", str(produced[0]))
+    page = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not page.exception
+    assert any("Deletion AUC" in block.value for block in page.markdown)
+    assert len(page.get("plotly_chart")) == len(report.FIGURES)
+
+
+def test_page_without_a_report_says_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAM_REPORT_DIR", str(tmp_path))
+    page = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not page.exception
+    assert "No report" in page.info[0].value and "python -m cam report" in page.code[0].value
