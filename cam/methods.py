@@ -286,17 +286,17 @@ class Explainer:
         return tf.nn.softmax(logits_of(self.cam_model, before_softmax)), cam_from(features, self._cam_dense.kernel)
 
     def __call__(
-        self, images: np.ndarray, classes: Classes = None, cam_images: np.ndarray | None = None
+        self, images: np.ndarray, classes: Classes = None, cam_images: np.ndarray | None = None, with_cam: bool = True
     ) -> Explanation:
         """Explain a batch (B, H, W, 3) at the Grad-CAM model's input size; ``classes`` is that model's class.
-        ``cam_images``: the same images at the GAP model's input size, when it differs. The GAP model's class is
-        picked afterwards from ``Explanation.cams`` (all classes are computed)."""
+        ``cam_images``: the same images at the GAP model's input size, when it differs; ``with_cam=False`` skips
+        the GAP model. Its class is picked afterwards from ``Explanation.cams`` (all classes are computed)."""
         x = _batch(images)
         wanted = class_array(classes, x.shape[0], self.gradcam_model.output_shape[-1])
         started = time.perf_counter()
         probabilities, chosen, maps, guided, guided_maps = (t.numpy() for t in self._gradcam_step(x, wanted))
         result = Explanation(probabilities, chosen, maps, guided, guided_maps, time.perf_counter() - started)
-        if self.cam_model is not None:
+        if self.cam_model is not None and with_cam:
             started = time.perf_counter()
             cam_x = x if cam_images is None else _batch(cam_images)
             result.cam_probabilities, result.cams = (t.numpy() for t in self._cam_step(cam_x))
