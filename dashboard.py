@@ -27,7 +27,7 @@ from cam.examples import EXAMPLE_DESCRIPTION, example_photo
 from cam.images import ImageError, load_image, resize
 from cam.methods import Explainer, Explanation, ExplanationError, feature_layers
 from cam.models import REGISTRY, CheckpointError, LoadedModel, WeightsUnavailable
-from cam.pipeline import ImageResult, Panel, explain_image, render_panels
+from cam.pipeline import ImageResult, Panel, explain_image, render_panels, side_by_side
 
 GRADCAM_MODELS = ("vgg16", "vgg16_imagenet")
 CAM_MODEL = "nopool_gap"
@@ -266,7 +266,7 @@ def show_results(result: ImageResult, choice: Choice, colormap: str, opacity: fl
             )
     st.download_button(
         "Download all three side by side (PNG)", file_name=f"{choice.stem}_all_three.png", mime="image/png",
-        data=lambda: render.to_png(render.side_by_side([p.image for p in panels], [p.title for p in panels])),
+        data=lambda: render.to_png(side_by_side(panels)),
         on_click="ignore", key="download:all",
     )
     with st.expander("How to read these pictures"):

@@ -87,7 +87,7 @@ def check_unique_stems(images: Sequence[str]) -> None:
 def save_panels(panels: list[Panel], out: Path, stem: str, raw: bool) -> list[Path]:
     """Write ``<stem>_<method>.png`` per panel (``raw``: also its native map as ``.npy``) and
     ``<stem>_side_by_side.png``; returns the paths written."""
-    from cam import render
+    from cam.pipeline import side_by_side
 
     written = []
     for method, panel in zip(METHODS, panels, strict=True):
@@ -95,7 +95,7 @@ def save_panels(panels: list[Panel], out: Path, stem: str, raw: bool) -> list[Pa
         if raw:
             np.save(out / f"{stem}_{method}.npy", panel.native)
             written.append(out / f"{stem}_{method}.npy")
-    together = render.side_by_side([panel.image for panel in panels], [panel.title for panel in panels])
+    together = side_by_side(panels)
     written.append(_write_png(out / f"{stem}_side_by_side.png", together))
     return written
 

@@ -19,6 +19,7 @@ class Panel:
 
     title: str
     caption: str
+    heading: str  # a short caption for the side-by-side picture
     image: np.ndarray  # RGB uint8 (H, W, 3), H x W = the original image
     native: np.ndarray  # the map's float values at its native resolution
 
@@ -87,42 +88,30 @@ def explain_image(
     return ImageResult(image, gradcam_model, cam_model, explanation, chosen, cam_class)
 
 
-def _resolution(native: np.ndarray, image: np.ndarray) -> str:
-    return f"{native.shape[1]}x{native.shape[0]} -> {image.shape[1]}x{image.shape[0]}"
-
-
 def render_panels(result: ImageResult, colormap: str = "jet", opacity: float = 0.5, raw: bool = False) -> list[Panel]:
-    """Grad-CAM, Guided Grad-CAM and CAM panels at the original image's size (``raw``: maps without the photo)."""
+    """Grad-CAM, Guided Grad-CAM and CAM panels at the original image's size (``raw``: maps without the photo).
+    Captions name the method, model, class, its probability and the map's native -> shown resolution."""
     e, image = result.explanation, result.image
     size = image.shape[:2]
-    gradcam_title = result.gradcam_model.card["name"]
-    gradcam_class = result.gradcam_model.classes[result.gradcam_class]
-    gradcam_p = e.gradcam_probabilities[0, result.gradcam_class]
-    cam_class = result.cam_model.classes[result.cam_class]
-    cam_p = e.cam_probabilities[0, result.cam_class]
     cam_map = e.cam_for([result.cam_class])[0]
 
     def shown(map_: np.ndarray) -> np.ndarray:
         return render.heatmap(map_, size, colormap) if raw else render.overlay(image, map_, opacity, colormap)
 
+    def panel(method: str, loaded: LoadedModel, index: int, probabilities: np.ndarray, picture, native) -> Panel:
+        grid = f"{native.shape[1]}x{native.shape[0]}"
+        name, p = loaded.classes[index], probabilities[0, index]
+        caption = f"{method} · {loaded.card['name']} · {name} (p={p:.2f}) · {grid} -> {size[1]}x{size[0]}"
+        return Panel(method, caption, f"{method}: {name} {p:.0%}, {grid} map", picture, native)
+
+    gradcam = (result.gradcam_model, result.gradcam_class, e.gradcam_probabilities)
     return [
-        Panel(
-            "Grad-CAM",
-            f"Grad-CAM · {gradcam_title} · {gradcam_class} (p={gradcam_p:.2f}) · {_resolution(e.gradcam[0], image)}",
-            shown(e.gradcam[0]),
-            e.gradcam[0],
-        ),
-        Panel(
-            "Guided Grad-CAM",
-            f"Guided Grad-CAM · {gradcam_title} · {gradcam_class} (p={gradcam_p:.2f}) · "
-            f"{_resolution(e.guided_gradcam[0], image)}",
-            render.guided_image(e.guided_gradcam[0], size),
-            e.guided_gradcam[0],
-        ),
-        Panel(
-            "NoPool-GAP CAM",
-            f"CAM · {result.cam_model.card['name']} · {cam_class} (p={cam_p:.2f}) · {_resolution(cam_map, image)}",
-            shown(cam_map),
-            cam_map,
-        ),
+        panel("Grad-CAM", *gradcam, shown(e.gradcam[0]), e.gradcam[0]),
+        panel("Guided Grad-CAM", *gradcam, render.guided_image(e.guided_gradcam[0], size), e.guided_gradcam[0]),
+        panel("NoPool-GAP CAM", result.cam_model, result.cam_class, e.cam_probabilities, shown(cam_map), cam_map),
     ]
+
+
+def side_by_side(panels: list[Panel]) -> np.ndarray:
+    """The panels in one picture, each headed by its method, class, probability and map size, for sharing."""
+    return render.side_by_side([panel.image for panel in panels], [panel.heading for panel in panels])

@@ -106,9 +106,9 @@ def side_by_side(panels: list[np.ndarray], titles: list[str], gap: int = 16) -> 
         raise ValueError(f"gap must not be negative, got {gap}")
     panels = [_require_rgb(panel) for panel in panels]
     height = max(panel.shape[0] for panel in panels)
-    font = ImageFont.load_default(size=_font_size(height))
     band = title_band_height(height)
     scaled = [_scale_to_height(panel, height) for panel in panels]
+    font = _fitting_font(titles, min(panel.shape[1] for panel in scaled), _font_size(height))
     columns = [_titled(panel, title, font, band) for panel, title in zip(scaled, titles, strict=True)]
     spacer = np.full((columns[0].shape[0], gap, 3), BACKGROUND, dtype=np.uint8)
     pieces = [piece for column in columns for piece in (spacer, column)][1:]
@@ -133,6 +133,15 @@ def _require_rgb(image: np.ndarray) -> np.ndarray:
 def _font_size(panel_height: int) -> int:
     # Titles grow with the panels so they stay readable in large exports, but never below 12 px.
     return max(12, panel_height // 20)
+
+
+def _fitting_font(titles: list[str], width: int, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The default font at ``size``, made smaller (not below 10 px) until every title fits in ``width``."""
+    font = ImageFont.load_default(size=size)
+    while size > 10 and max(font.getlength(title) for title in titles) > 0.95 * width:
+        size -= 1
+        font = ImageFont.load_default(size=size)
+    return font
 
 
 def _scale_to_height(panel: np.ndarray, height: int) -> np.ndarray:
