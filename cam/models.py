@@ -281,6 +281,24 @@ def default_gradcam_layer(model: keras.Model) -> str:
     raise ValueError(f"model {model.name} has no 4-D layer")
 
 
+def with_precision(model: keras.Model, precision: str) -> keras.Model:
+    """``model`` itself for "float32"; for "bfloat16" a copy with the same weights whose layers with 4-D outputs
+    (the convolutions) compute in bfloat16 while the head and the softmax stay float32 (for scoring many images:
+    3x faster for VGG16, 7x for NoPool-GAP on this project's AMX CPU). The original is untouched."""
+    if precision == "float32":
+        return model
+
+    def clone_layer(layer: layers.Layer) -> layers.Layer:
+        config = layer.get_config()
+        if len(layer.output.shape) == 4:
+            config["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone_layer)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model the tool offers: how to get it, and what the dashboard uses it for."""

@@ -12,8 +12,9 @@ from keras import layers
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cam import report
-from cam.models import CIFAR4_CLASSES, LoadedModel
+from cam import evaluation, report
+from cam.methods import Explainer
+from cam.models import CIFAR4_CLASSES, LoadedModel, with_precision
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Evaluation.py")
 
@@ -34,7 +35,8 @@ def tiny(name: str, gap_source: str) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def produced(tmp_path_factory):
-    """Run the report once on 3 images per class and a boxes file with a class the models do not know."""
+    """Run the report once on 3 images per class and a boxes file with a class the models do not know; also
+    record, for every call of the Explainer, whether it ran the GAP model (``with_cam``)."""
     root = tmp_path_factory.mktemp("report")
     rng = np.random.default_rng(0)
     for name in CIFAR4_CLASSES:
@@ -53,14 +55,22 @@ def produced(tmp_path_factory):
         "--data", str(root / "data"), "--boxes", str(root / "boxes.json"), "--n", "6", "--mosaics", "3",
         "--out", str(root / "out"), "--sanity-n", "3", "--steps", "4", "--batch-size", "4",
     ])
-    messages = []
+    messages, cam_passes = [], []
+    explain = Explainer.__call__
+
+    def recording(self, *arguments, **options):
+        cam_passes.append(options.get("with_cam", True))
+        return explain(self, *arguments, **options)
+
     models = (tiny("tiny_vgg", "conv2"), tiny("tiny_gap", "cam_features"))
-    assert report.run(args, models=models, log=messages.append) == 0
-    return root / "out", args, messages
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Explainer, "__call__", recording)
+        assert report.run(args, models=models, log=messages.append) == 0
+    return root / "out", args, messages, cam_passes
 
 
 def test_report_writes_every_file(produced):
-    out, _, messages = produced
+    out, _, messages, _ = produced
     names = {path.name for path in out.iterdir()}
     assert {"report.md", "scores.csv", "report.json", "plotly.min.js"} <= names
     assert {f"{figure}.png" for figure in report.FIGURES} | {f"{figure}.html" for figure in report.FIGURES} <= names
@@ -70,10 +80,10 @@ def test_report_writes_every_file(produced):
 
 
 def test_scores_cover_every_set_method_and_metric(produced):
-    out, _, _ = produced
+    out, _, _, _ = produced
     scores = pd.read_csv(out / "scores.csv")
     assert set(scores["set"]) == {"test", "mosaics", "boxes", "sanity"}
-    assert set(scores["method"]) == set(report.METHODS)
+    assert set(scores["method"]) == set(evaluation.METHODS)
     test = scores[scores["set"] == "test"]
     assert set(test["metric"]) == {"deletion_auc", "insertion_auc", "average_drop", "increase", "effective_grid"}
     assert (test.groupby(["method", "metric"]).size() == 6).all()
@@ -87,7 +97,7 @@ def test_scores_cover_every_set_method_and_metric(produced):
 
 
 def test_report_json_and_markdown(produced):
-    out, args, _ = produced
+    out, args, _, _ = produced
     data = json.loads((out / "report.json").read_text())
     meta = data["meta"]
     assert meta["command"] == report.command_line(args) and meta["n_images"] == 6 and meta["n_mosaics"] == 3
@@ -95,7 +105,7 @@ def test_report_json_and_markdown(produced):
     assert meta["models"][0]["native"] == {"Grad-CAM": "4x4", "Guided Grad-CAM": "32x32"}
     assert any("zebra" in why for why in meta["skipped"]) and any("missing" in why for why in meta["skipped"])
     assert meta["precision"] == "bfloat16" and set(meta["precision_gap"]) == {"tiny_vgg", "tiny_gap"}
-    assert len(data["curves"]["x"]) == 5 and set(data["curves"]["methods"]) == set(report.METHODS)
+    assert len(data["curves"]["x"]) == 5 and set(data["curves"]["methods"]) == set(evaluation.METHODS)
     row = next(r for r in data["summary"] if (r["set"], r["metric"], r["method"]) == ("test", "deletion_auc", "cam"))
     assert row["n"] == 6 and row["low"] <= row["mean"] <= row["high"]
     assert {r["versus"] for r in data["differences"]} == {"gradcam", "guided_gradcam"}
@@ -105,8 +115,14 @@ def test_report_json_and_markdown(produced):
         assert expected in text
 
 
+def test_the_gap_model_runs_once_per_image_set(produced):
+    # 6 test images in 2 batches, then 3 mosaics (1 batch) per tile: the first tile's pass gives the CAMs of every
+    # class, so tiles 2-4 skip the GAP model; then the boxed images (1 batch).
+    assert produced[3] == [True, True, True, False, False, False, True]
+
+
 def test_command_line_reproduces_the_arguments(produced):
-    _, args, _ = produced
+    _, args, _, _ = produced
     parser = argparse.ArgumentParser()
     report.add_arguments(parser)
     again = parser.parse_args(report.command_line(args).split()[4:])  # after "python -m cam report"
@@ -123,8 +139,8 @@ def test_missing_data_is_an_error_not_a_traceback(tmp_path, capsys):
 
 def test_bfloat16_copy_computes_convolutions_in_bfloat16_and_keeps_the_weights():
     model = tiny("tiny_gap", "cam_features").model
-    copy = report.evaluation_model(model, "bfloat16")
-    assert report.evaluation_model(model, "float32") is model
+    copy = with_precision(model, "bfloat16")
+    assert with_precision(model, "float32") is model
     assert copy.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"
     assert copy.get_layer("logits").dtype_policy.name == "float32" and copy.output.dtype == "float32"
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
@@ -133,9 +149,9 @@ def test_bfloat16_copy_computes_convolutions_in_bfloat16_and_keeps_the_weights()
 
 def test_interval_is_a_bootstrap_around_the_mean():
     rng = np.random.default_rng(0)
-    row = report.interval(np.r_[np.zeros(50), np.ones(50), np.nan], rng)
+    row = evaluation.interval(np.r_[np.zeros(50), np.ones(50), np.nan], rng)
     assert row["mean"] == 0.5 and row["n"] == 100 and 0.38 < row["low"] < 0.45 and 0.55 < row["high"] < 0.62
-    assert report.interval(np.array([np.nan]), rng)["n"] == 0
+    assert evaluation.interval(np.array([np.nan]), rng)["n"] == 0
 
 
 def test_page_shows_the_report(produced, monkeypatch):

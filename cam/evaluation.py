@@ -1,0 +1,388 @@
+"""Score Grad-CAM and Guided Grad-CAM (on the Grad-CAM model) and NoPool-GAP CAM (on the GAP model) for
+faithfulness, localization (2x2 mosaics, annotated boxes), sanity and resolution; ``evaluate`` returns every
+per-map score and their summaries as data, which ``cam.report`` writes out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from cam.boxes import Box, image_path, mosaics, read_boxes, tile_boxes
+from cam.data import ImageSet, load_split
+from cam.device import describe_device
+from cam.images import ImageError, load_image, model_input
+from cam.methods import Explainer, Explanation, ExplanationError, cam, grad_cam, guided_grad_cam
+from cam.metrics import (
+    POINTING_TOLERANCE,
+    at_size,
+    cascading_randomization,
+    curve_area,
+    drop_and_increase,
+    effective_grid,
+    explanation_images,
+    localization_scores,
+    perturbation_curves,
+    rank_correlation,
+)
+from cam.models import LoadedModel, with_precision
+from cam.training import predict_probabilities
+
+Log = Callable[[str], None]
+# Which model each method explains: Grad-CAM and Guided Grad-CAM the Grad-CAM model, CAM the GAP model.
+METHODS = {"gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM", "cam": "NoPool-GAP CAM"}
+ROLES = {"gradcam": "gradcam", "guided_gradcam": "gradcam", "cam": "cam"}
+RESAMPLES = 2000
+INTERVAL_NOTE = (
+    f"Mean and 95% bootstrap percentile interval ({RESAMPLES} resamples of the maps, seeded); n counts the maps with "
+    "a defined score (energy is undefined for a map with no positive value)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One map to localize: its item name, the class it explains, that class's boxes and the image's size."""
+
+    item: str
+    name: str
+    boxes: list[Box]
+    size: tuple[int, int]
+
+
+# ------------------------------------------------------------------------------------------------------ maps
+def _indices(loaded: LoadedModel, names: list[str]) -> np.ndarray:
+    """Each class name's index in the model, -1 where the model does not know it."""
+    return np.array([loaded.classes.index(name) if name in loaded.classes else -1 for name in names], dtype=np.int32)
+
+
+def _known(set_: str, models: dict[str, LoadedModel], names: list[str], skipped: Counter) -> dict[str, np.ndarray]:
+    """Per role, ``_indices`` of ``names``; the maps a model cannot give (unknown class) are counted in ``skipped``."""
+    wanted = {role: _indices(loaded, names) for role, loaded in models.items()}
+    for role, indices in wanted.items():
+        unknown = sorted({name for name, index in zip(names, indices, strict=True) if index < 0})
+        if unknown:
+            why = f"{set_}: maps of classes unknown to {models[role].card['name']} ({', '.join(unknown)})"
+            skipped[why] += int((indices < 0).sum())
+    return wanted
+
+
+def _explain(
+    explainer: Explainer, images: np.ndarray, classes: np.ndarray | None, batch_size: int, with_cam: bool = True
+) -> Explanation:
+    """``explainer`` on ``images`` in batches, merged into one Explanation (arrays concatenated, seconds added).
+    ``classes``: the Grad-CAM model's, one per image, None for its top predictions."""
+    parts = []
+    for start in range(0, len(images), batch_size):
+        part = slice(start, start + batch_size)
+        parts.append(explainer(images[part], None if classes is None else classes[part], with_cam=with_cam))
+
+    def merge(values: list) -> object:
+        if values[0] is None:  # the CAM fields when with_cam is False
+            return None
+        return np.concatenate(values) if isinstance(values[0], np.ndarray) else sum(values)
+
+    return Explanation(**{f.name: merge([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Explanation)})
+
+
+def _maps(explained: Explanation, cam_classes: np.ndarray, cams: Explanation | None = None) -> dict[str, np.ndarray]:
+    """Each method's native maps: Grad-CAM's and Guided Grad-CAM's from ``explained``, CAM's of ``cam_classes``
+    from ``cams`` (default ``explained``), which holds the CAMs of every class."""
+    return {"gradcam": explained.gradcam, "guided_gradcam": explained.guided_gradcam,
+            "cam": (cams or explained).cam_for(cam_classes)}
+
+
+def _scores(
+    set_: str, items: list[str], classes: list[str], method: str, values: dict[str, np.ndarray], stage: str = ""
+) -> pd.DataFrame:
+    """Per-map scores as long rows: set, item, class, method, metric, stage, value."""
+    return pd.concat(
+        pd.DataFrame({"set": set_, "item": items, "class": classes, "method": method, "metric": metric, "stage": stage,
+                      "value": np.asarray(value, dtype=np.float64)})
+        for metric, value in values.items()
+    )
+
+
+# ------------------------------------------------------------------------------------------------ faithfulness
+def _faithfulness(
+    explainer: Explainer, models: dict[str, LoadedModel], sample: ImageSet, items: list[str],
+    args: argparse.Namespace, log: Log,
+) -> tuple[list[pd.DataFrame], dict, dict, dict]:
+    """Deletion/insertion, average drop/increase and effective grid of every method's map of the top prediction;
+    also the mean curves, the native map shapes and, per model, the largest |p| difference between the scoring
+    precision and float32 on the original images."""
+    x = sample.images.astype(np.float32)
+    size = x.shape[1:3]
+    explained = _explain(explainer, x, None, args.batch_size)
+    chosen = {  # per role: the explained classes (each model's top prediction) and the float32 probabilities
+        "gradcam": (explained.gradcam_class, explained.gradcam_probabilities),
+        "cam": (explained.cam_probabilities.argmax(axis=-1), explained.cam_probabilities),
+    }
+    maps = _maps(explained, chosen["cam"][0])
+    scorers = {role: with_precision(loaded.model, args.precision) for role, loaded in models.items()}
+    frames, curves, native, precision_gap = [], {}, {}, {}
+    rng = np.random.default_rng(args.seed)
+    for method, label in METHODS.items():
+        started = time.perf_counter()
+        role = ROLES[method]
+        loaded, scorer, (classes, probabilities) = models[role], scorers[role], chosen[role]
+        native[method] = "x".join(map(str, maps[method].shape[1:3]))
+        full_maps = at_size(maps[method], size)
+        deletion, insertion = [], []
+        for start in range(0, len(x), args.batch_size):
+            part = slice(start, start + args.batch_size)
+            d, i = perturbation_curves(scorer, x[part], full_maps[part], classes[part], args.steps, rng=rng)
+            deletion.append(d)
+            insertion.append(i)
+            log(f"  {label}: deletion/insertion {min(start + args.batch_size, len(x))}/{len(x)} maps "
+                f"({time.perf_counter() - started:.0f} s)")
+        deletion, insertion = np.concatenate(deletion), np.concatenate(insertion)
+        masked = predict_probabilities(scorer, explanation_images(x, full_maps))
+        drop, increase = drop_and_increase(deletion[:, 0], masked[np.arange(len(x)), classes])
+        frames.append(_scores("test", items, [loaded.classes[c] for c in classes], method, {
+            "deletion_auc": curve_area(deletion), "insertion_auc": curve_area(insertion),
+            "average_drop": drop, "increase": increase, "effective_grid": effective_grid(full_maps),
+        }))
+        curves[method] = {"deletion": deletion.mean(axis=0).tolist(), "insertion": insertion.mean(axis=0).tolist()}
+        gap = float(np.abs(deletion[:, 0] - probabilities[np.arange(len(x)), classes]).max())
+        precision_gap[loaded.card["name"]] = max(gap, precision_gap.get(loaded.card["name"], 0.0))
+    return frames, curves, native, precision_gap
+
+
+# ------------------------------------------------------------------------------------------------ localization
+def _localize(
+    set_: str, maps: dict[str, np.ndarray], wanted: dict[str, np.ndarray], targets: list[Target], tolerance: float
+) -> list[pd.DataFrame]:
+    """Localization scores of each method's maps (one per target) where its model knows the target's class
+    (``wanted`` >= 0), each map compared with the target's boxes at the target's size."""
+    frames = []
+    for method, method_maps in maps.items():
+        rows = np.flatnonzero(wanted[ROLES[method]] >= 0)
+        if not len(rows):
+            continue
+        scores = {}
+        for size in {targets[k].size for k in rows}:  # upsample the maps of one image size together
+            group = [k for k in rows if targets[k].size == size]
+            for k, map_ in zip(group, at_size(method_maps[group], size), strict=True):
+                scores[k] = localization_scores(map_, targets[k].boxes, tolerance)
+        values = {metric: [scores[k][metric] for k in rows] for metric in scores[rows[0]]}
+        frames.append(_scores(set_, [targets[k].item for k in rows], [targets[k].name for k in rows], method, values))
+    return frames
+
+
+def _mosaic_scores(
+    explainer: Explainer, models: dict[str, LoadedModel], data: ImageSet, args: argparse.Namespace, skipped: Counter,
+    log: Log,
+) -> list[pd.DataFrame]:
+    """Localization on 2x2 mosaics: each tile's class explained in turn and compared with the tile's box."""
+    built, sources = mosaics(data.images, data.labels, args.mosaics, args.seed)
+    x = model_input(built, models["gradcam"].input_size)
+    boxes = tile_boxes(*data.images.shape[1:3])
+    frames, cams = [], None
+    for tile in range(4):
+        started = time.perf_counter()
+        names = [data.classes[label] for label in data.labels[sources[:, tile]]]
+        wanted = _known("mosaics", models, names, skipped)
+        # A model that does not know a class explains class 0 there; _localize drops those maps. Grad-CAM needs a
+        # pass per class, while the first tile's pass already gives the CAMs of every class for all tiles.
+        explained = _explain(explainer, x, np.maximum(wanted["gradcam"], 0), args.batch_size, with_cam=cams is None)
+        cams = cams or explained
+        targets = [Target(f"mosaic-{i:04d}/tile-{tile}", name, [boxes[tile]], built.shape[1:3])
+                   for i, name in enumerate(names)]
+        # No pointing tolerance: 15 px would reach halfway into the neighbouring 32-px tiles.
+        frames += _localize("mosaics", _maps(explained, np.maximum(wanted["cam"], 0), cams), wanted, targets, 0.0)
+        log(f"  mosaics: tile {tile + 1}/4 of {len(built)} mosaics ({time.perf_counter() - started:.0f} s)")
+    return frames
+
+
+def _box_scores(
+    explainer: Explainer, models: dict[str, LoadedModel], args: argparse.Namespace, skipped: Counter, log: Log
+) -> list[pd.DataFrame]:
+    """Localization on annotated images: each class present explained and compared with its boxes at the image's
+    original size, within the pointing tolerance."""
+    annotations = read_boxes(args.boxes)
+    images, targets = [], []
+    for annotation in annotations:
+        path = image_path(annotation, args.data)
+        try:
+            image = load_image(path) if path else None
+        except ImageError as error:
+            log(f"  skipped {annotation.image}: {error}")
+            image = None
+        if image is None or image.shape[:2] != (annotation.height, annotation.width):
+            why = "missing or unreadable" if image is None else "of another size than annotated"
+            skipped[f"boxes: images {why}"] += 1
+            continue
+        resized = model_input(image, models["gradcam"].input_size)[0]
+        for name in annotation.names:
+            images.append(resized)
+            targets.append(Target(f"{annotation.image}/{name}", name, annotation.boxes(name), image.shape[:2]))
+    log(f"  boxes: {len(targets)} (image, class) pairs from {len(annotations)} annotations")
+    wanted = _known("boxes", models, [target.name for target in targets], skipped)
+    # Pairs whose class neither model knows are not explained at all; elsewhere an unknown class explains class 0.
+    keep = np.flatnonzero((wanted["gradcam"] >= 0) | (wanted["cam"] >= 0))
+    if not len(keep):
+        return []
+    wanted = {role: indices[keep] for role, indices in wanted.items()}
+    explained = _explain(explainer, np.stack(images)[keep], np.maximum(wanted["gradcam"], 0), args.batch_size)
+    maps = _maps(explained, np.maximum(wanted["cam"], 0))
+    return _localize("boxes", maps, wanted, [targets[k] for k in keep], POINTING_TOLERANCE)
+
+
+# ------------------------------------------------------------------------------------------------------ sanity
+def _sanity(
+    models: dict[str, LoadedModel], sample: ImageSet, items: list[str], args: argparse.Namespace, log: Log
+) -> list[pd.DataFrame]:
+    """Cascading randomization on the sample, explaining each image's true class, with the eager methods (the
+    Explainer compiles for one model, and every stage is a new clone)."""
+    x = sample.images.astype(np.float32)
+    size = x.shape[1:3]
+    names = [sample.classes[label] for label in sample.labels]
+    layer = models["gradcam"].card["gradcam_layer"]
+    explain = {
+        "gradcam": lambda model, images, classes: grad_cam(model, images, classes, layer),
+        "guided_gradcam": lambda model, images, classes: guided_grad_cam(model, images, classes, layer),
+        "cam": cam,
+    }
+    frames = []
+    for role, loaded in models.items():
+        methods = [m for m in METHODS if ROLES[m] == role]
+        indices = _indices(loaded, names)
+        known = np.flatnonzero(indices >= 0)
+        if not len(known):
+            continue
+        trained = {m: at_size(explain[m](loaded.model, x[known], indices[known]), size) for m in methods}
+        started = time.perf_counter()
+        for stage, clone in cascading_randomization(loaded.model, args.seed):
+            for method in methods:
+                randomized = at_size(explain[method](clone, x[known], indices[known]), size)
+                rho = rank_correlation(trained[method], randomized)
+                frames.append(_scores("sanity", [items[k] for k in known], [names[k] for k in known], method,
+                                      {"spearman": rho}, stage))
+            log(f"  sanity: {loaded.card['name']} randomised down to {stage} ({time.perf_counter() - started:.0f} s)")
+    return frames
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+def _model_summary(role: str, loaded: LoadedModel, native: dict) -> dict:
+    test = loaded.card.get("metrics", {}).get("test", {})
+    methods = [m for m in METHODS if ROLES[m] == role]
+    return {
+        "role": role, "name": loaded.card["name"], "trained": loaded.trained, "note": loaded.note,
+        "test_accuracy": test.get("accuracy"), "test_n": test.get("n"),
+        "layer": loaded.card.get("gradcam_layer") if role == "gradcam" else "GAP head",
+        "methods": [METHODS[m] for m in methods], "native": {METHODS[m]: native.get(m) for m in methods},
+    }
+
+
+def evaluate(
+    args: argparse.Namespace, gradcam_model: LoadedModel, cam_model: LoadedModel, command: str, log: Log = print
+) -> dict:
+    """Every score of every map, summarised: the content of report.json, with the per-map table as ``frame``.
+    ``args`` holds the options of ``python -m cam report``; ``command`` (the line that reproduces them) is
+    recorded in ``meta``. Raises DataError, BoxError or ExplanationError for inputs it cannot use."""
+    started = time.perf_counter()
+    if gradcam_model.input_size != cam_model.input_size:
+        raise ExplanationError(
+            f"the models need one input size, got {gradcam_model.input_size} and {cam_model.input_size}"
+        )
+    models = {"gradcam": gradcam_model, "cam": cam_model}
+    for loaded in models.values():
+        if not loaded.trained:
+            log(f"WARNING: {loaded.note}")
+    data = load_split(args.data, "test", gradcam_model.input_size)
+    rng = np.random.default_rng(args.seed)
+    # Random order, so that the first --sanity-n images are a random subset too (the folder is sorted by class).
+    chosen = rng.choice(len(data.labels), min(args.n, len(data.labels)), replace=False)
+    sample = data.subset(chosen)
+    items = [str(p.relative_to(args.data)) if p.is_relative_to(args.data) else p.name for p in sample.paths]
+    explainer = Explainer(gradcam_model.model, gradcam_model.card["gradcam_layer"], cam_model.model)
+    skipped, timings = Counter(), {}
+
+    def timed(name: str, step: Callable[[], object]):
+        begin = time.perf_counter()
+        log(f"{name}...")
+        result = step()
+        timings[name] = round(time.perf_counter() - begin, 1)
+        return result
+
+    frames, curves, native, precision_gap = timed(
+        "faithfulness and resolution", lambda: _faithfulness(explainer, models, sample, items, args, log)
+    )
+    n_mosaics = args.mosaics if len(data.classes) >= 4 else 0
+    if n_mosaics:
+        frames += timed("localization on mosaics", lambda: _mosaic_scores(explainer, models, data, args, skipped, log))
+    elif args.mosaics:
+        skipped[f"mosaics: need 4 classes, the data has {len(data.classes)}"] = args.mosaics
+    if args.boxes:
+        frames += timed("localization on boxes", lambda: _box_scores(explainer, models, args, skipped, log))
+    if args.sanity_n > 0:
+        few = min(args.sanity_n, len(chosen))
+        frames += timed("sanity", lambda: _sanity(models, sample.subset(np.arange(few)), items[:few], args, log))
+    frame = pd.concat(frames, ignore_index=True)
+    return {
+        "meta": {
+            "command": command,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - started, 1), "timings": timings, "device": describe_device(),
+            "data": str(args.data), "n_images": len(chosen), "n_mosaics": n_mosaics,
+            "sanity_n": min(args.sanity_n, len(chosen)), "steps": args.steps, "seed": args.seed,
+            "precision": args.precision, "precision_gap": precision_gap,
+            "models": [_model_summary(role, loaded, native) for role, loaded in models.items()],
+            "skipped": dict(skipped), "interval": INTERVAL_NOTE,
+        },
+        "summary": summarize(frame, args.seed),
+        "differences": differences(frame, args.seed),
+        "curves": {"x": np.linspace(0, 1, args.steps + 1).tolist(), "methods": curves},
+        "resolution": resolution(frame),
+        "frame": frame,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- statistics
+def interval(values: np.ndarray, rng: np.random.Generator, resamples: int = RESAMPLES) -> dict:
+    """Mean, 95% bootstrap percentile interval and n of the finite values (NaNs dropped)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    means = values[rng.integers(0, len(values), (resamples, len(values)), dtype=np.int32)].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(values.mean()), "low": float(low), "high": float(high), "n": int(len(values))}
+
+
+def summarize(frame: pd.DataFrame, seed: int = 0) -> list[dict]:
+    """One row per (set, metric, method, stage) with ``interval`` of its values, in order of appearance."""
+    rng = np.random.default_rng(seed)
+    keys = ("set", "metric", "method", "stage")
+    return [dict(zip(keys, key, strict=True)) | interval(v.to_numpy(), rng)
+            for key, v in frame.groupby(list(keys), sort=False)["value"]]
+
+
+def differences(frame: pd.DataFrame, seed: int = 0) -> list[dict]:
+    """NoPool-GAP CAM minus each other method on the same items (paired), per set and metric, with intervals."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (set_, metric), group in frame[frame["set"] != "sanity"].groupby(["set", "metric"], sort=False):
+        table = group.pivot_table(index="item", columns="method", values="value")
+        for other in (m for m in METHODS if m != "cam" and m in table and "cam" in table):
+            rows.append({"set": set_, "metric": metric, "method": "cam", "versus": other}
+                        | interval((table["cam"] - table[other]).to_numpy(), rng))
+    return rows
+
+
+def resolution(frame: pd.DataFrame) -> list[dict]:
+    """Per method: median effective grid and the share of maps at each grid side."""
+    grids = frame[frame["metric"] == "effective_grid"]
+    rows = []
+    for method, values in grids.groupby("method", sort=False)["value"]:
+        shares = values.astype(int).value_counts(normalize=True).sort_index()
+        rows.append({"method": method, "median": float(values.median()),
+                     "shares": {str(side): float(share) for side, share in shares.items()}})
+    return rows
