@@ -34,7 +34,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-PANEL_METHODS = ("Grad-CAM · ", "Guided Grad-CAM · ", "CAM · ")
+PANEL_METHODS = ("Grad-CAM · ", "Guided Grad-CAM · ", "NoPool-GAP CAM · ")
 UPLOAD_INPUT = '[data-testid="stFileUploaderDropzoneInput"]'
 SCRIPT_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 PANEL_SOURCES = "() => Array.from(document.querySelectorAll('.js-plotly-plot image'), image => image.href.baseVal)"

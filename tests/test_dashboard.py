@@ -27,7 +27,7 @@ from cam.models import REGISTRY, WeightsUnavailable
 pytestmark = pytest.mark.slow
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
 TIMEOUT = 300  # seconds per run: the first one builds and compiles VGG16 on a busy CPU
-PANEL_CAPTIONS = ("Grad-CAM · vgg16 · ", "Guided Grad-CAM · vgg16 · ", "CAM · nopool_gap · ")
+PANEL_CAPTIONS = ("Grad-CAM · vgg16 · ", "Guided Grad-CAM · vgg16 · ", "NoPool-GAP CAM · nopool_gap · ")
 
 
 def _offline() -> cam.models.LoadedModel:
