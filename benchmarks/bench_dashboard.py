@@ -7,7 +7,7 @@
   comes from what the page itself prints: the VGG16 and NoPool-GAP pass times and the server's render time;
   the rest is upload, decoding, Streamlit and the browser drawing.
 
-Run: ``python benchmarks/bench_dashboard.py [--runs 5]``. It uses the checkpoints and settings of the
+Run: ``python -m benchmarks.bench_dashboard [--runs 5]``. It uses the checkpoints and settings of the
 environment, like a real start of the dashboard.
 """
 

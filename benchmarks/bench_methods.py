@@ -3,7 +3,7 @@
 Reports medians over repeated runs and the ratio all-in-one / forward. The physical floor for Grad-CAM +
 Guided Backprop is about one forward and one full backward pass, i.e. about 3 forward passes.
 
-    python benchmarks/bench_methods.py [--repeats 15] [--size 224]
+    python -m benchmarks.bench_methods [--repeats 15] [--size 224]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Reports images per second over a few steps on random data and the time of one epoch of 18,000 images
 (the training split of cifar4), so the two precisions are compared in one run on one machine.
 
-    python benchmarks/bench_training.py [--steps 12]
+    python -m benchmarks.bench_training [--steps 12]
 """
 
 from __future__ import annotations

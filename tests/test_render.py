@@ -17,6 +17,7 @@ from cam.render import (
     overlay,
     side_by_side,
     title_band_height,
+    to_jpeg,
     to_png,
     upsample,
 )
@@ -162,3 +163,11 @@ def test_to_png_round_trips() -> None:
 def test_to_png_rejects_non_rgb() -> None:
     with pytest.raises(ValueError, match="RGB uint8"):
         to_png(np.zeros((4, 4), dtype=np.float32))
+
+
+def test_to_jpeg_is_a_close_lossy_copy() -> None:
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, 30:] = (200, 40, 40)
+    decoded = np.asarray(Image.open(io.BytesIO(to_jpeg(image))))
+    assert decoded.shape == image.shape
+    assert np.abs(decoded.astype(int) - image.astype(int)).mean() < 4
