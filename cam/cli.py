@@ -247,7 +247,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=_positive(int), metavar="N")
     parser.add_argument("--batch-size", type=_positive(int), metavar="N")
     parser.add_argument("--lr", dest="learning_rate", type=_positive(float), metavar="X", help="peak learning rate")
-    parser.add_argument("--init", choices=("imagenet", "scratch"), help="imagenet: vgg16 only, needs a download")
+    parser.add_argument(
+        "--init",
+        metavar="scratch|imagenet|PATH.keras",
+        help="scratch (default); imagenet: vgg16 only, needs a download; a checkpoint to continue training from",
+    )
     parser.add_argument("--precision", choices=("mixed_bfloat16", "float32"))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--steps-per-epoch", type=_positive(int), metavar="N", help="default: the whole split")

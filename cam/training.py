@@ -15,7 +15,15 @@ import numpy as np
 
 from cam.data import ImageSet, load_split, split_train_validation, to_dataset
 from cam.device import describe_device
-from cam.models import CHECKPOINTS, default_gradcam_layer, nopool_gap, receptive_field, save_checkpoint, vgg16
+from cam.models import (
+    CHECKPOINTS,
+    default_gradcam_layer,
+    load_checkpoint,
+    nopool_gap,
+    receptive_field,
+    save_checkpoint,
+    vgg16,
+)
 
 
 @dataclass
@@ -33,7 +41,7 @@ class TrainConfig:
     validation_fraction: float = 0.1
     patience: int = 5
     seed: int = 0
-    init: str = "scratch"
+    init: str = "scratch"  # "scratch", "imagenet" (vgg16, online) or a checkpoint path to continue training
     precision: str = "mixed_bfloat16"
     steps_per_epoch: int | None = None  # None: the whole training split; set for smoke tests
 
@@ -47,7 +55,20 @@ def build(config: TrainConfig, num_classes: int) -> keras.Model:
     if config.init == "imagenet" and config.architecture != "vgg16":
         raise ValueError("--init imagenet exists for vgg16 only")
     kwargs = {"weights": "imagenet"} if config.init == "imagenet" else {}
-    return BUILDERS[config.architecture](num_classes=num_classes, input_size=config.input_size, **kwargs)
+    model = BUILDERS[config.architecture](num_classes=num_classes, input_size=config.input_size, **kwargs)
+    if config.init not in ("scratch", "imagenet"):
+        model.set_weights(load_checkpoint(config.init).model.get_weights())
+    return model
+
+
+def describe_init(config: TrainConfig) -> dict:
+    """What the weights started from, for the card; a continued run keeps the earlier run's training record."""
+    if config.init == "imagenet":
+        return {"init": "ImageNet weights, fine-tuned"}
+    if config.init == "scratch":
+        return {"init": "from scratch (random init)"}
+    earlier = load_checkpoint(config.init).card["training"]
+    return {"init": f"{earlier['init']}; continued from {config.init}", "continued_from": earlier}
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -168,7 +189,7 @@ def train(
         "parameters": int(model.count_params()),
         "receptive_field": receptive_field(model) if config.architecture == "nopool_gap" else None,
         "training": {
-            "init": "ImageNet weights, fine-tuned" if config.init == "imagenet" else "from scratch (random init)",
+            **describe_init(config),
             "data": str(config.data),
             "split": f"{len(train_idx)} train / {len(val_idx)} validation from train/, seed {config.seed}",
             "config": {k: v for k, v in vars(config).items() if k != "data"},

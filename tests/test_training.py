@@ -63,3 +63,26 @@ def test_checkpoint_is_float32(trained) -> None:
     loaded = load_checkpoint(trained[2])
     assert {layer.dtype_policy.name for layer in loaded.model.layers} == {"float32"}
     assert {weight.dtype for weight in loaded.model.weights} == {"float32"}
+
+
+def test_continue_training_from_a_checkpoint(shared_tiny_dataset: Path, tmp_path: Path) -> None:
+    """--init PATH starts from that checkpoint's weights and keeps its training record in the card."""
+    first = TrainConfig(
+        "nopool_gap",
+        str(shared_tiny_dataset),
+        epochs=1,
+        steps_per_epoch=1,
+        batch_size=8,
+        precision="float32",
+        learning_rate=1e-9,
+    )  # a learning rate this small leaves weights as loaded
+    _, card = train(first, tmp_path / "a", "start", log=lambda message: None)
+    second = TrainConfig(**{**vars(first), "init": str(tmp_path / "a" / "start.keras")})
+    model, continued = train(second, tmp_path / "b", "continued", log=lambda message: None)
+    assert continued["training"]["continued_from"]["date"] == card["training"]["date"]
+    assert (
+        continued["training"]["init"].startswith("from scratch") and "continued from" in continued["training"]["init"]
+    )
+    start = load_checkpoint(tmp_path / "a" / "start.keras").model
+    for before, after in zip(start.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-6)
