@@ -185,7 +185,8 @@ def vgg16_imagenet() -> LoadedModel:
         ),
         VGG16_IMAGENET_FILES[0],
     )
-    # Keras names the 1000-way dense layer "predictions"; rename our convention's way via a new head layer.
+    # classifier_activation=None leaves Keras's 1000-way "predictions" layer linear: name its output "logits"
+    # and end in a softmax, as our own models do.
     logits = layers.Identity(name="logits")(base.output)
     probabilities = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     model = keras.Model(inputs, probabilities, name="vgg16_imagenet")
