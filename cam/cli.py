@@ -128,9 +128,9 @@ def train(args: argparse.Namespace) -> int:
 
 def checkpoint_path(model: str) -> Path:
     """The .keras file of a registry name (in cam.models.CHECKPOINTS) or of a path given with or without suffix."""
-    from cam.models import CHECKPOINTS, REGISTRY
+    from cam import models
 
-    return CHECKPOINTS / f"{model}.keras" if model in REGISTRY else Path(model).with_suffix(".keras")
+    return models.checkpoint_path(model) if model in models.REGISTRY else Path(model).with_suffix(".keras")
 
 
 def evaluate(args: argparse.Namespace) -> int:

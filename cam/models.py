@@ -316,9 +316,14 @@ class ModelSpec:
     load: Callable[[], LoadedModel]
 
 
+def checkpoint_path(name: str) -> Path:
+    """Where the registry keeps our checkpoint ``name`` (read at call time: $CAM_CHECKPOINTS, tests patch it)."""
+    return CHECKPOINTS / f"{name}.keras"
+
+
 def _checkpoint_or_stand_in(name: str) -> Callable[[], LoadedModel]:
     def load() -> LoadedModel:
-        path = CHECKPOINTS / f"{name}.keras"
+        path = checkpoint_path(name)
         return load_checkpoint(path) if path.exists() else untrained_stand_in(name)
 
     return load
@@ -356,7 +361,7 @@ def availability(name: str) -> str:
         if missing:
             return f"not yet: downloads {', '.join(missing)} into {keras_cache_dir()} on first use"
         return f"yes, weights cached in {keras_cache_dir()}"
-    path = CHECKPOINTS / f"{name}.keras"
+    path = checkpoint_path(name)
     if path.is_file():
         return f"yes, checkpoint {path}"
     return f"no checkpoint at {path}: an UNTRAINED stand-in is used"
