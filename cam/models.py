@@ -226,13 +226,11 @@ def save_checkpoint(model: keras.Model, card: dict, directory: Path = CHECKPOINT
     return path
 
 
-def load_checkpoint(path: str | Path) -> LoadedModel:
-    """Load ``NAME.keras`` (Keras safe mode) and its card ``NAME.json``, checking that they agree."""
-    path = Path(path).with_suffix(".keras")
-    card_path = path.with_suffix(".json")
-    for file in (path, card_path):
-        if not file.is_file():
-            raise CheckpointError(f"Checkpoint file not found: {file}")
+def read_card(path: str | Path) -> dict:
+    """The model card ``NAME.json`` of checkpoint ``NAME.keras``, checked to be JSON with every ``CARD_KEYS``."""
+    card_path = Path(path).with_suffix(".json")
+    if not card_path.is_file():
+        raise CheckpointError(f"Checkpoint file not found: {card_path}")
     try:
         card = json.loads(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -240,6 +238,15 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     missing = [key for key in CARD_KEYS if key not in card]
     if missing:
         raise CheckpointError(f"Model card {card_path} lacks {', '.join(missing)}")
+    return card
+
+
+def load_checkpoint(path: str | Path) -> LoadedModel:
+    """Load ``NAME.keras`` (Keras safe mode) and its card ``NAME.json``, checking that they agree."""
+    path = Path(path).with_suffix(".keras")
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint file not found: {path}")
+    card = read_card(path)
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a Keras archive (truncated or not a .keras file)")
     try:

@@ -20,6 +20,7 @@ from cam.models import (
     default_gradcam_layer,
     load_checkpoint,
     nopool_gap,
+    read_card,
     receptive_field,
     save_checkpoint,
     vgg16,
@@ -67,7 +68,7 @@ def describe_init(config: TrainConfig) -> dict:
         return {"init": "ImageNet weights, fine-tuned"}
     if config.init == "scratch":
         return {"init": "from scratch (random init)"}
-    earlier = load_checkpoint(config.init).card["training"]
+    earlier = read_card(config.init)["training"]
     return {"init": f"{earlier['init']}; continued from {config.init}", "continued_from": earlier}
 
 
