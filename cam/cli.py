@@ -108,7 +108,18 @@ def _write_png(path: Path, image: np.ndarray) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- train, evaluate
-TRAIN_OPTIONS = ("input_size", "epochs", "batch_size", "learning_rate", "init", "precision", "seed", "steps_per_epoch")
+TRAIN_OPTIONS = (
+    "input_size",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "init",
+    "precision",
+    "patience",
+    "seed",
+    "steps_per_epoch",
+    "crop",
+)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -253,7 +264,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="scratch (default); imagenet: vgg16 only, needs a download; a checkpoint to continue training from",
     )
     parser.add_argument("--precision", choices=("mixed_bfloat16", "float32"))
+    parser.add_argument(
+        "--patience", type=_positive(int), metavar="N", help="stop after N epochs without a better validation accuracy"
+    )
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--crop", type=_positive(int), metavar="PIXELS", help="nopool_gap: train on random crops of this size"
+    )
     parser.add_argument("--steps-per-epoch", type=_positive(int), metavar="N", help="default: the whole split")
     parser.add_argument("--out", metavar="DIR", help="default: $CAM_CHECKPOINTS or checkpoints/")
     parser.add_argument("--name", help="checkpoint name (default: the architecture)")

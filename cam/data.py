@@ -100,9 +100,10 @@ def split_train_validation(n: int, validation_fraction: float, seed: int) -> tup
     return np.sort(order[n_validation:]), np.sort(order[:n_validation])
 
 
-def augment(images: tf.Tensor, pad: int = 4) -> tf.Tensor:
-    """Random horizontal flip and a random shift of up to ``pad`` pixels (reflect-pad, then crop), per image."""
-    size = tf.shape(images)[1:3]
+def augment(images: tf.Tensor, pad: int = 4, crop: int | None = None) -> tf.Tensor:
+    """Random horizontal flip and a random shift of up to ``pad`` pixels (reflect-pad, then crop), per image;
+    ``crop`` makes the crops ``crop`` x ``crop`` pixels instead of the images' size."""
+    size = tf.shape(images)[1:3] if crop is None else tf.constant([crop, crop])
     images = tf.image.random_flip_left_right(images)
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
     return tf.map_fn(
@@ -110,15 +111,20 @@ def augment(images: tf.Tensor, pad: int = 4) -> tf.Tensor:
     )
 
 
-def to_dataset(data: ImageSet, batch_size: int, training: bool, seed: int = 0) -> tf.data.Dataset:
-    """A batched, prefetched tf.data pipeline of (float32 RGB 0..255 images, one-hot labels)."""
+def to_dataset(
+    data: ImageSet, batch_size: int, training: bool, seed: int = 0, crop: int | None = None
+) -> tf.data.Dataset:
+    """A batched, prefetched tf.data pipeline of (float32 RGB 0..255 images, one-hot labels); for training,
+    augmented (see ``augment``; ``crop`` passes on)."""
     one_hot = np.eye(len(data.classes), dtype=np.float32)[data.labels]
     dataset = tf.data.Dataset.from_tensor_slices((data.images, one_hot))
     if training:
         dataset = dataset.shuffle(len(data.labels), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     to_float = (
-        (lambda x, y: (augment(tf.cast(x, tf.float32)), y)) if training else (lambda x, y: (tf.cast(x, tf.float32), y))
+        (lambda x, y: (augment(tf.cast(x, tf.float32), crop=crop), y))
+        if training
+        else (lambda x, y: (tf.cast(x, tf.float32), y))
     )
     return dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

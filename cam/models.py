@@ -25,11 +25,11 @@ CIFAR4_CLASSES = ("bird", "cat", "dog", "horse")
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 # NoPool-GAP: filters of each 3x3 convolution, all with stride 1 and no pooling, so every feature map keeps
-# the input's size; a last 1x1 convolution widens the CAM features cheaply. Receptive field: 1 + 2 * 10 = 21
-# pixels of a 32x32 image. No dilation and no batch normalisation: on this CPU (oneDNN, bfloat16) a dilated
-# 3x3 convolution ran 3x slower than a plain one and BatchNormalization tripled a step's time, while at full
-# resolution every layer already costs as much as all of VGG16's last blocks together.
-NOPOOL_FILTERS = (32, 64, 64, 96, 96, 128, 128, 128, 160, 160)
+# the input's size; a last 1x1 convolution widens the CAM features cheaply. Receptive field: 1 + 2 * 16 = 33
+# pixels, so a unit at the centre of a 32x32 image sees all of it. Thin and deep rather than wide: at full
+# resolution every layer costs as much as all of VGG16's last blocks together. No dilation: on this CPU
+# (oneDNN, bfloat16) a dilated 3x3 convolution ran 3x slower than a plain one.
+NOPOOL_FILTERS = (32, 32, 48, 48, 64, 64, 64, 64, 96, 96, 96, 96, 128, 128, 128, 128)
 NOPOOL_CAM_FEATURES = 256
 CARD_KEYS = ("name", "architecture", "classes", "input_size", "preprocessing", "gradcam_layer", "training", "metrics")
 
@@ -85,6 +85,7 @@ def vgg16(
     batch_norm: bool = True,
     head_units: int = 256,
     dropout: float = 0.5,
+    normalization: type[layers.BatchNormalization] = layers.BatchNormalization,
 ) -> keras.Model:
     """Keras's VGG16 convolutional layers (same names and shapes, so ``block5_conv3`` is addressable and
     ImageNet weights fit) with a compact head: GAP -> Dense(head_units, relu) -> Dense(num_classes).
@@ -92,7 +93,8 @@ def vgg16(
     ``batch_norm`` adds a BatchNormalization after each conv's ReLU (named ``<conv>_bn``; torchvision's vgg16_bn
     puts it before); it is what makes training from scratch converge in few epochs. The map the head reads is
     then ``block5_conv3_bn``: the post-ReLU maps under a per-channel affine rescaling, and the default layer for
-    Grad-CAM (see ``default_gradcam_layer``).
+    Grad-CAM (see ``default_gradcam_layer``). ``normalization`` swaps in a subclass with the same weights
+    (training uses a faster one; checkpoints always hold the plain layer).
     ``weights="imagenet"`` copies the convolutions from ``keras.applications.VGG16`` (needs a download).
     """
     inputs = keras.Input((input_size, input_size, 3), name="image")
@@ -101,7 +103,7 @@ def vgg16(
         for index in range(1, convs + 1):
             x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_conv{index}")(x)
             if batch_norm:
-                x = layers.BatchNormalization(name=f"block{block}_conv{index}_bn")(x)
+                x = normalization(name=f"block{block}_conv{index}_bn")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dense(head_units, activation="relu", name="fc1")(layers.Dropout(dropout, name="fc1_dropout")(x))
@@ -119,17 +121,25 @@ def vgg16(
     return model
 
 
-def nopool_gap(num_classes: int = 4, input_size: int = 32, dropout: float = 0.2) -> keras.Model:
-    """A CNN without pooling or strides: 3x3 conv + ReLU for each of NOPOOL_FILTERS at full resolution,
-    a 1x1 conv + ReLU to NOPOOL_CAM_FEATURES maps (layer ``cam_features``, the input's height and width),
-    then GlobalAveragePooling2D and one Dense layer whose weights w_kc give CAM_c = sum_k w_kc A_k.
+def nopool_gap(
+    num_classes: int = 4,
+    input_size: int | None = 32,
+    dropout: float = 0.2,
+    normalization: type[layers.BatchNormalization] = layers.BatchNormalization,
+) -> keras.Model:
+    """A CNN without pooling or strides: 3x3 conv -> BatchNorm -> ReLU for each of NOPOOL_FILTERS at full
+    resolution, a 1x1 conv + ReLU to NOPOOL_CAM_FEATURES maps (layer ``cam_features``, the input's height and
+    width), then GlobalAveragePooling2D and one Dense layer whose weights w_kc give CAM_c = sum_k w_kc A_k.
+    ``normalization``: as in ``vgg16``. ``input_size=None`` takes images of any size.
     """
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
     for index, filters in enumerate(NOPOOL_FILTERS, start=1):
+        # No bias: the BatchNorm's offset that follows plays its part.
         x = layers.Conv2D(
-            filters, 3, padding="same", activation="relu", kernel_initializer="he_normal", name=f"conv{index}"
+            filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"conv{index}"
         )(x)
+        x = layers.ReLU(name=f"conv{index}_relu")(normalization(name=f"conv{index}_bn")(x))
     x = layers.Conv2D(NOPOOL_CAM_FEATURES, 1, activation="relu", kernel_initializer="he_normal", name="cam_features")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     return keras.Model(inputs, _classifier_head(x, num_classes, dropout), name="nopool_gap")

@@ -115,17 +115,20 @@ def test_augment_keeps_a_constant_image_constant() -> None:
     np.testing.assert_array_equal(out, 77.0)
 
 
-def test_augment_is_a_shifted_and_maybe_flipped_window_of_the_image() -> None:
+@pytest.mark.parametrize("crop", [None, 5])
+def test_augment_is_a_shifted_and_maybe_flipped_window_of_the_image(crop: int | None) -> None:
     tf.random.set_seed(0)
     pad, size = 2, 8
+    side = crop or size
     images = np.random.default_rng(0).uniform(0, 255, (6, size, size, 3)).astype(np.float32)
-    out = augment(tf.constant(images), pad=pad).numpy()
+    out = augment(tf.constant(images), pad=pad, crop=crop).numpy()
+    assert out.shape == (6, side, side, 3)
     for image, shifted in zip(images, out, strict=True):
         windows = [
-            np.pad(candidate, [(pad, pad), (pad, pad), (0, 0)], mode="reflect")[dy : dy + size, dx : dx + size]
+            np.pad(candidate, [(pad, pad), (pad, pad), (0, 0)], mode="reflect")[dy : dy + side, dx : dx + side]
             for candidate in (image, image[:, ::-1])
-            for dy in range(2 * pad + 1)
-            for dx in range(2 * pad + 1)
+            for dy in range(size + 2 * pad - side + 1)
+            for dx in range(size + 2 * pad - side + 1)
         ]
         assert any(np.array_equal(shifted, window) for window in windows)
 
