@@ -1,9 +1,10 @@
-"""Training throughput of both architectures at 32x32, batch 64, in float32 and mixed_bfloat16.
+"""Training throughput of both architectures at 32x32: float32 against mixed_bfloat16, Keras's BatchNormalization
+against cam.training.FusedBatchNormalization, and (nopool_gap) whole images against 24x24 crops.
 
-Reports images per second over a few steps on random data and the time of one epoch of 18,000 images
-(the training split of cifar4), so the two precisions are compared in one run on one machine.
+Reports images per second over a few steps on random data, the time of one epoch of 18,000 images (the training
+split of cifar4) and the speed-up over the first row of each architecture, all measured in one run on one machine.
 
-    python -m benchmarks.bench_training [--steps 12]
+    python -m benchmarks.bench_training [--steps 8] [--batch 128]
 """
 
 from __future__ import annotations
@@ -15,18 +16,34 @@ import keras
 import numpy as np
 
 from cam.device import describe_device
-from cam.training import BUILDERS
+from cam.training import BUILDERS, FusedBatchNormalization
 
 EPOCH_IMAGES = 18_000
+NORMALIZATIONS = {"keras": keras.layers.BatchNormalization, "fused": FusedBatchNormalization}
+SETTINGS = (  # architecture, precision, normalization, training crop (None: the whole 32x32 image)
+    ("vgg16", "float32", "keras", None),
+    ("vgg16", "mixed_bfloat16", "keras", None),
+    ("vgg16", "float32", "fused", None),
+    ("vgg16", "mixed_bfloat16", "fused", None),
+    ("nopool_gap", "float32", "keras", None),
+    ("nopool_gap", "mixed_bfloat16", "keras", None),
+    ("nopool_gap", "mixed_bfloat16", "fused", None),
+    ("nopool_gap", "mixed_bfloat16", "fused", 24),
+)
 
 
-def images_per_second(architecture: str, precision: str, steps: int, batch: int = 64) -> float:
+def images_per_second(
+    architecture: str, precision: str, normalization: str, crop: int | None, steps: int, batch: int
+) -> float:
     keras.mixed_precision.set_global_policy(precision)
     try:
-        model = BUILDERS[architecture](num_classes=4, input_size=32)
+        model = BUILDERS[architecture](
+            num_classes=4, input_size=None if crop else 32, normalization=NORMALIZATIONS[normalization]
+        )
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy")
         rng = np.random.default_rng(0)
-        x = rng.uniform(0, 255, (batch * steps, 32, 32, 3)).astype("float32")
+        size = crop or 32
+        x = rng.uniform(0, 255, (batch * steps, size, size, 3)).astype("float32")
         y = np.eye(4, dtype="float32")[rng.integers(0, 4, batch * steps)]
         model.fit(x[: batch * 2], y[: batch * 2], batch_size=batch, verbose=0)  # warm-up: tracing
         started = time.perf_counter()
@@ -38,14 +55,21 @@ def images_per_second(architecture: str, precision: str, steps: int, batch: int 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
-    print(f"device: {describe_device()}; batch 64 at 32x32, {args.steps} steps after warm-up")
-    print(f"{'architecture':12s} {'precision':15s} {'img/s':>8s} {'s/epoch':>8s}")
-    for architecture in BUILDERS:
-        for precision in ("float32", "mixed_bfloat16"):
-            rate = images_per_second(architecture, precision, args.steps)
-            print(f"{architecture:12s} {precision:15s} {rate:8.0f} {EPOCH_IMAGES / rate:8.0f}")
+    print(f"device: {describe_device()}; batch {args.batch}, {args.steps} steps after warm-up")
+    header = ("architecture", "precision", "BN", "input", "img/s", "s/epoch", "speed-up")
+    print("{:12s} {:15s} {:6s} {:6s} {:>7s} {:>8s} {:>9s}".format(*header))
+    baseline = {}
+    for architecture, precision, normalization, crop in SETTINGS:
+        rate = images_per_second(architecture, precision, normalization, crop, args.steps, args.batch)
+        baseline.setdefault(architecture, rate)
+        size = f"{crop or 32}px"
+        print(
+            f"{architecture:12s} {precision:15s} {normalization:6s} {size:6s} {rate:7.0f} {EPOCH_IMAGES / rate:8.0f}"
+            f" {rate / baseline[architecture]:8.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -113,12 +113,14 @@ TRAIN_OPTIONS = (
     "epochs",
     "batch_size",
     "learning_rate",
+    "weight_decay",
     "init",
     "precision",
     "patience",
     "seed",
     "steps_per_epoch",
     "crop",
+    "cutout",
 )
 
 
@@ -259,6 +261,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=_positive(int), metavar="N")
     parser.add_argument("--lr", dest="learning_rate", type=_positive(float), metavar="X", help="peak learning rate")
     parser.add_argument(
+        "--weight-decay", type=_positive(float), metavar="X", help="decoupled, as Keras's SGD applies it (w -= lr*X*w)"
+    )
+    parser.add_argument(
         "--init",
         metavar="scratch|imagenet|PATH.keras",
         help="scratch (default); imagenet: vgg16 only, needs a download; a checkpoint to continue training from",
@@ -270,6 +275,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument(
         "--crop", type=_positive(int), metavar="PIXELS", help="nopool_gap: train on random crops of this size"
+    )
+    parser.add_argument(
+        "--cutout", type=_positive(int), metavar="PIXELS", help="grey out a random square of this side per image"
     )
     parser.add_argument("--steps-per-epoch", type=_positive(int), metavar="N", help="default: the whole split")
     parser.add_argument("--out", metavar="DIR", help="default: $CAM_CHECKPOINTS or checkpoints/")

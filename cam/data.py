@@ -100,29 +100,44 @@ def split_train_validation(n: int, validation_fraction: float, seed: int) -> tup
     return np.sort(order[n_validation:]), np.sort(order[:n_validation])
 
 
-def augment(images: tf.Tensor, pad: int = 4, crop: int | None = None) -> tf.Tensor:
+def augment(images: tf.Tensor, pad: int = 4, crop: int | None = None, cutout: int = 0) -> tf.Tensor:
     """Random horizontal flip and a random shift of up to ``pad`` pixels (reflect-pad, then crop), per image;
-    ``crop`` makes the crops ``crop`` x ``crop`` pixels instead of the images' size."""
+    ``crop`` makes the crops ``crop`` x ``crop`` pixels instead of the images' size; ``cutout`` > 0 then greys out
+    one random square of that side per image (see ``cut_out``)."""
     size = tf.shape(images)[1:3] if crop is None else tf.constant([crop, crop])
     images = tf.image.random_flip_left_right(images)
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    return tf.map_fn(
+    images = tf.map_fn(
         lambda image: tf.image.random_crop(image, tf.concat([size, [3]], 0)), padded, fn_output_signature=images.dtype
     )
+    return cut_out(images, cutout) if cutout else images
+
+
+def cut_out(images: tf.Tensor, side: int, fill: float = 127.5) -> tf.Tensor:
+    """Cutout (DeVries & Taylor 2017): per image, set a ``side`` x ``side`` square to ``fill`` (mid-grey, which the
+    models' preprocessing maps near zero). Its centre is uniform over the image, so squares at the edges are clipped:
+    the net also sees whole objects."""
+    shape = tf.shape(images)
+    n, height, width = shape[0], shape[1], shape[2]
+    top = tf.random.uniform([n, 1, 1], 0, height, dtype=tf.int32) - side // 2
+    left = tf.random.uniform([n, 1, 1], 0, width, dtype=tf.int32) - side // 2
+    rows, columns = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
+    inside = (rows >= top) & (rows < top + side) & (columns >= left) & (columns < left + side)
+    return tf.where(inside[..., None], tf.cast(fill, images.dtype), images)
 
 
 def to_dataset(
-    data: ImageSet, batch_size: int, training: bool, seed: int = 0, crop: int | None = None
+    data: ImageSet, batch_size: int, training: bool, seed: int = 0, crop: int | None = None, cutout: int = 0
 ) -> tf.data.Dataset:
     """A batched, prefetched tf.data pipeline of (float32 RGB 0..255 images, one-hot labels); for training,
-    augmented (see ``augment``; ``crop`` passes on)."""
+    augmented (see ``augment``; ``crop`` and ``cutout`` pass on)."""
     one_hot = np.eye(len(data.classes), dtype=np.float32)[data.labels]
     dataset = tf.data.Dataset.from_tensor_slices((data.images, one_hot))
     if training:
         dataset = dataset.shuffle(len(data.labels), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     to_float = (
-        (lambda x, y: (augment(tf.cast(x, tf.float32), crop=crop), y))
+        (lambda x, y: (augment(tf.cast(x, tf.float32), crop=crop, cutout=cutout), y))
         if training
         else (lambda x, y: (tf.cast(x, tf.float32), y))
     )

@@ -17,6 +17,7 @@ from cam.data import (
     CIFAR10_NAMES,
     DataError,
     augment,
+    cut_out,
     download_cifar4,
     list_classes,
     load_split,
@@ -131,6 +132,32 @@ def test_augment_is_a_shifted_and_maybe_flipped_window_of_the_image(crop: int | 
             for dx in range(size + 2 * pad - side + 1)
         ]
         assert any(np.array_equal(shifted, window) for window in windows)
+
+
+@pytest.mark.parametrize("side", [1, 4, 7])
+def test_cut_out_greys_one_clipped_square_and_keeps_the_rest(side: int) -> None:
+    tf.random.set_seed(1)
+    images = np.random.default_rng(1).uniform(0, 100, (64, 12, 12, 3)).astype(np.float32)  # never 127.5
+    out = cut_out(tf.constant(images), side).numpy()
+    for image, cut in zip(images, out, strict=True):
+        grey = (cut == 127.5).all(axis=-1)
+        rows, columns = np.nonzero(grey)
+        height, width = np.ptp(rows) + 1, np.ptp(columns) + 1
+        assert grey.sum() == height * width  # one filled rectangle ...
+        assert height <= side and width <= side  # ... a square, clipped where it crosses the border
+        assert height == side or rows.min() == 0 or rows.max() == 11
+        assert width == side or columns.min() == 0 or columns.max() == 11
+        np.testing.assert_array_equal(cut[~grey], image[~grey])
+    # centres are uniform over the image, so over 64 images some squares are clipped and some are whole
+    clipped = [(out[i] == 127.5).all(axis=-1).sum() < side * side for i in range(len(out))]
+    assert side == 1 or 0 < sum(clipped) < len(out)
+
+
+def test_augment_with_cutout_greys_a_square_in_each_image() -> None:
+    out = augment(tf.fill((8, 16, 16, 3), 10.0), pad=2, cutout=6).numpy()
+    grey = (out == 127.5).all(axis=-1)
+    assert (grey.sum(axis=(1, 2)) > 0).all() and (grey.sum(axis=(1, 2)) <= 36).all()
+    np.testing.assert_array_equal(out[~grey], 10.0)
 
 
 # --- CIFAR-10 archive ------------------------------------------------------------------------------------------------
