@@ -12,6 +12,8 @@ from cam.images import resize
 
 # The colormaps offered in the dashboard; colorize() accepts any name matplotlib knows.
 COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "gray")
+# side_by_side magnifies smaller panels to at least this height, so that a 32x32 input is visible and titled.
+MIN_PANEL_HEIGHT = 256
 TITLE_COLOUR = (0, 0, 0)
 BACKGROUND = (255, 255, 255)
 
@@ -98,13 +100,19 @@ def title_band_height(panel_height: int) -> int:
 def side_by_side(panels: list[np.ndarray], titles: list[str], gap: int = 16) -> np.ndarray:
     """Lay RGB uint8 panels left to right, each scaled to the tallest panel's height and titled above, on white.
 
-    The result is title_band_height(tallest) + tallest high and sum(scaled widths) + gap * (len(panels) - 1) wide.
+    When the tallest panel is under MIN_PANEL_HEIGHT, every panel is first magnified by the smallest whole factor
+    that reaches it, nearest neighbour: each input pixel becomes a sharp square block, nothing is invented.
+    The result is title_band_height(H) + H high and sum(scaled widths) + gap * (len(panels) - 1) wide, where H is
+    the tallest panel's height after magnifying.
     """
     if not panels or len(panels) != len(titles):
         raise ValueError(f"need one title per panel and at least one panel; got {len(panels)} and {len(titles)}")
     if gap < 0:
         raise ValueError(f"gap must not be negative, got {gap}")
     panels = [_require_rgb(panel) for panel in panels]
+    factor = -(-MIN_PANEL_HEIGHT // max(panel.shape[0] for panel in panels))  # ceiling division
+    if factor > 1:
+        panels = [panel.repeat(factor, axis=0).repeat(factor, axis=1) for panel in panels]
     height = max(panel.shape[0] for panel in panels)
     band = title_band_height(height)
     scaled = [_scale_to_height(panel, height) for panel in panels]

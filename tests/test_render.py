@@ -129,14 +129,27 @@ def test_guided_image_clips_and_upsamples() -> None:
 
 
 def test_side_by_side_arithmetic() -> None:
-    panels = [_photo(100, 80), _photo(50, 30), _photo(100, 120)]
+    panels = [_photo(300, 240), _photo(150, 90), _photo(300, 360)]
     result = side_by_side(panels, ["image", "Grad-CAM", "Guided Grad-CAM"], gap=16)
-    band = title_band_height(100)
-    assert band == 24  # the 12 px minimum font, twice over
-    # The 50-high panel doubles to 100 high and 60 wide.
-    assert result.shape == (band + 100, 80 + 16 + 60 + 16 + 120, 3) and result.dtype == np.uint8
-    assert (result[band:, 80:96] == 255).all()  # white gap
-    np.testing.assert_array_equal(result[band:, :80], panels[0])
+    band = title_band_height(300)
+    assert band == 30  # font of 300 // 20 = 15 px, twice over
+    # The 150-high panel doubles to 300 high and 180 wide.
+    assert result.shape == (band + 300, 240 + 16 + 180 + 16 + 360, 3) and result.dtype == np.uint8
+    assert (result[band:, 240:256] == 255).all()  # white gap
+    np.testing.assert_array_equal(result[band:, :240], panels[0])
+
+
+def test_side_by_side_magnifies_small_panels_into_sharp_blocks_under_whole_titles() -> None:
+    panels = [_photo(32, 32), _photo(32, 32)]
+    titles = ["Grad-CAM (VGG16)", "NoPool-GAP CAM"]
+    result = side_by_side(panels, titles, gap=16)
+    band = title_band_height(256)
+    assert result.shape == (band + 256, 256 + 16 + 256, 3)  # 8x: the smallest whole factor reaching 256
+    np.testing.assert_array_equal(result[band:, :256], np.kron(panels[0], np.ones((8, 8, 1), np.uint8)))
+    np.testing.assert_array_equal(result[band:, 272:], np.kron(panels[1], np.ones((8, 8, 1), np.uint8)))
+    for left in (0, 272):  # each title is drawn and clear of its panel's edges: not cut off
+        title = result[:band, left : left + 256]
+        assert (title < 128).any() and (title[:, :4] == 255).all() and (title[:, -4:] == 255).all()
 
 
 def test_side_by_side_draws_titles_in_a_white_band() -> None:
