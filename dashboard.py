@@ -250,6 +250,12 @@ def show_results(result: ImageResult, choice: Choice, colormap: str, opacity: fl
         note += (f" The page shows a {round(width / scale)}x{round(height / scale)} copy of this {width}x{height} "
                  "image; the downloads are full resolution.")
     st.caption(note)
+    legend, _ = st.columns([1, 2])
+    legend.image(
+        render.colour_bar(colormap, 512, 16), width="stretch",
+        caption=f"Heat map colours ({colormap}): lowest value of the map on the left, highest on the right. "
+        "Guided Grad-CAM is not coloured: grey is zero, colours are the gradient's sign per RGB channel.",
+    )
     e = result.explanation
     gradcam_pass = (e.gradcam_seconds, result.gradcam_model.card["name"])  # one pass gives both Grad-CAM panels
     passes = [gradcam_pass, gradcam_pass, (e.cam_seconds, result.cam_model.card["name"])]

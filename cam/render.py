@@ -63,6 +63,11 @@ def heatmap(map_: np.ndarray, size: tuple[int, int], colormap: str = "jet") -> n
     return colorize(normalize(upsample(map_, size)), colormap)
 
 
+def colour_bar(colormap: str = "jet", width: int = 256, height: int = 12) -> np.ndarray:
+    """The legend of heatmap and overlay: the colormap as a strip, map value 0 (left) to 1 (right); RGB uint8."""
+    return colorize(np.linspace(0.0, 1.0, width)[None, :], colormap).repeat(height, axis=0)
+
+
 def overlay(image: np.ndarray, map_: np.ndarray, opacity: float = 0.5, colormap: str = "jet") -> np.ndarray:
     """Blend a map of any resolution over an RGB uint8 image (H, W, 3): (1 - opacity) * image + opacity * colour.
 

@@ -68,6 +68,7 @@ def assert_panels(at: AppTest, resolution: str) -> None:
     assert len(at.get("plotly_chart")) == 1
     assert len(at.download_button) == 4  # three panels and the side-by-side PNG
     assert len(at.dataframe) == 2  # both models' top predictions
+    assert sum("Heat map colours" in " ".join(image.captions) for image in at.get("image")) == 1  # colour legend
 
 
 def test_no_checkpoint_no_dataset_upload_bad_files_and_example(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:

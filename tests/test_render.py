@@ -11,6 +11,7 @@ from PIL import Image
 from cam.render import (
     COLORMAPS,
     colorize,
+    colour_bar,
     guided_image,
     heatmap,
     normalize,
@@ -126,6 +127,14 @@ def test_guided_image_clips_and_upsamples() -> None:
     assert result.shape == (28, 21, 3) and result.dtype == np.uint8
     assert result[0, 0, 0] == 255 and result[-1, -1, 0] == 0
     assert (result[..., 1:] == 128).all()  # the mean, 0.5 grey
+
+
+def test_colour_bar_runs_from_the_lowest_to_the_highest_colour() -> None:
+    bar = colour_bar("viridis", width=50, height=3)
+    assert bar.shape == (3, 50, 3) and bar.dtype == np.uint8
+    np.testing.assert_array_equal(bar[:, 0], colorize(np.zeros((3,)), "viridis"))
+    np.testing.assert_array_equal(bar[:, -1], colorize(np.ones((3,)), "viridis"))
+    np.testing.assert_array_equal(bar[1:], np.broadcast_to(bar[:1], (2, 50, 3)))
 
 
 def test_side_by_side_arithmetic() -> None:
