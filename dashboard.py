@@ -253,8 +253,8 @@ def show_results(result: ImageResult, choice: Choice, colormap: str, opacity: fl
     legend, _ = st.columns([1, 2])
     legend.image(
         render.colour_bar(colormap, 512, 16), width="stretch",
-        caption=f"Heat map colours ({colormap}): lowest value of the map on the left, highest on the right. "
-        "Guided Grad-CAM is not coloured: grey is zero, colours are the gradient's sign per RGB channel.",
+        caption=f"Heat map colours ({colormap}): the map's lowest value on the left, its highest on the right. "
+        "Guided Grad-CAM has no colour scale: grey is its average gradient.",
     )
     e = result.explanation
     gradcam_pass = (e.gradcam_seconds, result.gradcam_model.card["name"])  # one pass gives both Grad-CAM panels
