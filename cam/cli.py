@@ -121,6 +121,7 @@ TRAIN_OPTIONS = (
     "steps_per_epoch",
     "crop",
     "cutout",
+    "cutmix",
 )
 
 
@@ -278,6 +279,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--cutout", type=_positive(int), metavar="PIXELS", help="grey out a random square of this side per image"
+    )
+    parser.add_argument(
+        "--cutmix", type=_fraction, metavar="P", help="CutMix with this probability per batch (default: 0, none)"
     )
     parser.add_argument("--steps-per-epoch", type=_positive(int), metavar="N", help="default: the whole split")
     parser.add_argument("--out", metavar="DIR", help="default: $CAM_CHECKPOINTS or checkpoints/")

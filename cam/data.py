@@ -113,6 +113,13 @@ def augment(images: tf.Tensor, pad: int = 4, crop: int | None = None, cutout: in
     return cut_out(images, cutout) if cutout else images
 
 
+def box_mask(height: tf.Tensor, width: tf.Tensor, top: tf.Tensor, left: tf.Tensor, side_y, side_x) -> tf.Tensor:
+    """Boolean mask, True inside the box with corner (``top``, ``left``) and sides (``side_y``, ``side_x``); the
+    corner and sides broadcast (scalars: one box; shape [n, 1, 1]: one per image); parts outside are clipped."""
+    rows, columns = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
+    return (rows >= top) & (rows < top + side_y) & (columns >= left) & (columns < left + side_x)
+
+
 def cut_out(images: tf.Tensor, side: int, fill: float = 127.5) -> tf.Tensor:
     """Cutout (DeVries & Taylor 2017): per image, set a ``side`` x ``side`` square to ``fill`` (mid-grey, which the
     models' preprocessing maps near zero). Its centre is uniform over the image, so squares at the edges are clipped:
@@ -121,26 +128,50 @@ def cut_out(images: tf.Tensor, side: int, fill: float = 127.5) -> tf.Tensor:
     n, height, width = shape[0], shape[1], shape[2]
     top = tf.random.uniform([n, 1, 1], 0, height, dtype=tf.int32) - side // 2
     left = tf.random.uniform([n, 1, 1], 0, width, dtype=tf.int32) - side // 2
-    rows, columns = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
-    inside = (rows >= top) & (rows < top + side) & (columns >= left) & (columns < left + side)
+    inside = box_mask(height, width, top, left, side, side)
     return tf.where(inside[..., None], tf.cast(fill, images.dtype), images)
 
 
+def cut_mix(images: tf.Tensor, labels: tf.Tensor, probability: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """CutMix (Yun et al. 2019), for one batch: with ``probability``, paste one box from the batch in reverse order
+    into every image, and mix the labels by pixel share: y = (1 - a) y + a y_reversed, where a is the box's area
+    fraction after clipping. The box's unclipped area fraction is uniform in [0, 1] (Beta(1, 1)), its centre
+    uniform over the image. The batch comes shuffled, so the reversed batch is a random partner."""
+    shape = tf.shape(images)
+    height, width = shape[1], shape[2]
+    ratio = tf.sqrt(tf.random.uniform([]))
+    side_y = tf.cast(tf.round(ratio * tf.cast(height, tf.float32)), tf.int32)
+    side_x = tf.cast(tf.round(ratio * tf.cast(width, tf.float32)), tf.int32)
+    top = tf.random.uniform([], 0, height, dtype=tf.int32) - side_y // 2
+    left = tf.random.uniform([], 0, width, dtype=tf.int32) - side_x // 2
+    inside = box_mask(height, width, top, left, side_y, side_x) & (tf.random.uniform([]) < probability)
+    share = tf.reduce_mean(tf.cast(inside, labels.dtype))
+    mixed = tf.where(inside[..., None], images[::-1], images)
+    return mixed, (1.0 - share) * labels + share * labels[::-1]
+
+
 def to_dataset(
-    data: ImageSet, batch_size: int, training: bool, seed: int = 0, crop: int | None = None, cutout: int = 0
+    data: ImageSet,
+    batch_size: int,
+    training: bool,
+    seed: int = 0,
+    crop: int | None = None,
+    cutout: int = 0,
+    cutmix: float = 0.0,
 ) -> tf.data.Dataset:
     """A batched, prefetched tf.data pipeline of (float32 RGB 0..255 images, one-hot labels); for training,
-    augmented (see ``augment``; ``crop`` and ``cutout`` pass on)."""
+    augmented (see ``augment``; ``crop`` and ``cutout`` pass on), then CutMix with probability ``cutmix`` per batch."""
     one_hot = np.eye(len(data.classes), dtype=np.float32)[data.labels]
     dataset = tf.data.Dataset.from_tensor_slices((data.images, one_hot))
     if training:
         dataset = dataset.shuffle(len(data.labels), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
-    to_float = (
-        (lambda x, y: (augment(tf.cast(x, tf.float32), crop=crop, cutout=cutout), y))
-        if training
-        else (lambda x, y: (tf.cast(x, tf.float32), y))
-    )
+
+    def augmented(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x = augment(tf.cast(x, tf.float32), crop=crop, cutout=cutout)
+        return cut_mix(x, y, cutmix) if cutmix else (x, y)
+
+    to_float = augmented if training else (lambda x, y: (tf.cast(x, tf.float32), y))
     return dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

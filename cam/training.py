@@ -51,6 +51,7 @@ class TrainConfig:
     # (convolutions + GAP), this cuts a step's cost by (crop / input_size)^2 at full resolution.
     crop: int | None = None
     cutout: int = 0  # side of the square that cutout greys out in each training image; 0: none
+    cutmix: float = 0.0  # probability per batch of CutMix (see cam.data.cut_mix); 0: none
     steps_per_epoch: int | None = None  # None: the whole training split; set for smoke tests
 
 
@@ -194,7 +195,13 @@ def train(
         )
         keep_best = KeepBest(config.patience)
         train_data = to_dataset(
-            train_set, config.batch_size, training=True, seed=config.seed, crop=config.crop, cutout=config.cutout
+            train_set,
+            config.batch_size,
+            training=True,
+            seed=config.seed,
+            crop=config.crop,
+            cutout=config.cutout,
+            cutmix=config.cutmix,
         ).repeat()
         started = time.time()
         history = model.fit(

@@ -134,11 +134,12 @@ def test_explain_refuses_images_whose_outputs_would_collide(tmp_path, capsys) ->
 def test_train_then_evaluate_and_update_the_card(checkpoints, shared_tiny_dataset, tmp_path, capsys) -> None:
     data, out = str(shared_tiny_dataset), tmp_path / "trained"
     options = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--precision", "float32"]
-    options += ["--cutout", "4", "--weight-decay", "0.001"]
+    options += ["--cutout", "4", "--cutmix", "0.5", "--weight-decay", "0.001"]
     assert cli.main(["train", "nopool_gap", "--data", data, *options, "--out", str(out), "--name", "tiny"]) == 0
     card_path = out / "tiny.json"
     before = json.loads(card_path.read_text())
-    assert before["training"]["config"] | {"cutout": 4, "weight_decay": 0.001} == before["training"]["config"]
+    chosen = {"cutout": 4, "cutmix": 0.5, "weight_decay": 0.001}
+    assert before["training"]["config"] | chosen == before["training"]["config"]
     capsys.readouterr()
 
     assert cli.main(["evaluate", str(out / "tiny.keras"), "--data", data, "--update-card"]) == 0

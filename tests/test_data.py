@@ -17,6 +17,7 @@ from cam.data import (
     CIFAR10_NAMES,
     DataError,
     augment,
+    cut_mix,
     cut_out,
     download_cifar4,
     list_classes,
@@ -158,6 +159,34 @@ def test_augment_with_cutout_greys_a_square_in_each_image() -> None:
     grey = (out == 127.5).all(axis=-1)
     assert (grey.sum(axis=(1, 2)) > 0).all() and (grey.sum(axis=(1, 2)) <= 36).all()
     np.testing.assert_array_equal(out[~grey], 10.0)
+
+
+def test_cut_mix_pastes_one_box_from_the_reversed_batch_and_mixes_labels_by_its_area() -> None:
+    tf.random.set_seed(3)
+    images = tf.constant(np.arange(4, dtype=np.float32)[:, None, None, None] * np.ones((4, 10, 10, 3), np.float32))
+    labels = tf.constant(np.eye(4, dtype=np.float32))
+    shares = []
+    for _ in range(40):
+        mixed, mixed_labels = (t.numpy() for t in cut_mix(images, labels, probability=1.0))
+        pasted = mixed[..., 0] != np.arange(4)[:, None, None]  # image i holds value i outside the box
+        assert (pasted == pasted[0]).all()  # the same box in every image ...
+        rows, columns = np.nonzero(pasted[0])
+        if len(rows):  # ... one rectangle, filled from the partner in reverse order
+            assert pasted[0].sum() == (np.ptp(rows) + 1) * (np.ptp(columns) + 1)
+            np.testing.assert_array_equal(
+                mixed[:, pasted[0], 0], np.broadcast_to(3 - np.arange(4)[:, None], (4, len(rows)))
+            )
+        share = pasted[0].mean()
+        np.testing.assert_allclose(mixed_labels, (1 - share) * np.eye(4) + share * np.eye(4)[::-1], atol=1e-6)
+        shares.append(share)
+    assert min(shares) < 0.25 and max(shares) > 0.5  # box areas spread over [0, 1]
+
+
+def test_cut_mix_with_probability_zero_changes_nothing() -> None:
+    images, labels = tf.random.uniform((6, 8, 8, 3)), tf.constant(np.eye(6, dtype=np.float32))
+    mixed, mixed_labels = cut_mix(images, labels, probability=0.0)
+    np.testing.assert_array_equal(mixed, images)
+    np.testing.assert_array_equal(mixed_labels, labels)
 
 
 # --- CIFAR-10 archive ------------------------------------------------------------------------------------------------
