@@ -113,9 +113,14 @@ def augment(images: tf.Tensor, pad: int = 4, crop: int | None = None, cutout: in
     return cut_out(images, cutout) if cutout else images
 
 
-def box_mask(height: tf.Tensor, width: tf.Tensor, top: tf.Tensor, left: tf.Tensor, side_y, side_x) -> tf.Tensor:
-    """Boolean mask, True inside the box with corner (``top``, ``left``) and sides (``side_y``, ``side_x``); the
-    corner and sides broadcast (scalars: one box; shape [n, 1, 1]: one per image); parts outside are clipped."""
+def random_box(
+    height: tf.Tensor, width: tf.Tensor, side_y: tf.Tensor | int, side_x: tf.Tensor | int, shape=()
+) -> tf.Tensor:
+    """Boolean mask, True inside a ``side_y`` x ``side_x`` box whose centre is uniform over the image; ``shape`` ()
+    gives one box, mask [1, height, width]; [n, 1, 1] one box per image, mask [n, height, width]. Parts of a box
+    outside the image are clipped, so boxes at the edges are smaller."""
+    top = tf.random.uniform(shape, 0, height, dtype=tf.int32) - side_y // 2
+    left = tf.random.uniform(shape, 0, width, dtype=tf.int32) - side_x // 2
     rows, columns = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
     return (rows >= top) & (rows < top + side_y) & (columns >= left) & (columns < left + side_x)
 
@@ -125,10 +130,7 @@ def cut_out(images: tf.Tensor, side: int, fill: float = 127.5) -> tf.Tensor:
     models' preprocessing maps near zero). Its centre is uniform over the image, so squares at the edges are clipped:
     the net also sees whole objects."""
     shape = tf.shape(images)
-    n, height, width = shape[0], shape[1], shape[2]
-    top = tf.random.uniform([n, 1, 1], 0, height, dtype=tf.int32) - side // 2
-    left = tf.random.uniform([n, 1, 1], 0, width, dtype=tf.int32) - side // 2
-    inside = box_mask(height, width, top, left, side, side)
+    inside = random_box(shape[1], shape[2], side, side, shape=[shape[0], 1, 1])
     return tf.where(inside[..., None], tf.cast(fill, images.dtype), images)
 
 
@@ -142,9 +144,7 @@ def cut_mix(images: tf.Tensor, labels: tf.Tensor, probability: float) -> tuple[t
     ratio = tf.sqrt(tf.random.uniform([]))
     side_y = tf.cast(tf.round(ratio * tf.cast(height, tf.float32)), tf.int32)
     side_x = tf.cast(tf.round(ratio * tf.cast(width, tf.float32)), tf.int32)
-    top = tf.random.uniform([], 0, height, dtype=tf.int32) - side_y // 2
-    left = tf.random.uniform([], 0, width, dtype=tf.int32) - side_x // 2
-    inside = box_mask(height, width, top, left, side_y, side_x) & (tf.random.uniform([]) < probability)
+    inside = random_box(height, width, side_y, side_x) & (tf.random.uniform([]) < probability)
     share = tf.reduce_mean(tf.cast(inside, labels.dtype))
     mixed = tf.where(inside[..., None], images[::-1], images)
     return mixed, (1.0 - share) * labels + share * labels[::-1]
