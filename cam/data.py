@@ -114,7 +114,7 @@ def augment(images: tf.Tensor, pad: int = 4, crop: int | None = None, cutout: in
 
 
 def random_box(
-    height: tf.Tensor, width: tf.Tensor, side_y: tf.Tensor | int, side_x: tf.Tensor | int, shape=()
+    height: tf.Tensor, width: tf.Tensor, side_y: tf.Tensor | int, side_x: tf.Tensor | int, shape: tuple | list = ()
 ) -> tf.Tensor:
     """Boolean mask, True inside a ``side_y`` x ``side_x`` box whose centre is uniform over the image; ``shape`` ()
     gives one box, mask [1, height, width]; [n, 1, 1] one box per image, mask [n, height, width]. Parts of a box
