@@ -3,11 +3,14 @@ and the CIFAR-10 download that writes the four-class ``cifar4`` folder."""
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 import os
 import pickle
 import shutil
 import tarfile
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,9 @@ from cam.models import CIFAR4_CLASSES
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+GITHUB_RAW = "https://raw.githubusercontent.com"
+PHOTOS4_MANIFEST = Path(__file__).resolve().parent / "manifests" / "photos4.csv.gz"
+PHOTO_SHORT_SIDE, PHOTO_LONG_SIDE = 160, 320
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -175,6 +181,108 @@ def to_dataset(
     return dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+def random_resized_crop(image: tf.Tensor, size: int, scale: tuple[float, float] = (0.3, 1.0)) -> tf.Tensor:
+    """Inception-style crop: a random box covering ``scale`` of the image's area with aspect ratio 3/4..4/3,
+    resized to ``size`` x ``size`` (bicubic). The whole image squashed to a square, as evaluation and the dashboard
+    see it, is the case scale = 1."""
+    begin, extent, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.zeros([1, 0, 4]),
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=scale,
+        use_image_if_no_bounding_boxes=True,
+    )
+    crop = tf.slice(image, begin, extent)
+    return tf.image.resize(crop, (size, size), method="bicubic", antialias=True)
+
+
+def random_frame(image: tf.Tensor, probability: float, max_width: int) -> tf.Tensor:
+    """With ``probability``, paint a frame of random width (2..``max_width`` px) and random colour round the image,
+    so that a frame (which some photo sources have) is no cue for a class."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    side = tf.random.uniform([], 2, max_width + 1, dtype=tf.int32)
+    rows, columns = tf.range(height)[:, None], tf.range(width)[None, :]
+    border = (rows < side) | (rows >= height - side) | (columns < side) | (columns >= width - side)
+    painted = tf.where(border[..., None], tf.random.uniform([1, 1, 3], 0.0, 255.0), image)
+    return tf.cond(tf.random.uniform([]) < probability, lambda: painted, lambda: image)
+
+
+def photo_augment(image: tf.Tensor, size: int) -> tf.Tensor:
+    """One photo (uint8, any size) -> a float32 RGB 0..255 training view of ``size`` x ``size``: random-resized crop,
+    flip, colour and brightness jitter, JPEG re-compression (half the time), a random frame (a fifth of the time).
+    Chosen to break the cues by which photo sources differ (style, compression, frames, framing)."""
+    image = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.image.random_jpeg_quality(image, 30, 95), lambda: image)
+    image = random_resized_crop(tf.cast(image, tf.float32) / 255.0, size)
+    image = tf.image.random_flip_left_right(image)
+    image = tf.image.random_brightness(image, 0.2)
+    image = tf.image.random_contrast(image, 0.7, 1.3)
+    image = tf.image.random_saturation(image, 0.6, 1.4)
+    image = tf.image.random_hue(image, 0.04)
+    image = tf.clip_by_value(image, 0.0, 1.0) * 255.0
+    return random_frame(image, 0.2, max(2, size // 12))
+
+
+def photo_dataset(
+    paths: list[Path], targets: np.ndarray, size: int, batch_size: int, seed: int = 0, balance: bool = True
+) -> tf.data.Dataset:
+    """An endless training pipeline over image files: (float32 RGB 0..255 views from ``photo_augment``, targets).
+
+    ``targets`` are one row per file (one-hot or soft labels). ``balance`` draws every class equally often (each
+    class's files shuffled and repeated; classes mixed with equal weights), so the rarer horses count as much as the
+    birds; otherwise files are drawn uniformly."""
+    paths = np.asarray([str(path) for path in paths])
+    targets = np.asarray(targets, np.float32)
+    groups = [np.flatnonzero(targets.argmax(1) == c) for c in range(targets.shape[1])] if balance else [None]
+    streams = []
+    for group in groups:
+        if group is not None and not len(group):
+            continue
+        chosen = slice(None) if group is None else group
+        files = tf.data.Dataset.from_tensor_slices((paths[chosen], targets[chosen]))
+        streams.append(files.shuffle(len(paths[chosen]), seed=seed, reshuffle_each_iteration=True).repeat())
+    dataset = streams[0] if len(streams) == 1 else tf.data.Dataset.sample_from_datasets(streams, seed=seed)
+
+    def view(path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return photo_augment(image, size), target
+
+    dataset = dataset.map(view, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def read_manifest(root: str | Path) -> list[dict[str, str]]:
+    """Rows of ``root/MANIFEST.csv`` (or a manifest file itself, .csv or .csv.gz): split, class, file, source_repo,
+    commit, source_path, sha256, ...; [] when the dataset has none."""
+    path = Path(root) if Path(root).is_file() else Path(root) / "MANIFEST.csv"
+    if not path.is_file():
+        return []
+    with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")) as file:
+        return list(csv.DictReader(file))
+
+
+def sources_of(root: str | Path, paths: list[Path]) -> list[str] | None:
+    """The source repository of each image, from the manifest ("unknown" for files it does not list); None when
+    the dataset has no manifest."""
+    by_file = {row["file"]: row["source_repo"] for row in read_manifest(root)}
+    return [by_file.get(Path(path).relative_to(root).as_posix(), "unknown") for path in paths] if by_file else None
+
+
+def load_masks(root: str | Path, data: ImageSet, size: int | None = None) -> dict[int, np.ndarray]:
+    """Figure/ground masks of the images of ``data`` that have one (``root/masks/<split>/<class>/<name>.png``, 255 =
+    object), as boolean arrays at the photo's size, or at ``size`` x ``size`` like the model input; keyed by index."""
+    masks = {}
+    for index, path in enumerate(data.paths):
+        relative = Path(path).relative_to(root)
+        mask_path = Path(root) / "masks" / relative.with_suffix(".png")
+        if mask_path.is_file():
+            mask = Image.open(mask_path).convert("L")
+            if size:
+                mask = mask.resize((size, size), Image.Resampling.NEAREST)
+            masks[index] = np.asarray(mask) >= 128
+    return masks
+
+
 def write_cifar4(archive: str | Path, out: str | Path, classes: tuple[str, ...] = CIFAR4_CLASSES) -> int:
     """Write ``out/{train,test}/<class>/NNNN.png`` from a CIFAR-10 python archive; returns the image count."""
     wanted = {CIFAR10_NAMES.index(name): name for name in classes}
@@ -229,3 +337,63 @@ def download_cifar4(out: str | Path, url: str = CIFAR10_URL, md5: str = CIFAR10_
     if md5sum(archive) != md5:
         raise DataError(f"{archive} has the wrong checksum (expected MD5 {md5}); delete it and download again")
     return write_cifar4(archive, out)
+
+
+def photo_as_in_photos4(image: Image.Image, resample: Image.Resampling = Image.Resampling.LANCZOS) -> Image.Image:
+    """photos4's resizing: the short side down to PHOTO_SHORT_SIDE (never up), then a long side over PHOTO_LONG_SIDE
+    centre-cropped to it."""
+    width, height = image.size
+    scale = min(1.0, PHOTO_SHORT_SIDE / min(width, height))
+    if scale < 1.0:
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+        image = image.resize((width, height), resample)
+    left, top = max(0, (width - PHOTO_LONG_SIDE) // 2), max(0, (height - PHOTO_LONG_SIDE) // 2)
+    return image.crop((left, top, left + min(width, PHOTO_LONG_SIDE), top + min(height, PHOTO_LONG_SIDE)))
+
+
+def fetch_checked(url: str, sha256: str) -> bytes:
+    """The bytes at ``url``, checked against their sha256; DataError when unreachable or different."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read()
+    except (OSError, ValueError) as error:
+        raise DataError(
+            f"Could not download {url} ({error}). Rebuilding photos4 needs internet access to the source "
+            "repositories; offline, copy an existing photos4 folder instead and pass it with --data or $CAM_DATA."
+        ) from error
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise DataError(f"{url} has changed: its sha256 is not the manifest's {sha256}")
+    return data
+
+
+def rebuild_photos4(
+    out: str | Path, manifest: str | Path = PHOTOS4_MANIFEST, url_base: str = GITHUB_RAW, log=print
+) -> int:
+    """Rebuild photos4 from its manifest: fetch every source file (and horse mask) from its repository at the pinned
+    commit, check its sha256, decode it like every photo here (EXIF, RGB on white), resize like photos4, write JPEG
+    quality 90 (masks: PNG, 255 = horse, nearest-neighbour resizing) and a copy of the manifest; returns the count.
+    Files already written are kept, so an interrupted rebuild continues."""
+    rows = read_manifest(manifest)
+    if not rows:
+        raise DataError(f"No manifest at {manifest}")
+    out = Path(out)
+    for count, row in enumerate(rows, start=1):
+        base = f"{url_base}/{row['source_repo']}/{row['commit']}/"
+        target = out / row["file"]
+        if not target.is_file():
+            data = fetch_checked(base + urllib.parse.quote(row["source_path"]), row["sha256"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            photo = photo_as_in_photos4(Image.fromarray(load_image(data)))
+            photo.save(target, quality=90)
+        if row.get("mask_file") and not (out / row["mask_file"]).is_file():
+            data = fetch_checked(base + urllib.parse.quote(row["mask_source_path"]), row["mask_sha256"])
+            mask = Image.fromarray(((load_image(data)[..., 0] >= 128) * 255).astype(np.uint8))
+            (out / row["mask_file"]).parent.mkdir(parents=True, exist_ok=True)
+            photo_as_in_photos4(mask, Image.Resampling.NEAREST).save(out / row["mask_file"])
+        if count % 500 == 0:
+            log(f"{count} of {len(rows)} images")
+    with open(out / "MANIFEST.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
