@@ -123,6 +123,7 @@ TRAIN_OPTIONS = (
     "cutout",
     "cutmix",
     "batch_norm",
+    "optimizer",
     "freeze_until",
     "augment",
     "teacher",
@@ -288,6 +289,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--batch-norm",
         action=argparse.BooleanOptionalAction,
         help="vgg16: BatchNorm after each convolution (default: yes, except with --init hed)",
+    )
+    parser.add_argument(
+        "--optimizer", choices=("sgd", "adam"), help="sgd (default, Nesterov momentum) or adam (AdamW, for fine-tuning)"
     )
     parser.add_argument("--freeze-until", metavar="LAYER", help="keep LAYER and all layers before it as initialised")
     parser.add_argument(

@@ -94,6 +94,7 @@ def vgg16(
     head_units: int = 256,
     dropout: float = 0.5,
     normalization: type[layers.BatchNormalization] = layers.BatchNormalization,
+    head_norm: bool = False,
 ) -> keras.Model:
     """Keras's VGG16 convolutional layers (same names and shapes, so ``block5_conv3`` is addressable and
     ImageNet weights fit) with a compact head: GAP -> Dense(head_units, relu) -> Dense(num_classes).
@@ -103,7 +104,9 @@ def vgg16(
     then ``block5_conv3_bn``: the post-ReLU maps under a per-channel affine rescaling, and the default layer for
     Grad-CAM (see ``default_gradcam_layer``). ``normalization`` swaps in a subclass with the same weights
     (training uses a faster one; checkpoints always hold the plain layer).
-    ``weights="imagenet"`` copies the convolutions from ``keras.applications.VGG16`` (needs a download).
+    ``head_norm`` adds a BatchNormalization (``gap_bn``) between GAP and the head, for pretrained convolutions
+    without BatchNorm. ``weights="imagenet"`` copies the convolutions from ``keras.applications.VGG16`` (needs a
+    download).
     """
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = caffe_preprocessing()(inputs)
@@ -114,6 +117,8 @@ def vgg16(
                 x = normalization(name=f"block{block}_conv{index}_bn")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if head_norm:  # pretrained convolutions without BatchNorm give features of large scale: normalise them for the head
+        x = normalization(name="gap_bn")(x)
     x = layers.Dense(head_units, activation="relu", name="fc1")(layers.Dropout(dropout, name="fc1_dropout")(x))
     model = keras.Model(inputs, _classifier_head(x, num_classes, dropout), name="vgg16")
     if weights == "imagenet":
@@ -454,6 +459,7 @@ REGISTRY: dict[str, ModelSpec] = {
             128,
             "--data photos4 --input-size 128 --init hed --name vgg16_photos (see README)",
             batch_norm=False,
+            head_norm=True,
         ),
         _ours(
             "nopool_gap_photos",

@@ -43,6 +43,9 @@ class TrainConfig:
     # about ten times weaker than the same number as PyTorch's coupled L2.
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    # "sgd" (Nesterov momentum 0.9; from scratch) or "adam" (AdamW; for fine-tuning pretrained weights, whose
+    # large activations made SGD diverge at learning rates that train the new head)
+    optimizer: str = "sgd"
     validation_fraction: float = 0.1
     patience: int = 5
     seed: int = 0
@@ -87,7 +90,8 @@ def resolve_precision(precision: str) -> str:
 def builder_options(config: TrainConfig) -> dict:
     """Keyword arguments of the architecture's builder that the config decides."""
     if config.architecture == "vgg16":
-        return {"batch_norm": config.batch_norm if config.batch_norm is not None else config.init != "hed"}
+        batch_norm = config.batch_norm if config.batch_norm is not None else config.init != "hed"
+        return {"batch_norm": batch_norm, "head_norm": not batch_norm}
     return {}
 
 
@@ -233,6 +237,15 @@ def float32_copy(model: keras.Model, config: TrainConfig, num_classes: int) -> k
     return clean
 
 
+def make_optimizer(config: TrainConfig, schedule: keras.optimizers.schedules.LearningRateSchedule):
+    """The optimizer ``config.optimizer`` names, with decoupled weight decay."""
+    if config.optimizer == "adam":
+        return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    raise ValueError(f"Unknown optimizer {config.optimizer!r}; choose sgd or adam")
+
+
 def training_targets(config: TrainConfig, data: ImageSet) -> np.ndarray:
     """One target row per training image: one-hot, or with ``config.teacher`` the mix (1 - w) one-hot + w teacher
     (w = ``teacher_weight``; the teacher's .npz holds ``files`` relative to the data root and ``probabilities``)."""
@@ -323,7 +336,7 @@ def train(
             0.0, decay_steps=steps * config.epochs, warmup_target=config.learning_rate, warmup_steps=steps
         )
         model.compile(
-            optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config.weight_decay),
+            optimizer=make_optimizer(config, schedule),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=["accuracy"],
         )

@@ -249,3 +249,18 @@ def test_rebuild_photos4_refuses_a_changed_file_and_explains_offline(tmp_path: P
         rebuild_photos4(tmp_path / "a", changed, url_base, log=lambda message: None)
     with pytest.raises(DataError, match="needs internet access"):
         rebuild_photos4(tmp_path / "b", manifest, "http://127.0.0.1:9", log=lambda message: None)
+
+
+def test_init_hed_builds_vgg16_without_batchnorm_with_hed_weights_and_frozen_blocks(fake_hed, monkeypatch) -> None:
+    from cam.training import build
+
+    path, written = fake_hed
+    monkeypatch.setenv("CAM_HED_WEIGHTS", str(path))
+    config = TrainConfig("vgg16", "unused", input_size=32, init="hed", freeze_until="block4_pool", optimizer="adam")
+    model = build(config, 4)
+    names = [layer.name for layer in model.layers]
+    assert "block5_conv3_bn" not in names and "gap_bn" in names  # plain convolutions, a normalised head
+    np.testing.assert_array_equal(model.get_layer("block3_conv2").get_weights()[0], written["block3_conv2"][0])
+    frozen = {layer.name for layer in model.layers if not layer.trainable}
+    assert {"block1_conv1", "block4_conv3", "block4_pool"} <= frozen
+    assert not {"block5_conv1", "fc1", "logits"} & frozen
