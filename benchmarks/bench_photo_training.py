@@ -1,0 +1,76 @@
+"""Training throughput of the photo models at 128 px, and what each cost-cutting choice buys, measured in one run.
+
+Rows: VGG16 (the HED design: no BatchNorm in the convolutions, a normalised head) trained whole and with blocks 1-4
+frozen (what `--freeze-until block4_pool` does); NoPool-GAP in its dilated photo design on whole 128 px images and on
+64 px crops, and the same layers undilated (to price the dilations). Reports images per second on random data (best
+of a few rounds), the time of one epoch of photos4's 6,354 training images, and each row's speed relative to the
+first row.
+
+    python -m benchmarks.bench_photo_training [--batch 16] [--steps 2] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import keras
+import numpy as np
+
+from cam.device import describe_device
+from cam.models import NOPOOL_PHOTO_FILTERS, nopool_gap, nopool_gap_dilated, vgg16
+from cam.training import resolve_precision
+
+EPOCH_IMAGES = 6_354
+
+
+def frozen_vgg16(input_size: int | None) -> keras.Model:
+    model = vgg16(input_size=input_size, batch_norm=False, head_norm=True)
+    for layer in model.layers[: [layer.name for layer in model.layers].index("block4_pool") + 1]:
+        layer.trainable = False
+    return model
+
+
+SETTINGS = {  # label: (builder of a model for an input size or None, training image side)
+    "vgg16, whole model": (lambda size: vgg16(input_size=size, batch_norm=False, head_norm=True), 128),
+    "vgg16, blocks 1-4 frozen": (frozen_vgg16, 128),
+    "nopool_gap_dilated, 128 px": (lambda size: nopool_gap_dilated(input_size=size), 128),
+    "nopool_gap_dilated, 64 px crops": (lambda size: nopool_gap_dilated(input_size=None), 64),
+    "same layers undilated, 128 px": (lambda size: nopool_gap(input_size=size, filters=NOPOOL_PHOTO_FILTERS), 128),
+}
+
+
+def images_per_second(build, size: int, batch: int, steps: int, rounds: int) -> float:
+    model = build(size)
+    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), loss="categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch * steps, size, size, 3)).astype("float32")
+    y = np.eye(4, dtype="float32")[rng.integers(0, 4, batch * steps)]
+    model.fit(x[:batch], y[:batch], batch_size=batch, verbose=0)  # warm-up: tracing
+    best = 0.0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        model.fit(x, y, batch_size=batch, verbose=0)
+        best = max(best, len(x) / (time.perf_counter() - started))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    precision = resolve_precision("auto")
+    keras.mixed_precision.set_global_policy(precision)
+    print(f"device: {describe_device()}; precision {precision}; batch {args.batch}, best of {args.rounds} rounds")
+    print(f"{'setting':34s} {'img/s':>7s} {'s/epoch':>8s} {'relative':>9s}")
+    first = None
+    for label, (build, size) in SETTINGS.items():
+        rate = images_per_second(build, size, args.batch, args.steps, args.rounds)
+        first = first or rate
+        print(f"{label:34s} {rate:7.1f} {EPOCH_IMAGES / rate:8.0f} {rate / first:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
