@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from cam import report
+from cam import report_content as report
 
 st.set_page_config(page_title="Evaluation", layout="wide")
 folder = report.report_dir()
