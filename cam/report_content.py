@@ -152,7 +152,7 @@ def answer(data: dict) -> list[str]:
     if STUDY_CAM in names and ("test", "effective_grid", STUDY_CAM) in cells:
         verdicts = {(s, m): _compare(cells.get((s, m, STUDY_CAM)), cells.get((s, m, best)), METRICS[m][1])
                     for s, m in ANSWER_METRICS if s != "sanity"}
-        said = ", ".join(f"{METRICS[m][0].lower()} {v}" for (s, m), v in verdicts.items())
+        said = ", ".join(f"{METRICS[m][0]} {v}" for (s, m), v in verdicts.items())
         needed = any(v == "better" for (_, m), v in verdicts.items() if m != "effective_grid")
         text += [f"Against it, {names[STUDY_CAM]} (retrained, no pooling) is: {said} (95% intervals overlapping = "
                  "indistinguishable). " + ("So **NoPool-GAP is still needed**: it is better on at least one of "
