@@ -1,5 +1,6 @@
 """The dashboard: give a photo, see where Grad-CAM, Guided Grad-CAM (on VGG16) and NoPool-GAP CAM say the
-network looks, side by side at the photo's full resolution. Run with ``streamlit run dashboard.py``.
+network looks, side by side at the photo's full resolution, plus any other method of ``cam.registry`` the user
+adds. Run with ``streamlit run dashboard.py``.
 
 Layout and widgets only: the maps, panels and captions come from ``cam``.
 """
@@ -25,9 +26,10 @@ from cam.data import DataError, data_root, list_classes, list_images
 from cam.device import describe_device
 from cam.examples import EXAMPLE_DESCRIPTION, example_photo
 from cam.images import ImageError, load_image, resize
-from cam.methods import Explainer, Explanation, ExplanationError, feature_layers
+from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, ExplanationError, feature_layers
 from cam.models import REGISTRY, CheckpointError, LoadedModel, WeightsUnavailable
 from cam.pipeline import ImageResult, Panel, explain_image, render_panels, side_by_side
+from cam.registry import METHODS, STUDY, selected
 
 GRADCAM_MODELS = ("vgg16", "vgg16_imagenet")
 CAM_MODEL = "nopool_gap"
@@ -40,6 +42,8 @@ THUMBNAIL_COLUMNS = 6
 # downloads always keep the full resolution.
 MAX_DISPLAY_SIDE = 2048
 PANEL_WIDTH = 380  # pixels a panel is expected to get in the wide layout; sets the figure's height
+PANELS_PER_ROW = 3
+MAX_EXTRA_METHODS = 3  # at most six panels: two rows of three stay readable
 
 
 @dataclass(frozen=True)
@@ -92,15 +96,15 @@ def decode(source: bytes | str) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def explanation_of(
-    source: bytes | str, gradcam_name: str, cam_name: str, layer: str, class_name: str | None, _image: np.ndarray
-) -> tuple[Explanation, int, int]:
-    """The maps of one image, keyed by its bytes (or path), the models, the layer and the class. Returns plain
-    arrays rather than an ImageResult, which holds Keras models that must not be pickled into the cache."""
+    source: bytes | str, gradcam_name: str, cam_name: str, layer: str, class_name: str | None,
+    methods: tuple[str, ...], _image: np.ndarray,
+) -> Explanation:
+    """The maps of one image, keyed by its bytes (or path), the models, the layer, the class and the methods.
+    Returns plain arrays rather than an ImageResult, which holds Keras models that must not be pickled."""
     gradcam, cam = serve(gradcam_name), serve(cam_name)
     explainer = explainer_for(gradcam_name, layer, cam_name)
     with gradcam.lock, cam.lock:
-        result = explain_image(_image, explainer, gradcam.loaded, cam.loaded, class_name)
-    return result.explanation, result.gradcam_class, result.cam_class
+        return explain_image(_image, explainer, gradcam.loaded, cam.loaded, class_name, selected(methods)).explanation
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -190,7 +194,7 @@ def status(served: Served) -> str:
 def pick_class(slot: DeltaGenerator, loaded: LoadedModel, top: ImageResult | None) -> str:
     """The class selectbox: all of a small model's classes; for ImageNet, our four names plus the image's top 5."""
     groups = loaded.card.get("class_groups")
-    best = [name for name, _ in top.top_predictions("gradcam", 5)] if top else []
+    best = [name for name, _ in top.top_predictions(GRADCAM_MODEL, 5)] if top else []
     options = [TOP, *loaded.classes] if groups is None else list(dict.fromkeys([TOP, *groups, *best]))
     return slot.selectbox(
         "Class", options, key="class", help="The class the maps explain; by default the top prediction of VGG16."
@@ -205,30 +209,31 @@ def data_uri(image: np.ndarray) -> str:
 
 
 def figure(panels: list[Panel], revision: str) -> tuple[go.Figure, float]:
-    """One figure with the three panels whose axes are matched, so zooming or panning one moves all three.
-    Returns it and the display downscale factor (1 = full resolution)."""
+    """One figure with every panel, PANELS_PER_ROW to a row, whose axes are matched, so zooming or panning one
+    moves them all. Returns it and the display downscale factor (1 = full resolution)."""
     height, width = panels[0].image.shape[:2]
     scale = max(1.0, max(height, width) / MAX_DISPLAY_SIDE)
     shown = (round(height / scale), round(width / scale))
+    rows = -(-len(panels) // PANELS_PER_ROW)
     fig = make_subplots(
-        rows=1, cols=3, shared_xaxes="all", shared_yaxes="all", horizontal_spacing=0.01,
-        subplot_titles=[panel.title for panel in panels],
+        rows=rows, cols=PANELS_PER_ROW, shared_xaxes="all", shared_yaxes="all", horizontal_spacing=0.01,
+        vertical_spacing=0.06 if rows > 1 else 0.0, subplot_titles=[panel.title for panel in panels],
     )
-    for column, panel in enumerate(panels, start=1):
+    for index, panel in enumerate(panels):
         # dx, dy: a displayed pixel covers `scale` original pixels, so axes and hover stay in original pixels.
         fig.add_trace(
             go.Image(
                 source=data_uri(resize(panel.image, shown)), dx=scale, dy=scale, zsmooth=False, name=panel.title,
                 hovertemplate="x %{x:.0f}, y %{y:.0f}<extra>" + panel.title + "</extra>",
             ),
-            row=1, col=column,
+            row=index // PANELS_PER_ROW + 1, col=index % PANELS_PER_ROW + 1,
         )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     # One aspect constraint on the first subplot: the other axes match it (matched axes ignore scaleanchor).
     fig.update_layout(
         yaxis_scaleanchor="x", uirevision=revision, margin={"l": 0, "r": 0, "t": 28, "b": 0},
-        height=int(np.clip(PANEL_WIDTH * height / width, 160, 720)) + 28, dragmode="zoom",
+        height=rows * (int(np.clip(PANEL_WIDTH * height / width, 160, 720)) + 28), dragmode="zoom",
     )
     return fig, scale
 
@@ -238,14 +243,14 @@ def slug(title: str) -> str:
 
 
 def show_results(result: ImageResult, choice: Choice, colormap: str, opacity: float, raw: bool) -> None:
-    """The three panels at full resolution with captions, timings and downloads, then both models' predictions."""
+    """The panels at full resolution with captions, timings and downloads, then both models' predictions."""
     started = time.perf_counter()
     panels = render_panels(result, colormap, opacity, raw)
     fig, scale = figure(panels, choice.label)
     render_ms = (time.perf_counter() - started) * 1000
     st.plotly_chart(fig, key="panels", config={"displaylogo": False, "scrollZoom": True})
     height, width = result.image.shape[:2]
-    note = "Drag over any panel to zoom (all three follow), scroll to zoom, double-click to reset."
+    note = "Drag over any panel to zoom (all panels follow), scroll to zoom, double-click to reset."
     if scale > 1:
         note += (f" The page shows a {round(width / scale)}x{round(height / scale)} copy of this {width}x{height} "
                  "image; the downloads are full resolution.")
@@ -256,42 +261,42 @@ def show_results(result: ImageResult, choice: Choice, colormap: str, opacity: fl
         caption=f"Heat map colours ({colormap}): the map's lowest value on the left, its highest on the right. "
         "Guided Grad-CAM has no colour scale: grey is its average gradient.",
     )
-    e = result.explanation
-    gradcam_pass = (e.gradcam_seconds, result.gradcam_model.card["name"])  # one pass gives both Grad-CAM panels
-    passes = [gradcam_pass, gradcam_pass, (e.cam_seconds, result.cam_model.card["name"])]
-    for column, panel, (seconds, model) in zip(st.columns(3), panels, passes, strict=True):
-        with column:
-            st.markdown(f"**{panel.caption}**")
-            st.caption(
-                f":material/timer: map {seconds * 1000:.0f} ms ({model} pass) · "
-                f"render {render_ms:.0f} ms (all three panels)"
-            )
-            st.download_button(
-                f"Download {panel.title} (PNG, {width}x{height})", data=lambda image=panel.image: render.to_png(image),
-                file_name=f"{choice.stem}_{slug(panel.title)}.png", mime="image/png", on_click="ignore",
-                key=f"download:{slug(panel.title)}",
-            )
+    seconds = result.explanation.seconds
+    for start in range(0, len(panels), PANELS_PER_ROW):
+        row = panels[start : start + PANELS_PER_ROW]
+        for column, panel in zip(st.columns(PANELS_PER_ROW), row, strict=False):
+            method = METHODS[panel.key]
+            with column:
+                st.markdown(f"**{panel.caption}**")
+                st.caption(
+                    f":material/timer: map {seconds[panel.key] * 1000:.0f} ms "
+                    f"({result.model(method.role).card['name']} pass) · render {render_ms:.0f} ms (all panels)"
+                )
+                st.download_button(
+                    f"Download {panel.title} (PNG, {width}x{height})",
+                    data=lambda image=panel.image: render.to_png(image), file_name=f"{choice.stem}_{panel.key}.png",
+                    mime="image/png", on_click="ignore", key=f"download:{panel.key}",
+                )
     st.download_button(
-        "Download all three side by side (PNG)", file_name=f"{choice.stem}_all_three.png", mime="image/png",
+        "Download all side by side (PNG)", file_name=f"{choice.stem}_side_by_side.png", mime="image/png",
         data=lambda: render.to_png(side_by_side(panels)),
         on_click="ignore", key="download:all",
     )
     with st.expander("How to read these pictures"):
-        st.markdown(
-            "- **Grad-CAM** colours the regions that raised VGG16's score for the class (red = strong). It is "
-            "computed on one of VGG16's last layers, whose map is small (the caption's first size), hence the blur.\n"
-            "- **Guided Grad-CAM** multiplies that map with pixel-level gradients: fine edges inside the "
-            "Grad-CAM region that pushed the decision.\n"
-            "- **NoPool-GAP CAM** comes from a network that never shrinks the image, so its map has the model "
-            "input's full resolution; its lowest values (blue in 'jet') are evidence against the class."
-        )
+        st.markdown("\n".join(f"- **{method.label}**: {method.summary}" for method in result.methods))
+    with st.expander("Technical details"):
+        layer = result.gradcam_model.card["gradcam_layer"]
+        st.markdown("\n".join(
+            f"- `{method.key}` explains {result.model(method.role).card['name']} and reads "
+            f"{', '.join(f'`{name}`' for name in method.reads(result.model(method.role).model, layer))}"
+            for method in result.methods
+        ))
     st.subheader("What the networks think it is")
-    models = (result.gradcam_model, result.cam_model)
-    for column, which, model in zip(st.columns(2), ("gradcam", "cam"), models, strict=True):
+    for column, role in zip(st.columns(2), (GRADCAM_MODEL, GAP_MODEL), strict=True):
         with column:
-            st.markdown(f"**{REGISTRY[model.card['name']].title}**")
+            st.markdown(f"**{REGISTRY[result.model(role).card['name']].title}**")
             st.dataframe(
-                [{"class": name, "probability": p} for name, p in result.top_predictions(which, 5)],
+                [{"class": name, "probability": p} for name, p in result.top_predictions(role, 5)],
                 hide_index=True,
                 column_config={"probability": st.column_config.ProgressColumn(format="percent")},
             )
@@ -304,7 +309,7 @@ def main() -> None:
     st.markdown(
         "Give a photo. Three methods colour the parts that made a neural network decide what it shows: "
         "**Grad-CAM** and **Guided Grad-CAM** explain VGG16, **NoPool-GAP CAM** explains a network built to give "
-        "sharp maps. Compare where they look and how sharp each answer is."
+        "sharp maps. Compare where they look and how sharp each answer is; add more methods in the sidebar."
     )
 
     with st.sidebar:
@@ -333,6 +338,12 @@ def main() -> None:
                 key=f"layer:{gradcam_name}",
                 help="The convolution layer whose maps Grad-CAM weighs; the default is the last one.",
             )
+        extra = st.multiselect(
+            "More methods", [key for key in METHODS if key not in STUDY], format_func=lambda key: METHODS[key].label,
+            key="extra_methods", max_selections=MAX_EXTRA_METHODS,
+            help="Each adds a panel next to the three above, explaining the same class. Score-CAM takes seconds.",
+        )
+        methods = (*STUDY, *extra)
         st.header("Look")
         colormap = st.selectbox("Colours", render.COLORMAPS, key="colormap")
         opacity = st.slider("Heat map opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
@@ -379,12 +390,14 @@ def main() -> None:
     try:
         image = decode(choice.source)
         with st.spinner("Looking at the photo…"):
-            top = ImageResult(image, gradcam, served[CAM_MODEL].loaded,
-                              *explanation_of(choice.source, gradcam_name, CAM_MODEL, layer, None, image))
+            cam_model, chosen = served[CAM_MODEL].loaded, selected(methods)
+            top = ImageResult(image, gradcam, cam_model,
+                              explanation_of(choice.source, gradcam_name, CAM_MODEL, layer, None, methods, image),
+                              chosen)
             wanted = pick_class(class_slot, gradcam, top)
             result = top if wanted == TOP else ImageResult(
-                image, gradcam, served[CAM_MODEL].loaded,
-                *explanation_of(choice.source, gradcam_name, CAM_MODEL, layer, wanted, image),
+                image, gradcam, cam_model,
+                explanation_of(choice.source, gradcam_name, CAM_MODEL, layer, wanted, methods, image), chosen,
             )
     except (ImageError, ExplanationError) as error:
         st.error(f"Cannot explain this: {error}")

@@ -1,4 +1,4 @@
-"""The command line, ``python -m cam explain|train|evaluate|data|models|report``.
+"""The command line, ``python -m cam explain|train|evaluate|data|models|methods|report``.
 
 TensorFlow-heavy modules are imported inside the commands, so that ``--help`` answers at once. An expected failure
 (unreadable image, missing checkpoint, weights unavailable offline, unusable dataset, impossible explanation, bad
@@ -8,7 +8,6 @@ argument value) prints one line ``error: ...`` on stderr and exits with 2; anyth
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -19,17 +18,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # only for annotations: importing them at run time would load TensorFlow for --help
+    from cam.evaluation import EvaluationConfig
     from cam.methods import Explainer
     from cam.models import LoadedModel
     from cam.pipeline import Panel
+    from cam.registry import Method
 
 PROG = "python -m cam"
-# The file name of each panel, in the order cam.pipeline.render_panels returns them.
-METHODS = ("gradcam", "guided_gradcam", "cam")
 # cam.models.ARCHITECTURES, spelled out so that building the parser needs no TensorFlow (a test keeps them equal).
 ARCHITECTURES = ("vgg16", "nopool_gap", "nopool_gap_dilated")
 # What cam.models.vgg16_imagenet downloads into Keras's cache.
 TOP_K = 3
+METHODS_HELP = ("comma-separated method keys, or all (default: grad_cam,guided_grad_cam,nopool_cam); "
+                f"`{PROG} methods` lists them")
 
 
 # ---------------------------------------------------------------------------------------------------- explain
@@ -37,7 +38,9 @@ def explain(args: argparse.Namespace) -> int:
     """Explain each image with both models; exit 1 when some image could not be read (the others are done)."""
     from cam.methods import Explainer
     from cam.models import load_model
+    from cam.registry import selected
 
+    methods = selected(args.methods)
     check_unique_stems(args.images)
     gradcam, cam_model = load_model(args.model), load_model(args.cam_model)
     for note in dict.fromkeys(loaded.note for loaded in (gradcam, cam_model) if not loaded.trained):
@@ -45,17 +48,19 @@ def explain(args: argparse.Namespace) -> int:
     # Built once: it compiles one graph per model that every image then reuses.
     explainer = Explainer(gradcam.model, args.layer or gradcam.card["gradcam_layer"], cam_model.model)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    failed = sum(not explain_one(Path(image), explainer, gradcam, cam_model, args) for image in args.images)
+    failed = sum(not explain_one(Path(image), explainer, gradcam, cam_model, methods, args) for image in args.images)
     if failed:
         print(f"{failed} of {len(args.images)} images could not be read", file=sys.stderr)
     return 1 if failed else 0
 
 
 def explain_one(
-    path: Path, explainer: Explainer, gradcam: LoadedModel, cam_model: LoadedModel, args: argparse.Namespace
+    path: Path, explainer: Explainer, gradcam: LoadedModel, cam_model: LoadedModel, methods: list[Method],
+    args: argparse.Namespace,
 ) -> bool:
     """Explain, print and save one image; False (and a message on stderr) when it cannot be read."""
     from cam.images import ImageError, load_image
+    from cam.methods import GAP_MODEL, GRADCAM_MODEL
     from cam.pipeline import explain_image, render_panels
 
     try:
@@ -63,10 +68,10 @@ def explain_one(
     except ImageError as error:
         _error(error)
         return False
-    result = explain_image(image, explainer, gradcam, cam_model, args.class_name)
+    result = explain_image(image, explainer, gradcam, cam_model, args.class_name, methods)
     print(f"{path} ({image.shape[1]}x{image.shape[0]})")
-    for which, loaded in (("gradcam", gradcam), ("cam", cam_model)):
-        top = ", ".join(f"{name} {p:.3f}" for name, p in result.top_predictions(which, TOP_K))
+    for role, loaded in ((GRADCAM_MODEL, gradcam), (GAP_MODEL, cam_model)):
+        top = ", ".join(f"{name} {p:.3f}" for name, p in result.top_predictions(role, TOP_K))
         print(f"  {loaded.card['name']} top {TOP_K}: {top}")
     panels = render_panels(result, args.colormap, args.opacity)
     for panel in panels:
@@ -85,16 +90,16 @@ def check_unique_stems(images: Sequence[str]) -> None:
 
 
 def save_panels(panels: list[Panel], out: Path, stem: str, raw: bool) -> list[Path]:
-    """Write ``<stem>_<method>.png`` per panel (``raw``: also its native map as ``.npy``) and
+    """Write ``<stem>_<method key>.png`` per panel (``raw``: also its native map as ``.npy``) and
     ``<stem>_side_by_side.png``; returns the paths written."""
     from cam.pipeline import side_by_side
 
     written = []
-    for method, panel in zip(METHODS, panels, strict=True):
-        written.append(_write_png(out / f"{stem}_{method}.png", panel.image))
+    for panel in panels:
+        written.append(_write_png(out / f"{stem}_{panel.key}.png", panel.image))
         if raw:
-            np.save(out / f"{stem}_{method}.npy", panel.native)
-            written.append(out / f"{stem}_{method}.npy")
+            np.save(out / f"{stem}_{panel.key}.npy", panel.native)
+            written.append(out / f"{stem}_{panel.key}.npy")
     together = side_by_side(panels)
     written.append(_write_png(out / f"{stem}_side_by_side.png", together))
     return written
@@ -212,12 +217,34 @@ def models(args: argparse.Namespace) -> int:
     return 0
 
 
+def methods(args: argparse.Namespace) -> int:
+    """List the registry's methods: key, label, the model it explains, the layers it reads, what it shows."""
+    from cam.registry import METHODS, ROLES, STUDY
+
+    for method in METHODS.values():
+        default = " (default)" if method.key in STUDY else ""
+        print(f"{method.key}: {method.label}{default}, explains the {ROLES[method.role]}")
+        print(f"  {method.summary}")
+    return 0
+
+
+REPORT_OPTIONS = ("boxes", "n", "mosaics", "seed", "sanity_n", "steps", "batch_size", "precision", "slow_n")
+
+
+def report_config(args: argparse.Namespace) -> EvaluationConfig:
+    """The evaluation ``python -m cam report`` asks for; options left out keep EvaluationConfig's defaults."""
+    from cam.evaluation import EvaluationConfig
+    from cam.registry import selected
+
+    given = {key: getattr(args, key) for key in REPORT_OPTIONS if getattr(args, key) is not None}
+    return EvaluationConfig(Path(args.data), methods=tuple(m.key for m in selected(args.methods)), **given)
+
+
 def report(args: argparse.Namespace) -> int:
-    """Delegate to cam.report, whose options are parsed here, so that importing it waits until it is used."""
-    module = importlib.import_module("cam.report")
-    parser = argparse.ArgumentParser(prog=f"{PROG} report", description=module.__doc__)
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(args.rest))
+    """Evaluate the methods and write the report."""
+    from cam.report import DEFAULT_OUT, run
+
+    return run(report_config(args), Path(args.out or DEFAULT_OUT))
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -232,6 +259,17 @@ def _positive(kind: Callable[[str], int | float]) -> Callable[[str], int | float
     return parse
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -242,9 +280,10 @@ def _fraction(text: str) -> float:
 def _add_explain(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "explain",
-        help="Grad-CAM, Guided Grad-CAM and CAM of images, saved as PNGs",
-        description="For each IMAGE write <stem>_gradcam.png, <stem>_guided_gradcam.png, <stem>_cam.png at the "
-        "image's resolution and <stem>_side_by_side.png, and print each model's top predictions.",
+        help="Grad-CAM, Guided Grad-CAM and NoPool-GAP CAM (or any --methods) of images, saved as PNGs",
+        description="For each IMAGE write <stem>_<method key>.png per method (default: <stem>_grad_cam.png, "
+        "<stem>_guided_grad_cam.png, <stem>_nopool_cam.png) at the image's resolution and <stem>_side_by_side.png, "
+        "and print each model's top predictions.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--model", default="vgg16", help="Grad-CAM model: vgg16, vgg16_imagenet or PATH.keras")
@@ -255,7 +294,35 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--opacity", type=_fraction, default=0.5, help="heat map opacity, 0..1 (default: 0.5)")
     parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: ./out)")
     parser.add_argument("--raw", action="store_true", help="also save each map at native resolution as .npy")
+    parser.add_argument("--methods", metavar="KEYS", help=METHODS_HELP)
     parser.set_defaults(run=explain)
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "report",
+        help="score the methods: faithfulness, localization, sanity, resolution",
+        description="Score each method on the model it explains and write report.md, scores.csv, report.json and "
+        "figures to OUT. Options left out keep cam.evaluation.EvaluationConfig's defaults.",
+    )
+    parser.add_argument("--data", required=True, help="dataset root with test/<class>/*.jpg (e.g. cifar4)")
+    parser.add_argument("--boxes", help="box annotations: a JSON file, a VOC .xml file or a folder of them")
+    parser.add_argument("--methods", metavar="KEYS", help=METHODS_HELP)
+    parser.add_argument("--n", type=_positive(int), help="test images for faithfulness and resolution (default 1000)")
+    parser.add_argument("--mosaics", type=_at_least(0), help="2x2 mosaics for localization (0: none; default 1000)")
+    parser.add_argument("--slow-n", type=_at_least(0), metavar="N",
+                        help="at most N images (and mosaics, sanity images) for slow methods, Score-CAM (default 100)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default reports/latest)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--sanity-n", type=_at_least(0), help="images for the randomization test (0: none; default 50)")
+    parser.add_argument("--steps", type=_positive(int), help="deletion/insertion steps (default 16)")
+    parser.add_argument("--batch-size", type=_positive(int), help="maps explained and perturbed together (default 64)")
+    parser.add_argument(
+        "--precision", choices=("bfloat16", "float32"),
+        help="arithmetic of the convolutions when scoring perturbed images (maps are always float32; default "
+        "bfloat16, 3-7x faster on CPUs with AMX); the report states how far its probabilities are from float32",
+    )
+    parser.set_defaults(run=report)
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -350,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_data(commands)
     commands.add_parser("models", help="list the models and whether each is available here").set_defaults(run=models)
-    # Its options belong to cam.report: everything after 'report' goes there (see report()), --help included.
-    commands.add_parser("report", help="see `report --help`", add_help=False).set_defaults(run=report)
+    commands.add_parser("methods", help="list the saliency methods (keys for --methods)").set_defaults(run=methods)
+    _add_report(commands)
     return parser
 
 
@@ -369,11 +436,7 @@ def _error(error: Exception) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (argparse itself exits with 2 on malformed arguments)."""
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "report":
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.rest = rest
+    args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except Exception as error:

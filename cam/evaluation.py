@@ -1,16 +1,16 @@
-"""Score Grad-CAM and Guided Grad-CAM (on the Grad-CAM model) and NoPool-GAP CAM (on the GAP model) for
-faithfulness, localization (2x2 mosaics, annotated boxes), sanity and resolution; ``evaluate`` returns every
-per-map score and their summaries as data, which ``cam.report`` writes out.
+"""Score the registry's methods (``cam.registry``), each on the model it explains, for faithfulness, localization
+(2x2 mosaics, annotated boxes), sanity and resolution; ``evaluate`` returns every per-map score and their
+summaries as data, which ``cam.report`` writes out.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,9 +19,10 @@ from cam.boxes import Box, image_path, mosaics, read_boxes, tile_boxes
 from cam.data import ImageSet, load_split
 from cam.device import describe_device
 from cam.images import ImageError, load_image, model_input
-from cam.methods import Explainer, Explanation, ExplanationError, cam, grad_cam, guided_grad_cam
+from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, ExplanationError
 from cam.metrics import (
     POINTING_TOLERANCE,
+    STEPS,
     at_size,
     cascading_randomization,
     curve_area,
@@ -33,17 +34,36 @@ from cam.metrics import (
     rank_correlation,
 )
 from cam.models import LoadedModel, with_precision
-from cam.training import predict_probabilities
+from cam.predict import predict_probabilities
+from cam.registry import STUDY, Method, explain, selected
 
 Log = Callable[[str], None]
-# Which model each method explains: Grad-CAM and Guided Grad-CAM the Grad-CAM model, CAM the GAP model.
-METHODS = {"gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM", "cam": "NoPool-GAP CAM"}
-ROLES = {"gradcam": "gradcam", "guided_gradcam": "gradcam", "cam": "cam"}
 RESAMPLES = 2000
 INTERVAL_NOTE = (
     f"Mean and 95% bootstrap percentile interval ({RESAMPLES} resamples of the maps, seeded); n counts the maps with "
     "a defined score (energy is undefined for a map with no positive value)."
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """What ``evaluate`` scores and how: the options of ``python -m cam report``."""
+
+    data: Path
+    boxes: str | None = None  # box annotations: a JSON file, a VOC .xml file or a folder of them
+    n: int = 1000  # test images for faithfulness and resolution
+    mosaics: int = 1000  # 2x2 mosaics for localization
+    seed: int = 0
+    sanity_n: int = 50  # images for the randomization test
+    steps: int = STEPS  # deletion/insertion steps
+    batch_size: int = 64  # maps explained and perturbed together
+    precision: str = "bfloat16"  # of the convolutions when scoring perturbed images
+    methods: tuple[str, ...] = STUDY  # registry keys
+    slow_n: int = 100  # at most this many maps per set for the slow methods (Score-CAM)
+
+    def limit(self, method: Method, count: int) -> int:
+        """How many of ``count`` maps ``method`` is scored on."""
+        return min(count, self.slow_n) if method.slow else count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,26 +96,39 @@ def _known(set_: str, models: dict[str, LoadedModel], names: list[str], skipped:
 def _explain(
     explainer: Explainer, images: np.ndarray, classes: np.ndarray | None, batch_size: int, with_cam: bool = True
 ) -> Explanation:
-    """``explainer`` on ``images`` in batches, merged into one Explanation (arrays concatenated, seconds added).
+    """``explainer`` on ``images`` in batches, merged into one Explanation (the fused methods' maps).
     ``classes``: the Grad-CAM model's, one per image, None for its top predictions."""
-    parts = []
-    for start in range(0, len(images), batch_size):
-        part = slice(start, start + batch_size)
-        parts.append(explainer(images[part], None if classes is None else classes[part], with_cam=with_cam))
-
-    def merge(values: list) -> object:
-        if values[0] is None:  # the CAM fields when with_cam is False
-            return None
-        return np.concatenate(values) if isinstance(values[0], np.ndarray) else sum(values)
-
-    return Explanation(**{f.name: merge([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Explanation)})
+    return Explanation.concatenate([
+        explainer(images[start : start + batch_size], None if classes is None else classes[start : start + batch_size],
+                  with_cam=with_cam)
+        for start in range(0, len(images), batch_size)
+    ])
 
 
-def _maps(explained: Explanation, cam_classes: np.ndarray, cams: Explanation | None = None) -> dict[str, np.ndarray]:
-    """Each method's native maps: Grad-CAM's and Guided Grad-CAM's from ``explained``, CAM's of ``cam_classes``
-    from ``cams`` (default ``explained``), which holds the CAMs of every class."""
-    return {"gradcam": explained.gradcam, "guided_gradcam": explained.guided_gradcam,
-            "cam": (cams or explained).cam_for(cam_classes)}
+def _maps(
+    explained: Explanation, cam_classes: np.ndarray, methods: list[Method], models: dict[str, LoadedModel],
+    images: np.ndarray, config: EvaluationConfig, cams: Explanation | None = None,
+) -> dict[str, np.ndarray]:
+    """Each method's native maps, the GAP model's explaining ``cam_classes`` (a lookup in the CAMs of every class
+    held by ``cams``, default ``explained``); a slow method's only for the first ``config.slow_n`` images."""
+    source = cams or explained
+    explained.cams, explained.probabilities[GAP_MODEL] = source.cams, source.probabilities[GAP_MODEL]
+    explained.explain_cam_class(cam_classes)
+    layer = models[GRADCAM_MODEL].card["gradcam_layer"]
+    keras_models = {role: loaded.model for role, loaded in models.items()}
+    for method in methods:
+        if method.key in explained.maps:
+            continue
+        parts = []
+        count = config.limit(method, len(images))
+        for start in range(0, count, config.batch_size):
+            end = min(start + config.batch_size, count)
+            part = Explanation(explained.probabilities, {role: c[start:end] for role, c in explained.classes.items()},
+                               {}, {})
+            explain(part, [method], keras_models, {role: images[start:end] for role in models}, layer)
+            parts.append(part.maps[method.key])
+        explained.maps[method.key] = np.concatenate(parts)
+    return {method.key: explained.maps[method.key] for method in methods}
 
 
 def _scores(
@@ -111,59 +144,58 @@ def _scores(
 
 # ------------------------------------------------------------------------------------------------ faithfulness
 def _faithfulness(
-    explainer: Explainer, models: dict[str, LoadedModel], sample: ImageSet, items: list[str],
-    args: argparse.Namespace, log: Log,
+    explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], sample: ImageSet, items: list[str],
+    config: EvaluationConfig, log: Log,
 ) -> tuple[list[pd.DataFrame], dict, dict, dict]:
     """Deletion/insertion, average drop/increase and effective grid of every method's map of the top prediction;
     also the mean curves, the native map shapes and, per model, the largest |p| difference between the scoring
     precision and float32 on the original images."""
     x = sample.images.astype(np.float32)
     size = x.shape[1:3]
-    explained = _explain(explainer, x, None, args.batch_size)
-    chosen = {  # per role: the explained classes (each model's top prediction) and the float32 probabilities
-        "gradcam": (explained.gradcam_class, explained.gradcam_probabilities),
-        "cam": (explained.cam_probabilities.argmax(axis=-1), explained.cam_probabilities),
-    }
-    maps = _maps(explained, chosen["cam"][0])
-    scorers = {role: with_precision(loaded.model, args.precision) for role, loaded in models.items()}
+    explained = _explain(explainer, x, None, config.batch_size)
+    maps = _maps(explained, explained.cam_classes(), methods, models, x, config)
+    scorers = {role: with_precision(loaded.model, config.precision) for role, loaded in models.items()}
     frames, curves, native, precision_gap = [], {}, {}, {}
-    rng = np.random.default_rng(args.seed)
-    for method, label in METHODS.items():
+    rng = np.random.default_rng(config.seed)
+    for method in methods:
         started = time.perf_counter()
-        role = ROLES[method]
-        loaded, scorer, (classes, probabilities) = models[role], scorers[role], chosen[role]
-        native[method] = "x".join(map(str, maps[method].shape[1:3]))
-        full_maps = at_size(maps[method], size)
+        key, role, count = method.key, method.role, len(maps[method.key])
+        loaded, scorer = models[role], scorers[role]
+        classes, probabilities = explained.classes[role][:count], explained.probabilities[role][:count]
+        native[key] = "x".join(map(str, maps[key].shape[1:3]))
+        full_maps = at_size(maps[key], size)
         deletion, insertion = [], []
-        for start in range(0, len(x), args.batch_size):
-            part = slice(start, start + args.batch_size)
-            d, i = perturbation_curves(scorer, x[part], full_maps[part], classes[part], args.steps, rng=rng)
+        for start in range(0, count, config.batch_size):
+            part = slice(start, start + config.batch_size)
+            d, i = perturbation_curves(scorer, x[:count][part], full_maps[part], classes[part], config.steps, rng=rng)
             deletion.append(d)
             insertion.append(i)
-            log(f"  {label}: deletion/insertion {min(start + args.batch_size, len(x))}/{len(x)} maps "
+            log(f"  {method.label}: deletion/insertion {min(start + config.batch_size, count)}/{count} maps "
                 f"({time.perf_counter() - started:.0f} s)")
         deletion, insertion = np.concatenate(deletion), np.concatenate(insertion)
-        masked = predict_probabilities(scorer, explanation_images(x, full_maps))
-        drop, increase = drop_and_increase(deletion[:, 0], masked[np.arange(len(x)), classes])
-        frames.append(_scores("test", items, [loaded.classes[c] for c in classes], method, {
+        masked = predict_probabilities(scorer, explanation_images(x[:count], full_maps))
+        drop, increase = drop_and_increase(deletion[:, 0], masked[np.arange(count), classes])
+        frames.append(_scores("test", items[:count], [loaded.classes[c] for c in classes], key, {
             "deletion_auc": curve_area(deletion), "insertion_auc": curve_area(insertion),
             "average_drop": drop, "increase": increase, "effective_grid": effective_grid(full_maps),
         }))
-        curves[method] = {"deletion": deletion.mean(axis=0).tolist(), "insertion": insertion.mean(axis=0).tolist()}
-        gap = float(np.abs(deletion[:, 0] - probabilities[np.arange(len(x)), classes]).max())
+        curves[key] = {"deletion": deletion.mean(axis=0).tolist(), "insertion": insertion.mean(axis=0).tolist()}
+        gap = float(np.abs(deletion[:, 0] - probabilities[np.arange(count), classes]).max())
         precision_gap[loaded.card["name"]] = max(gap, precision_gap.get(loaded.card["name"], 0.0))
     return frames, curves, native, precision_gap
 
 
 # ------------------------------------------------------------------------------------------------ localization
 def _localize(
-    set_: str, maps: dict[str, np.ndarray], wanted: dict[str, np.ndarray], targets: list[Target], tolerance: float
+    set_: str, maps: dict[str, np.ndarray], methods: list[Method], wanted: dict[str, np.ndarray],
+    targets: list[Target], tolerance: float,
 ) -> list[pd.DataFrame]:
-    """Localization scores of each method's maps (one per target) where its model knows the target's class
-    (``wanted`` >= 0), each map compared with the target's boxes at the target's size."""
+    """Localization scores of each method's maps (one per target, or the first ones for a slow method) where its
+    model knows the target's class (``wanted`` >= 0), each map compared with the target's boxes at its size."""
     frames = []
-    for method, method_maps in maps.items():
-        rows = np.flatnonzero(wanted[ROLES[method]] >= 0)
+    for method in methods:
+        method_maps = maps[method.key]
+        rows = np.flatnonzero(wanted[method.role][: len(method_maps)] >= 0)
         if not len(rows):
             continue
         scores = {}
@@ -172,16 +204,17 @@ def _localize(
             for k, map_ in zip(group, at_size(method_maps[group], size), strict=True):
                 scores[k] = localization_scores(map_, targets[k].boxes, tolerance)
         values = {metric: [scores[k][metric] for k in rows] for metric in scores[rows[0]]}
-        frames.append(_scores(set_, [targets[k].item for k in rows], [targets[k].name for k in rows], method, values))
+        items, names = [targets[k].item for k in rows], [targets[k].name for k in rows]
+        frames.append(_scores(set_, items, names, method.key, values))
     return frames
 
 
 def _mosaic_scores(
-    explainer: Explainer, models: dict[str, LoadedModel], data: ImageSet, args: argparse.Namespace, skipped: Counter,
-    log: Log,
+    explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], data: ImageSet,
+    config: EvaluationConfig, skipped: Counter, log: Log,
 ) -> list[pd.DataFrame]:
     """Localization on 2x2 mosaics: each tile's class explained in turn and compared with the tile's box."""
-    built, sources = mosaics(data.images, data.labels, args.mosaics, args.seed)
+    built, sources = mosaics(data.images, data.labels, config.mosaics, config.seed)
     x = model_input(built, models["gradcam"].input_size)
     boxes = tile_boxes(*data.images.shape[1:3])
     frames, cams = [], None
@@ -191,25 +224,28 @@ def _mosaic_scores(
         wanted = _known("mosaics", models, names, skipped)
         # A model that does not know a class explains class 0 there; _localize drops those maps. Grad-CAM needs a
         # pass per class, while the first tile's pass already gives the CAMs of every class for all tiles.
-        explained = _explain(explainer, x, np.maximum(wanted["gradcam"], 0), args.batch_size, with_cam=cams is None)
+        explained = _explain(explainer, x, np.maximum(wanted[GRADCAM_MODEL], 0), config.batch_size,
+                             with_cam=cams is None)
         cams = cams or explained
         targets = [Target(f"mosaic-{i:04d}/tile-{tile}", name, [boxes[tile]], built.shape[1:3])
                    for i, name in enumerate(names)]
         # No pointing tolerance: 15 px would reach halfway into the neighbouring 32-px tiles.
-        frames += _localize("mosaics", _maps(explained, np.maximum(wanted["cam"], 0), cams), wanted, targets, 0.0)
+        maps = _maps(explained, np.maximum(wanted[GAP_MODEL], 0), methods, models, x, config, cams)
+        frames += _localize("mosaics", maps, methods, wanted, targets, 0.0)
         log(f"  mosaics: tile {tile + 1}/4 of {len(built)} mosaics ({time.perf_counter() - started:.0f} s)")
     return frames
 
 
 def _box_scores(
-    explainer: Explainer, models: dict[str, LoadedModel], args: argparse.Namespace, skipped: Counter, log: Log
+    explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], config: EvaluationConfig,
+    skipped: Counter, log: Log,
 ) -> list[pd.DataFrame]:
     """Localization on annotated images: each class present explained and compared with its boxes at the image's
     original size, within the pointing tolerance."""
-    annotations = read_boxes(args.boxes)
+    annotations = read_boxes(config.boxes)
     images, targets = [], []
     for annotation in annotations:
-        path = image_path(annotation, args.data)
+        path = image_path(annotation, config.data)
         try:
             image = load_image(path) if path else None
         except ImageError as error:
@@ -230,78 +266,77 @@ def _box_scores(
     if not len(keep):
         return []
     wanted = {role: indices[keep] for role, indices in wanted.items()}
-    explained = _explain(explainer, np.stack(images)[keep], np.maximum(wanted["gradcam"], 0), args.batch_size)
-    maps = _maps(explained, np.maximum(wanted["cam"], 0))
-    return _localize("boxes", maps, wanted, [targets[k] for k in keep], POINTING_TOLERANCE)
+    x = np.stack(images)[keep]
+    explained = _explain(explainer, x, np.maximum(wanted[GRADCAM_MODEL], 0), config.batch_size)
+    maps = _maps(explained, np.maximum(wanted[GAP_MODEL], 0), methods, models, x, config)
+    return _localize("boxes", maps, methods, wanted, [targets[k] for k in keep], POINTING_TOLERANCE)
 
 
 # ------------------------------------------------------------------------------------------------------ sanity
 def _sanity(
-    models: dict[str, LoadedModel], sample: ImageSet, items: list[str], args: argparse.Namespace, log: Log
+    models: dict[str, LoadedModel], methods: list[Method], sample: ImageSet, items: list[str],
+    config: EvaluationConfig, log: Log,
 ) -> list[pd.DataFrame]:
-    """Cascading randomization on the sample, explaining each image's true class, with the eager methods (the
-    Explainer compiles for one model, and every stage is a new clone)."""
+    """Cascading randomization on the sample, explaining each image's true class, with each method's own function
+    (the Explainer compiles for one model, and every stage is a new clone)."""
     x = sample.images.astype(np.float32)
     size = x.shape[1:3]
     names = [sample.classes[label] for label in sample.labels]
-    layer = models["gradcam"].card["gradcam_layer"]
-    explain = {
-        "gradcam": lambda model, images, classes: grad_cam(model, images, classes, layer),
-        "guided_gradcam": lambda model, images, classes: guided_grad_cam(model, images, classes, layer),
-        "cam": cam,
-    }
     frames = []
     for role, loaded in models.items():
-        methods = [m for m in METHODS if ROLES[m] == role]
+        layer = loaded.card["gradcam_layer"] if role == GRADCAM_MODEL else None
         indices = _indices(loaded, names)
-        known = np.flatnonzero(indices >= 0)
-        if not len(known):
+        rows = {m.key: np.flatnonzero(indices >= 0)[: config.limit(m, len(x))] for m in methods if m.role == role}
+        own = [method for method in methods if len(rows.get(method.key, ()))]
+        if not own:
             continue
-        trained = {m: at_size(explain[m](loaded.model, x[known], indices[known]), size) for m in methods}
+        trained = {m.key: at_size(m.compute(loaded.model, x[rows[m.key]], indices[rows[m.key]], layer), size)
+                   for m in own}
         started = time.perf_counter()
-        for stage, clone in cascading_randomization(loaded.model, args.seed):
-            for method in methods:
-                randomized = at_size(explain[method](clone, x[known], indices[known]), size)
-                rho = rank_correlation(trained[method], randomized)
-                frames.append(_scores("sanity", [items[k] for k in known], [names[k] for k in known], method,
-                                      {"spearman": rho}, stage))
+        for stage, clone in cascading_randomization(loaded.model, config.seed):
+            for m in own:
+                randomized = at_size(m.compute(clone, x[rows[m.key]], indices[rows[m.key]], layer), size)
+                frames.append(_scores("sanity", [items[k] for k in rows[m.key]], [names[k] for k in rows[m.key]],
+                                      m.key, {"spearman": rank_correlation(trained[m.key], randomized)}, stage))
             log(f"  sanity: {loaded.card['name']} randomised down to {stage} ({time.perf_counter() - started:.0f} s)")
     return frames
 
 
 # -------------------------------------------------------------------------------------------------- evaluation
-def _model_summary(role: str, loaded: LoadedModel, native: dict) -> dict:
+def _model_summary(role: str, loaded: LoadedModel, methods: list[Method], native: dict) -> dict:
     test = loaded.card.get("metrics", {}).get("test", {})
-    methods = [m for m in METHODS if ROLES[m] == role]
+    layer = loaded.card.get("gradcam_layer") if role == GRADCAM_MODEL else None
+    own = [method for method in methods if method.role == role]
     return {
         "role": role, "name": loaded.card["name"], "trained": loaded.trained, "note": loaded.note,
         "test_accuracy": test.get("accuracy"), "test_n": test.get("n"),
-        "layer": loaded.card.get("gradcam_layer") if role == "gradcam" else "GAP head",
-        "methods": [METHODS[m] for m in methods], "native": {METHODS[m]: native.get(m) for m in methods},
+        "methods": [method.key for method in own], "native": {m.key: native.get(m.key) for m in own},
+        "layers": {method.key: method.reads(loaded.model, layer) for method in own},
     }
 
 
 def evaluate(
-    args: argparse.Namespace, gradcam_model: LoadedModel, cam_model: LoadedModel, command: str, log: Log = print
+    config: EvaluationConfig, gradcam_model: LoadedModel, cam_model: LoadedModel, command: str, log: Log = print
 ) -> dict:
-    """Every score of every map, summarised: the content of report.json, with the per-map table as ``frame``.
-    ``args`` holds the options of ``python -m cam report``; ``command`` (the line that reproduces them) is
-    recorded in ``meta``. Raises DataError, BoxError or ExplanationError for inputs it cannot use."""
+    """Every score of every map of ``config.methods``, summarised: the content of report.json, with the per-map
+    table as ``frame``; ``command`` (the line that reproduces the run) is recorded in ``meta``. Raises DataError,
+    BoxError or ExplanationError for inputs it cannot use."""
     started = time.perf_counter()
     if gradcam_model.input_size != cam_model.input_size:
         raise ExplanationError(
             f"the models need one input size, got {gradcam_model.input_size} and {cam_model.input_size}"
         )
-    models = {"gradcam": gradcam_model, "cam": cam_model}
+    models = {GRADCAM_MODEL: gradcam_model, GAP_MODEL: cam_model}
+    methods = selected(config.methods)
     for loaded in models.values():
         if not loaded.trained:
             log(f"WARNING: {loaded.note}")
-    data = load_split(args.data, "test", gradcam_model.input_size)
-    rng = np.random.default_rng(args.seed)
+    data = load_split(config.data, "test", gradcam_model.input_size)
+    rng = np.random.default_rng(config.seed)
     # Random order, so that the first --sanity-n images are a random subset too (the folder is sorted by class).
-    chosen = rng.choice(len(data.labels), min(args.n, len(data.labels)), replace=False)
+    chosen = rng.choice(len(data.labels), min(config.n, len(data.labels)), replace=False)
     sample = data.subset(chosen)
-    items = [str(p.relative_to(args.data)) if p.is_relative_to(args.data) else p.name for p in sample.paths]
+    items = [str(p.relative_to(config.data)) if p.is_relative_to(config.data) else p.name for p in sample.paths]
     explainer = Explainer(gradcam_model.model, gradcam_model.card["gradcam_layer"], cam_model.model)
     skipped, timings = Counter(), {}
 
@@ -313,33 +348,37 @@ def evaluate(
         return result
 
     frames, curves, native, precision_gap = timed(
-        "faithfulness and resolution", lambda: _faithfulness(explainer, models, sample, items, args, log)
+        "faithfulness and resolution", lambda: _faithfulness(explainer, models, methods, sample, items, config, log)
     )
-    n_mosaics = args.mosaics if len(data.classes) >= 4 else 0
+    n_mosaics = config.mosaics if len(data.classes) >= 4 else 0
     if n_mosaics:
-        frames += timed("localization on mosaics", lambda: _mosaic_scores(explainer, models, data, args, skipped, log))
-    elif args.mosaics:
-        skipped[f"mosaics: need 4 classes, the data has {len(data.classes)}"] = args.mosaics
-    if args.boxes:
-        frames += timed("localization on boxes", lambda: _box_scores(explainer, models, args, skipped, log))
-    if args.sanity_n > 0:
-        few = min(args.sanity_n, len(chosen))
-        frames += timed("sanity", lambda: _sanity(models, sample.subset(np.arange(few)), items[:few], args, log))
+        frames += timed("localization on mosaics",
+                        lambda: _mosaic_scores(explainer, models, methods, data, config, skipped, log))
+    elif config.mosaics:
+        skipped[f"mosaics: need 4 classes, the data has {len(data.classes)}"] = config.mosaics
+    if config.boxes:
+        frames += timed("localization on boxes", lambda: _box_scores(explainer, models, methods, config, skipped, log))
+    if config.sanity_n > 0:
+        few = min(config.sanity_n, len(chosen))
+        few_images = sample.subset(np.arange(few))
+        frames += timed("sanity", lambda: _sanity(models, methods, few_images, items[:few], config, log))
     frame = pd.concat(frames, ignore_index=True)
     return {
         "meta": {
             "command": command,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 1), "timings": timings, "device": describe_device(),
-            "data": str(args.data), "n_images": len(chosen), "n_mosaics": n_mosaics,
-            "sanity_n": min(args.sanity_n, len(chosen)), "steps": args.steps, "seed": args.seed,
-            "precision": args.precision, "precision_gap": precision_gap,
-            "models": [_model_summary(role, loaded, native) for role, loaded in models.items()],
+            "data": str(config.data), "n_images": len(chosen), "n_mosaics": n_mosaics,
+            "sanity_n": min(config.sanity_n, len(chosen)), "steps": config.steps, "seed": config.seed,
+            "precision": config.precision, "precision_gap": precision_gap,
+            "models": [_model_summary(role, loaded, methods, native) for role, loaded in models.items()],
+            "methods": {method.key: method.label for method in methods}, "slow_n": config.slow_n,
+            "slow": [method.key for method in methods if method.slow],
             "skipped": dict(skipped), "interval": INTERVAL_NOTE,
         },
-        "summary": summarize(frame, args.seed),
-        "differences": differences(frame, args.seed),
-        "curves": {"x": np.linspace(0, 1, args.steps + 1).tolist(), "methods": curves},
+        "summary": summarize(frame, config.seed),
+        "differences": differences(frame, config.seed),
+        "curves": {"x": np.linspace(0, 1, config.steps + 1).tolist(), "methods": curves},
         "resolution": resolution(frame),
         "frame": frame,
     }
@@ -367,13 +406,14 @@ def summarize(frame: pd.DataFrame, seed: int = 0) -> list[dict]:
 
 def differences(frame: pd.DataFrame, seed: int = 0) -> list[dict]:
     """NoPool-GAP CAM minus each other method on the same items (paired), per set and metric, with intervals."""
+    cam = "nopool_cam"
     rng = np.random.default_rng(seed)
     rows = []
     for (set_, metric), group in frame[frame["set"] != "sanity"].groupby(["set", "metric"], sort=False):
         table = group.pivot_table(index="item", columns="method", values="value")
-        for other in (m for m in METHODS if m != "cam" and m in table and "cam" in table):
-            rows.append({"set": set_, "metric": metric, "method": "cam", "versus": other}
-                        | interval((table["cam"] - table[other]).to_numpy(), rng))
+        for other in (m for m in table if m != cam and cam in table):
+            rows.append({"set": set_, "metric": metric, "method": cam, "versus": other}
+                        | interval((table[cam] - table[other]).to_numpy(), rng))
     return rows
 
 

@@ -1,8 +1,12 @@
-"""Grad-CAM, Guided Backpropagation, Guided Grad-CAM and CAM, on batches, with explicit gradients.
+"""Saliency methods on batches, with explicit gradients: Grad-CAM, Guided Backpropagation, Guided Grad-CAM, CAM,
+and the higher-resolution CAM family (Grad-CAM++, HiResCAM, Layer-CAM, Score-CAM) plus gradient x input.
 
 Conventions: ``images`` are float RGB 0..255 at the model's input size, shape (B, H, W, 3); the model does its
 own preprocessing and ends in a softmax whose input is the pre-softmax score vector (the logits).
 ``classes`` is None (each image's top prediction), one int for all images, or one int per image.
+``layer`` is any layer with a 4-D output (B, h, w, K); None means the layer the model cards record,
+``cam.models.default_gradcam_layer`` (the last 4-D layer before pooling). A_k is channel k of that layer's output,
+y_c the pre-softmax score of class c and g_k = dy_c/dA_k. ``cam.registry`` lists the methods for the tool.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
+
+from cam.models import default_gradcam_layer
+from cam.resample import bilinear_matrix
 
 Classes = int | Sequence[int] | np.ndarray | None
 
@@ -86,6 +93,11 @@ def _batch(images: np.ndarray) -> tf.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------- Grad-CAM
+def layer_or_default(model: keras.Model, layer: str | None) -> str:
+    """``layer``, or for None the layer the model cards record (``cam.models.default_gradcam_layer``)."""
+    return layer or default_gradcam_layer(model)
+
+
 def grad_cam_from(features: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     """ReLU(sum_k a_k A_k) with a_k = spatial mean of dy_c/dA_k; (B, h, w, K) x2 -> (B, h, w)."""
     weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
@@ -93,26 +105,146 @@ def grad_cam_from(features: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
 
 
 def upsample(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """Bilinear upsampling of (B, h, w) maps to (B, *size)."""
-    return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
+    """Bilinear upsampling of (B, h, w) maps to (B, *size) inside TensorFlow, with ``cam.resample``'s matrices
+    (the one resampler of the project): R_rows M R_cols^T."""
+    rows = tf.constant(bilinear_matrix(int(maps.shape[1]), int(size[0])), maps.dtype)
+    cols = tf.constant(bilinear_matrix(int(maps.shape[2]), int(size[1])), maps.dtype)
+    return tf.einsum("ih,bhw,jw->bij", rows, maps, cols)
+
+
+def features_and_gradients(
+    model: keras.Model, images: np.ndarray, classes: Classes, names: Sequence[str]
+) -> tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]:
+    """One forward and one backward pass: the outputs A of the layers ``names``, their gradients dy_c/dA and the
+    explained classes c (top predictions where ``classes`` leaves them open)."""
+    x = _batch(images)
+    inner = keras.Model(model.inputs, [feature_layer(model, name).output for name in names] + [model.layers[-1].input])
+    wanted = class_array(classes, x.shape[0], model.output_shape[-1])
+    with tf.GradientTape() as tape:
+        *features, before_softmax = inner(x, training=False)
+        chosen, scores = _choose(logits_of(model, before_softmax), wanted)
+    return features, tape.gradient(scores, features), chosen
 
 
 def grad_cam(
     model: keras.Model,
     images: np.ndarray,
     classes: Classes = None,
-    layer: str = "block5_conv3",
+    layer: str | None = None,
     size: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Grad-CAM maps (B, h, w) at the layer's resolution, or (B, *size) upsampled bilinearly."""
-    x = _batch(images)
-    inner = features_and_logits_model(model, layer)
-    wanted = class_array(classes, x.shape[0], model.output_shape[-1])
-    with tf.GradientTape() as tape:
-        features, before_softmax = inner(x, training=False)
-        _, scores = _choose(logits_of(model, before_softmax), wanted)
-    maps = grad_cam_from(features, tape.gradient(scores, features))
+    """Grad-CAM (Selvaraju et al. 2017) maps (B, h, w) at the layer's resolution, or (B, *size) upsampled
+    bilinearly: ReLU(sum_k a_k A_k), a_k = mean_ij g_k,ij."""
+    [features], [gradients], _ = features_and_gradients(model, images, classes, [layer_or_default(model, layer)])
+    maps = grad_cam_from(features, gradients)
     return (upsample(maps, size) if size else maps).numpy()
+
+
+# -------------------------------------------------------------------------------- the high-resolution CAM family
+def grad_cam_pp(
+    model: keras.Model, images: np.ndarray, classes: Classes = None, layer: str | None = None
+) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19 with the exponential score): (B, h, w) =
+    ReLU(sum_k w_k A_k), w_k = sum_ij alpha_k,ij ReLU(g_k,ij),
+    alpha_k,ij = g_k,ij^2 / (2 g_k,ij^2 + sum_ab A_k,ab g_k,ij^3) (0 where the denominator is 0)."""
+    [a], [g], _ = features_and_gradients(model, images, classes, [layer_or_default(model, layer)])
+    denominator = 2.0 * g**2 + tf.reduce_sum(a, axis=(1, 2), keepdims=True) * g**3
+    alpha = tf.math.divide_no_nan(g**2, denominator)
+    weights = tf.reduce_sum(alpha * tf.nn.relu(g), axis=(1, 2), keepdims=True)
+    return tf.nn.relu(tf.reduce_sum(weights * a, axis=-1)).numpy()
+
+
+def hires_cam(model: keras.Model, images: np.ndarray, classes: Classes = None, layer: str | None = None) -> np.ndarray:
+    """HiResCAM (Draelos & Carin 2020): (B, h, w) = sum_k g_k * A_k element-wise, gradients not averaged; signed
+    like CAM (negative = evidence against). For a head that is GAP + one dense layer it is CAM / (h*w)."""
+    [a], [g], _ = features_and_gradients(model, images, classes, [layer_or_default(model, layer)])
+    return tf.reduce_sum(g * a, axis=-1).numpy()
+
+
+def layer_cam_from(features: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """ReLU(sum_k ReLU(g_k) * A_k), element-wise; (B, h, w, K) x2 -> (B, h, w)."""
+    return tf.nn.relu(tf.reduce_sum(tf.nn.relu(gradients) * features, axis=-1))
+
+
+def layer_cam(model: keras.Model, images: np.ndarray, classes: Classes = None, layer: str | None = None) -> np.ndarray:
+    """Layer-CAM (Jiang et al. 2021) on one layer: (B, h, w) = ReLU(sum_k ReLU(g_k) * A_k), each position weighted
+    by its own positive gradient, so it stays meaningful on shallow, high-resolution layers."""
+    [a], [g], _ = features_and_gradients(model, images, classes, [layer_or_default(model, layer)])
+    return layer_cam_from(a, g).numpy()
+
+
+def stage_layers(model: keras.Model, count: int = 3) -> list[str]:
+    """The last 4-D layer of each of the model's last ``count`` stages: the layers that feed a pooling layer, and
+    the default layer (VGG16: ``block3..5_conv3``, ``..._bn`` with BatchNorm); one layer for a net without pooling."""
+    pooling = (layers.MaxPooling2D, layers.AveragePooling2D)
+    fed = [layer.input._keras_history.operation.name for layer in model.layers if isinstance(layer, pooling)]
+    return list(dict.fromkeys([*fed, default_gradcam_layer(model)]))[-count:]
+
+
+def layer_cam_fused(
+    model: keras.Model, images: np.ndarray, classes: Classes = None, names: Sequence[str] | None = None
+) -> np.ndarray:
+    """Layer-CAM fused over layers (Jiang et al. 2021, sec. 3.3), one backward pass for all: each layer's
+    Layer-CAM upsampled to the input size (B, H, W), divided by its maximum (to [0, 1]), then the element-wise
+    maximum over the layers. ``names`` default: ``stage_layers(model)``."""
+    x = _batch(images)
+    features, gradients, _ = features_and_gradients(model, x, classes, names or stage_layers(model))
+    fused = None
+    for a, g in zip(features, gradients, strict=True):
+        maps = upsample(layer_cam_from(a, g), x.shape[1:3])
+        maps = tf.math.divide_no_nan(maps, tf.reduce_max(maps, axis=(1, 2), keepdims=True))
+        fused = maps if fused is None else tf.maximum(fused, maps)
+    return fused.numpy()
+
+
+def score_cam_masks(features: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Score-CAM's masks: each channel A_k (B, h, w, K) upsampled bilinearly to ``size`` and scaled to [0, 1],
+    (A_k - min A_k) / (max A_k - min A_k) (0 for a constant channel); (B, K, H, W)."""
+    maps = upsample(tf.reshape(tf.transpose(features, (0, 3, 1, 2)), (-1, *features.shape[1:3])), size)
+    low = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
+    masks = tf.math.divide_no_nan(maps - low, tf.reduce_max(maps, axis=(1, 2), keepdims=True) - low)
+    return tf.reshape(masks, (features.shape[0], features.shape[3], *size)).numpy()
+
+
+def score_cam_passes(model: keras.Model, layer: str | None = None) -> int:
+    """Forward passes Score-CAM needs per image: one, plus one per channel of the layer (VGG16 block5: 513)."""
+    return 1 + int(feature_layer(model, layer_or_default(model, layer)).output.shape[-1])
+
+
+def score_cam(
+    model: keras.Model, images: np.ndarray, classes: Classes = None, layer: str | None = None, batch_size: int = 256
+) -> np.ndarray:
+    """Score-CAM (Wang et al. 2020), gradient-free: (B, h, w) = ReLU(sum_k s_k A_k) with s_k = p_c(X * M_k), the
+    softmax probability of class c for the image times mask M_k (``score_cam_masks``), as the authors' code does.
+    Costs ``score_cam_passes`` forward passes per image, run ``batch_size`` masked images at a time."""
+    x = _batch(images)
+    inner = features_and_logits_model(model, layer_or_default(model, layer))
+    features, before_softmax = inner(x, training=False)
+    chosen, _ = _choose(logits_of(model, before_softmax), class_array(classes, x.shape[0], model.output_shape[-1]))
+    count, channels = x.shape[0], features.shape[-1]
+    # Row i of ``channel_maps`` is channel i % K of image i // K, as a one-channel feature map.
+    channel_maps = tf.reshape(tf.transpose(features, (0, 3, 1, 2)), (-1, *features.shape[1:3], 1))
+    scores = np.zeros(count * channels, np.float32)
+    for start in range(0, count * channels, batch_size):
+        pairs = np.arange(start, min(start + batch_size, count * channels))
+        image = pairs // channels
+        masks = score_cam_masks(tf.gather(channel_maps, pairs), x.shape[1:3])[:, 0]
+        probabilities = model(tf.gather(x, image) * masks[..., None], training=False)
+        scores[pairs] = tf.gather(probabilities, tf.gather(chosen, image), batch_dims=1).numpy()
+    weights = tf.constant(scores.reshape(count, 1, 1, channels))
+    return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
+
+
+def gradient_x_input(model: keras.Model, images: np.ndarray, classes: Classes = None) -> np.ndarray:
+    """Gradient x input (Shrikumar et al. 2016), for reference: (B, H, W) = sum over colours of x * dy_c/dx, with x
+    the RGB pixels 0..255; signed, at the input's resolution, no layer involved."""
+    x = _batch(images)
+    wanted = class_array(classes, x.shape[0], model.output_shape[-1])
+    inner = keras.Model(model.inputs, model.layers[-1].input)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        _, scores = _choose(logits_of(model, inner(x, training=False)), wanted)
+    return tf.reduce_sum(x * tape.gradient(scores, x), axis=-1).numpy()
 
 
 # -------------------------------------------------------------------------------------- Guided Backpropagation
@@ -159,7 +291,7 @@ def guided_backprop(model: keras.Model, images: np.ndarray, classes: Classes = N
 
 
 def guided_grad_cam(
-    model: keras.Model, images: np.ndarray, classes: Classes = None, layer: str = "block5_conv3"
+    model: keras.Model, images: np.ndarray, classes: Classes = None, layer: str | None = None
 ) -> np.ndarray:
     """Guided Backprop x Grad-CAM upsampled to the input size, element-wise, (B, H, W, 3)."""
     x = _batch(images)
@@ -219,30 +351,52 @@ def _run(chain: list[layers.Layer], x: tf.Tensor) -> tf.Tensor:
     return x
 
 
+GRADCAM_MODEL, GAP_MODEL = "gradcam", "cam"  # the two model roles: the model Grad-CAM explains, the GAP model
+FUSED_METHODS = ("grad_cam", "guided_grad_cam", "nopool_cam")  # the method keys one Explainer pass fills
+
+
 @dataclass
 class Explanation:
-    """Everything shown for a batch. Maps are at their native resolution; probabilities are softmax outputs."""
+    """Everything shown for a batch: maps at their native resolution keyed by method key (``cam.registry``), and
+    per model role (GRADCAM_MODEL, GAP_MODEL) the softmax outputs (B, N) and the class its maps explain (B,)."""
 
-    gradcam_probabilities: np.ndarray  # (B, N)
-    gradcam_class: np.ndarray  # (B,) the class Grad-CAM and Guided Backprop explain
-    gradcam: np.ndarray  # (B, h, w), e.g. 2x2 for VGG16 at 32x32
-    guided_backprop: np.ndarray  # (B, H, W, 3) at the model input size
-    guided_gradcam: np.ndarray  # (B, H, W, 3)
-    gradcam_seconds: float  # one compiled pass gives the three above
-    cam_probabilities: np.ndarray | None = None  # (B, M)
-    cams: np.ndarray | None = None  # (B, H, W, M): CAM of every class, so any class is a lookup
-    cam_seconds: float = 0.0
+    probabilities: dict[str, np.ndarray]
+    classes: dict[str, np.ndarray]
+    maps: dict[str, np.ndarray]  # e.g. grad_cam (B, 2, 2) for VGG16 at 32x32, guided_grad_cam (B, H, W, 3)
+    seconds: dict[str, float]  # per method key: the pass that gave its map (one pass gives several)
+    cams: np.ndarray | None = None  # (B, H, W, M): CAM of every class of the GAP model, so any class is a lookup
+
+    def cam_classes(self, classes: Classes = None) -> np.ndarray:
+        """``classes`` of the GAP model as indices (B,), its top prediction where they are None or -1."""
+        wanted = class_array(classes, len(self.cams), self.cams.shape[-1])
+        return np.where(wanted < 0, self.probabilities[GAP_MODEL].argmax(axis=-1), wanted)
 
     def cam_for(self, classes: Classes = None) -> np.ndarray:
         """CAM maps (B, H, W) of ``classes`` (default: the GAP model's top prediction)."""
-        wanted = class_array(classes, len(self.cams), self.cams.shape[-1])
-        wanted = np.where(wanted < 0, self.cam_probabilities.argmax(axis=-1), wanted)
-        return np.take_along_axis(self.cams, wanted[:, None, None, None], axis=-1)[..., 0]
+        return np.take_along_axis(self.cams, self.cam_classes(classes)[:, None, None, None], axis=-1)[..., 0]
+
+    def explain_cam_class(self, classes: Classes = None) -> None:
+        """Make the GAP model's maps (``nopool_cam``) explain ``classes``: a lookup in ``cams``."""
+        self.classes[GAP_MODEL] = self.cam_classes(classes)
+        self.maps["nopool_cam"] = self.cam_for(classes)
+
+    @classmethod
+    def concatenate(cls, parts: list[Explanation]) -> Explanation:
+        """One Explanation from consecutive batches: arrays concatenated, seconds added."""
+
+        def merge(values: list[dict]) -> dict:
+            return {key: np.concatenate([v[key] for v in values]) for key in values[0]}
+
+        cams = None if parts[0].cams is None else np.concatenate([p.cams for p in parts])
+        seconds = {key: sum(p.seconds[key] for p in parts) for key in parts[0].seconds}
+        merged = (merge([getattr(p, name) for p in parts]) for name in ("probabilities", "classes", "maps"))
+        return cls(*merged, seconds, cams)
 
 
 class Explainer:
     """Grad-CAM, Guided Backprop and Guided Grad-CAM of one model plus CAM of a GAP model, in as few passes as
-    the maths allows, compiled once (``tf.function``) per model and input size and reused afterwards.
+    the maths allows, compiled once (``tf.function``) per model and input size and reused afterwards; it fills
+    ``Explanation.maps`` for FUSED_METHODS.
 
     Grad-CAM model: one forward pass through a guided clone (its forward values equal the original's), then
     from A = the Grad-CAM layer, two cheap passes through the layers after A: normal ReLUs give dy_c/dA
@@ -250,7 +404,8 @@ class Explainer:
     GAP model: one forward pass; CAMs of all classes from the same features.
     """
 
-    def __init__(self, gradcam_model: keras.Model, layer: str = "block5_conv3", cam_model: keras.Model | None = None):
+    def __init__(self, gradcam_model: keras.Model, layer: str | None = None, cam_model: keras.Model | None = None):
+        layer = layer_or_default(gradcam_model, layer)
         self.gradcam_model, self.layer, self.cam_model = gradcam_model, layer, cam_model
         guided = guided_clone(gradcam_model)
         self._bottom = keras.Model(guided.inputs, feature_layer(guided, layer).output)
@@ -278,8 +433,8 @@ class Explainer:
         maps = grad_cam_from(features, tape.gradient(scores, features))
         guided = tape.gradient(guided_scores, x)
         del tape
-        upsampled = upsample(maps, tf.shape(x)[1:3])
-        return tf.nn.softmax(logits), chosen, maps, guided, guided * upsampled[..., None]
+        upsampled = upsample(maps, x.shape[1:3])
+        return tf.nn.softmax(logits), chosen, maps, guided * upsampled[..., None]
 
     def _cam_pass(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         features, before_softmax = self._cam_inner(x, training=False)
@@ -294,11 +449,15 @@ class Explainer:
         x = _batch(images)
         wanted = class_array(classes, x.shape[0], self.gradcam_model.output_shape[-1])
         started = time.perf_counter()
-        probabilities, chosen, maps, guided, guided_maps = (t.numpy() for t in self._gradcam_step(x, wanted))
-        result = Explanation(probabilities, chosen, maps, guided, guided_maps, time.perf_counter() - started)
+        probabilities, chosen, maps, guided_maps = (t.numpy() for t in self._gradcam_step(x, wanted))
+        seconds = time.perf_counter() - started
+        result = Explanation({GRADCAM_MODEL: probabilities}, {GRADCAM_MODEL: chosen},
+                             {"grad_cam": maps, "guided_grad_cam": guided_maps},
+                             {"grad_cam": seconds, "guided_grad_cam": seconds})
         if self.cam_model is not None and with_cam:
             started = time.perf_counter()
             cam_x = x if cam_images is None else _batch(cam_images)
-            result.cam_probabilities, result.cams = (t.numpy() for t in self._cam_step(cam_x))
-            result.cam_seconds = time.perf_counter() - started
+            result.probabilities[GAP_MODEL], result.cams = (t.numpy() for t in self._cam_step(cam_x))
+            result.seconds["nopool_cam"] = time.perf_counter() - started
+            result.explain_cam_class()
         return result

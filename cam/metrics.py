@@ -2,8 +2,8 @@
 game, energy in box, IoU of the thresholded region), sanity (cascading randomization) and effective resolution.
 
 Maps are numpy arrays (B, h, w), or (B, H, W, C) for guided maps, which ``saliency`` reduces to one value per
-pixel. Every metric that compares a map with an image upsamples it bilinearly (``cam.methods.upsample``, the
-operator Guided Grad-CAM itself uses) to the image's size first.
+pixel. Every metric that compares a map with an image upsamples it bilinearly (``cam.resample.upsample``, the
+operator the panels and Guided Grad-CAM use too) to the image's size first.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 from scipy import ndimage, stats
 
 from cam.boxes import Box, box_mask, iou
-from cam.methods import upsample
+from cam.predict import predict_probabilities
 from cam.render import normalize
-from cam.training import predict_probabilities
+from cam.resample import upsample
 
 STEPS = 16
 BLUR_SIGMA = 4.0  # pixels; at 32x32 it leaves colour blobs without recognisable shapes
@@ -38,7 +38,7 @@ def saliency(maps: np.ndarray) -> np.ndarray:
 def at_size(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``saliency(maps)`` upsampled bilinearly to (B, *size), as float32 numpy."""
     maps = saliency(maps)
-    return maps if maps.shape[1:] == tuple(size) else upsample(maps, size).numpy()
+    return upsample(maps, size)
 
 
 # -------------------------------------------------------------------------------------------------- faithfulness
@@ -223,7 +223,7 @@ def _projection(side: int, block: int, kind: str) -> np.ndarray:
     if kind == "nearest":
         shown = basis.repeat(block, axis=1).repeat(block, axis=2)
     else:
-        shown = upsample(basis, (side, side)).numpy()
+        shown = upsample(basis, (side, side))
     design = shown.reshape(grid * grid, side * side).T.astype(np.float64)
     return (design @ np.linalg.pinv(design)).astype(np.float32)
 

@@ -1,22 +1,26 @@
 """One image in, everything the dashboard and the command line show out: the class each model explains,
-the three maps, and panels rendered at the image's full resolution with captions."""
+the maps of the chosen methods (``cam.registry``), and panels rendered at the image's full resolution with
+captions."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from cam import render
 from cam.images import model_input
-from cam.methods import Explainer, Explanation
+from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation
 from cam.models import LoadedModel
+from cam.registry import Method, explain, selected
 
 
 @dataclass
 class Panel:
     """One rendered result at the original image's full resolution."""
 
+    key: str  # the method's key: file names
     title: str
     caption: str
     heading: str  # a short caption for the side-by-side picture
@@ -26,21 +30,35 @@ class Panel:
 
 @dataclass
 class ImageResult:
-    """The explanation of one image by a Grad-CAM model and a GAP (CAM) model, with the classes they explain."""
+    """The explanation of one image by a Grad-CAM model and a GAP (CAM) model, for the chosen methods."""
 
     image: np.ndarray
     gradcam_model: LoadedModel
     cam_model: LoadedModel
     explanation: Explanation  # batch of one
-    gradcam_class: int
-    cam_class: int
+    methods: list[Method] = field(default_factory=selected)
 
-    def top_predictions(self, which: str, k: int = 5) -> list[tuple[str, float]]:
-        """The k most probable classes of the 'gradcam' or the 'cam' model, with probabilities."""
-        loaded = self.gradcam_model if which == "gradcam" else self.cam_model
-        probabilities = getattr(self.explanation, f"{which}_probabilities")[0]
+    def model(self, role: str) -> LoadedModel:
+        """The model of a role (GRADCAM_MODEL or GAP_MODEL)."""
+        return self.gradcam_model if role == GRADCAM_MODEL else self.cam_model
+
+    def explained_class(self, role: str) -> int:
+        """The class the maps of that role's model explain."""
+        return int(self.explanation.classes[role][0])
+
+    @property
+    def gradcam_class(self) -> int:
+        return self.explained_class(GRADCAM_MODEL)
+
+    @property
+    def cam_class(self) -> int:
+        return self.explained_class(GAP_MODEL)
+
+    def top_predictions(self, role: str, k: int = 5) -> list[tuple[str, float]]:
+        """The k most probable classes of the model of ``role``, with probabilities."""
+        probabilities = self.explanation.probabilities[role][0]
         order = np.argsort(probabilities)[::-1][:k]
-        return [(loaded.classes[i], float(probabilities[i])) for i in order]
+        return [(self.model(role).classes[i], float(probabilities[i])) for i in order]
 
 
 def cifar4_name(loaded: LoadedModel, index: int) -> str | None:
@@ -70,46 +88,47 @@ def explain_image(
     gradcam_model: LoadedModel,
     cam_model: LoadedModel,
     class_name: str | None = None,
+    methods: Sequence[Method] | None = None,
 ) -> ImageResult:
-    """Explain ``class_name`` (default: the Grad-CAM model's top prediction) with both models. One class drives
-    both: the GAP model explains the same class when it knows it, else its own top prediction."""
+    """Explain ``class_name`` (default: the Grad-CAM model's top prediction) with both models and the ``methods``
+    (default: the study's three). One class drives both: the GAP model explains the same class when it knows it,
+    else its own top prediction."""
     x = model_input(image, gradcam_model.input_size)
     cam_x = model_input(image, cam_model.input_size)
     explanation = explainer(x, cam_images=cam_x)  # top prediction first: one pass, and the probabilities
-    chosen = int(explanation.gradcam_class[0])
+    chosen = int(explanation.classes[GRADCAM_MODEL][0])
     if class_name is not None:
-        wanted = gradcam_index(gradcam_model, explanation.gradcam_probabilities[0], class_name)
+        wanted = gradcam_index(gradcam_model, explanation.probabilities[GRADCAM_MODEL][0], class_name)
         if wanted != chosen:
             explanation, chosen = explainer(x, wanted, cam_x), wanted
     name = class_name or cifar4_name(gradcam_model, chosen)
-    cam_class = (
-        cam_model.classes.index(name) if name in cam_model.classes else int(explanation.cam_probabilities[0].argmax())
-    )
-    return ImageResult(image, gradcam_model, cam_model, explanation, chosen, cam_class)
+    explanation.explain_cam_class([cam_model.classes.index(name)] if name in cam_model.classes else None)
+    methods = list(methods or selected())
+    models = {GRADCAM_MODEL: gradcam_model.model, GAP_MODEL: cam_model.model}
+    explain(explanation, methods, models, {GRADCAM_MODEL: x, GAP_MODEL: cam_x}, explainer.layer)
+    return ImageResult(image, gradcam_model, cam_model, explanation, methods)
 
 
 def render_panels(result: ImageResult, colormap: str = "jet", opacity: float = 0.5, raw: bool = False) -> list[Panel]:
-    """Grad-CAM, Guided Grad-CAM and CAM panels at the original image's size (``raw``: maps without the photo).
+    """One panel per method of ``result``, at the original image's size (``raw``: maps without the photo).
     Captions name the method, model, class, its probability and the map's native -> shown resolution."""
-    e, image = result.explanation, result.image
-    size = image.shape[:2]
-    cam_map = e.cam_for([result.cam_class])[0]
-
-    def shown(map_: np.ndarray) -> np.ndarray:
-        return render.heatmap(map_, size, colormap) if raw else render.overlay(image, map_, opacity, colormap)
-
-    def panel(method: str, loaded: LoadedModel, index: int, probabilities: np.ndarray, picture, native) -> Panel:
+    image, size = result.image, result.image.shape[:2]
+    panels = []
+    for method in result.methods:
+        native = result.explanation.maps[method.key][0]
+        if native.ndim == 3:  # a guided picture (h, w, 3)
+            picture = render.guided_image(native, size)
+        elif raw:
+            picture = render.heatmap(native, size, colormap)
+        else:
+            picture = render.overlay(image, native, opacity, colormap)
+        loaded, index = result.model(method.role), result.explained_class(method.role)
         grid = f"{native.shape[1]}x{native.shape[0]}"
-        name, p = loaded.classes[index], probabilities[0, index]
-        caption = f"{method} · {loaded.card['name']} · {name} (p={p:.2f}) · {grid} -> {size[1]}x{size[0]}"
-        return Panel(method, caption, f"{method}: {name} {p:.0%}, {grid} map", picture, native)
-
-    gradcam = (result.gradcam_model, result.gradcam_class, e.gradcam_probabilities)
-    return [
-        panel("Grad-CAM", *gradcam, shown(e.gradcam[0]), e.gradcam[0]),
-        panel("Guided Grad-CAM", *gradcam, render.guided_image(e.guided_gradcam[0], size), e.guided_gradcam[0]),
-        panel("NoPool-GAP CAM", result.cam_model, result.cam_class, e.cam_probabilities, shown(cam_map), cam_map),
-    ]
+        name, p = loaded.classes[index], result.explanation.probabilities[method.role][0, index]
+        caption = f"{method.label} · {loaded.card['name']} · {name} (p={p:.2f}) · {grid} -> {size[1]}x{size[0]}"
+        panels.append(Panel(method.key, method.label, caption, f"{method.label}: {name} {p:.0%}, {grid} map",
+                            picture, native))
+    return panels
 
 
 def side_by_side(panels: list[Panel]) -> np.ndarray:

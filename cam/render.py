@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cam.images import resize
+from cam.resample import upsample
 
 # The colormaps offered in the dashboard; colorize() accepts any name matplotlib knows.
 COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "gray")
@@ -25,21 +26,6 @@ def normalize(map_: np.ndarray) -> np.ndarray:
     if high <= low:
         return np.zeros_like(values)
     return (values - low) / (high - low)
-
-
-def upsample(map_: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a float map (h, w), or (h, w, C) channel by channel, to (height, width) = size bilinearly; float32."""
-    values = np.asarray(map_, dtype=np.float32)
-    if values.ndim == 3:
-        return np.stack([upsample(values[..., channel], size) for channel in range(values.shape[2])], axis=2)
-    if values.ndim != 2:
-        raise ValueError(f"expected a map of shape (h, w) or (h, w, C), got {values.shape}")
-    height, width = size
-    if values.shape == (height, width):
-        return values
-    # A float32 2-D array becomes a mode "F" image, so Pillow interpolates the real values, not bytes.
-    resized = Image.fromarray(values).resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.float32)
 
 
 def colorize(map_01: np.ndarray, colormap: str = "jet") -> np.ndarray:
@@ -93,7 +79,7 @@ def guided_image(gradients: np.ndarray, size: tuple[int, int] | None = None) -> 
     deviation = values - values.mean()
     values = deviation / (2.0 * np.percentile(np.abs(deviation), 99) + 1e-12) + 0.5
     if size is not None:
-        values = upsample(values, size)
+        values = upsample(values, size, axes=(0, 1))
     return (np.clip(values, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 

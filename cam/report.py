@@ -1,211 +1,49 @@
-"""``python -m cam report``: score Grad-CAM and Guided Grad-CAM (on the Grad-CAM model, VGG16) and NoPool-GAP CAM
-(on the GAP model) for faithfulness, localization, sanity and resolution, and write report.md, scores.csv,
+"""``python -m cam report``: score the registry's methods (``cam.registry``; the study's three by default), each on
+the model it explains, for faithfulness, localization, sanity and resolution, and write report.md, scores.csv,
 report.json, PNG plots (matplotlib) and interactive HTML plots (Plotly, offline) to one folder.
 
-The scores come from ``cam.evaluation``; this module parses the options, writes the files and reads a report back
-for the dashboard's Evaluation page.
+The scores come from ``cam.evaluation``, the text and figures from ``cam.report_content``; the options are parsed
+in ``cam.cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
-from collections.abc import Callable
-from itertools import zip_longest
 from pathlib import Path
-
-import matplotlib
-import numpy as np
 
 from cam.boxes import BoxError
 from cam.data import DataError
-from cam.evaluation import METHODS, ROLES, Log, evaluate
+from cam.evaluation import EvaluationConfig, Log, evaluate
 from cam.methods import ExplanationError
-from cam.metrics import BLUR_SIGMA, MIN_IOU, POINTING_TOLERANCE, REGION_THRESHOLD, RESOLUTION_TOLERANCE, STEPS
-from cam.models import PROJECT_ROOT, CheckpointError, LoadedModel, WeightsUnavailable, load_model
-
-DEFAULT_OUT = PROJECT_ROOT / "reports" / "latest"
-EXAMPLE_COMMAND = "python -m cam report --data ../shared/data/cifar4 --n 1000 --mosaics 1000"
-ROLE_NAMES = {"gradcam": "Grad-CAM model", "cam": "GAP (CAM) model"}
-SETS = {
-    "test": "Test images (each method explains its model's top prediction)",
-    "mosaics": "2x2 mosaics (each tile's class explained in turn; no pointing tolerance)",
-    "boxes": f"Boxed images (each class present explained; pointing tolerance {POINTING_TOLERANCE:g} px)",
-}
-METRICS = {  # key: (label, which way is better, definition)
-    "deletion_auc": ("Deletion AUC", "lower", f"p(class) as the most salient pixels are set to black in {STEPS} "
-                     "equal chunks; area under the curve, trapezoid rule on [0, 1] (Petsiuk et al. 2018)."),
-    "insertion_auc": ("Insertion AUC", "higher", "p(class) as the most salient pixels are put back into a copy "
-                      f"blurred with a Gaussian of sigma {BLUR_SIGMA:g} px; area under the curve."),
-    "average_drop": ("Average drop (%)", "lower", "mean of 100 * max(0, Y - O) / Y with Y = p(class | image), "
-                     "O = p(class | image * min-max normalized map) (Chattopadhyay et al. 2018)."),
-    "increase": ("Increase in confidence", "higher", "share of images with O > Y (same E as average drop)."),
-    "effective_grid": ("Effective grid (side)", "higher", "side of the coarsest grid that keeps 95% of the map's "
-                       "variance (see Resolution)."),
-    "pointing": ("Pointing game", "higher", "hit when the map's maximum, at the original image's resolution, is "
-                 "inside a box of the explained class, within the tolerance (Zhang et al. 2016)."),
-    "energy": ("Energy in box", "higher", "share of the map's positive part, at the original resolution, inside "
-               "the boxes of the explained class."),
-    "iou": ("Best IoU", "higher", f"IoU between the box around the largest connected region above "
-            f"{REGION_THRESHOLD:.0%} of the map's maximum and the closest box of the class (Selvaraju et al. 2017)."),
-    "iou_hit": (f"IoU >= {MIN_IOU:g}", "higher", f"share of maps whose best IoU is at least {MIN_IOU:g}."),
-    "spearman": ("Spearman vs trained", "lower", "rank correlation between the map of the trained model and of a "
-                 "clone whose layers from the output down to the stage are re-initialised (Adebayo et al. 2018)."),
-}
-RESOLUTION_NOTE = (
-    "Effective resolution: a map that can be written as a g x g grid of numbers, shown as blocks or bilinearly "
-    "interpolated, has no detail finer than that grid, whatever size it is drawn at. For each map at the model "
-    "input size S x S, we fit the best (least-squares) g x g approximation for g = S/2, S/4, ... (each shown both "
-    "ways, the better one counts) and take the coarsest g, stopping at the first failure, that keeps at least "
-    f"{1 - RESOLUTION_TOLERANCE:.0%} of the map's variance. A bilinearly upsampled 2x2 map (Grad-CAM at VGG16's "
-    "block5_conv3 for a 32x32 input) scores 2, a map with pixel-level detail S."
-)
-COLOURS = dict(zip(METHODS, ("#1f77b4", "#ff7f0e", "#2ca02c"), strict=True))
+from cam.models import CheckpointError, LoadedModel, WeightsUnavailable, load_model
+from cam.report_content import DEFAULT_OUT, markdown, matplotlib_figures, plotly_figures
 
 
-# ----------------------------------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m cam report``."""
-    parser.add_argument("--data", required=True, help="dataset root with test/<class>/*.jpg (e.g. cifar4)")
-    parser.add_argument("--boxes", help="box annotations: a JSON file, a VOC .xml file or a folder of them")
-    parser.add_argument("--n", type=_at_least(1), default=1000, help="test images for faithfulness and resolution")
-    parser.add_argument("--mosaics", type=_at_least(0), default=1000, help="2x2 mosaics for localization (0: none)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default reports/latest)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sanity-n", type=_at_least(0), default=50, help="images for the randomization test (0: none)")
-    parser.add_argument("--steps", type=_at_least(1), default=STEPS, help="deletion/insertion steps")
-    parser.add_argument("--batch-size", type=_at_least(1), default=64, help="maps explained and perturbed together")
-    parser.add_argument(
-        "--precision", choices=("bfloat16", "float32"), default="bfloat16",
-        help="arithmetic of the convolutions when scoring perturbed images (maps are always float32); bfloat16 is "
-        "3-7x faster on CPUs with AMX, the report states how far its probabilities are from float32",
-    )
-
-
-def _at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces ``args``."""
-    parts = ["python -m cam report", f"--data {args.data}"] + ([f"--boxes {args.boxes}"] if args.boxes else [])
-    parts += [f"--n {args.n}", f"--mosaics {args.mosaics}", f"--out {args.out}", f"--seed {args.seed}"]
-    parts += [f"--sanity-n {args.sanity_n}", f"--steps {args.steps}", f"--batch-size {args.batch_size}"]
-    parts += [f"--precision {args.precision}"]
+def command_line(config: EvaluationConfig, out: Path) -> str:
+    """The command that reproduces ``config`` and ``out``."""
+    parts = ["python -m cam report", f"--data {config.data}"] + ([f"--boxes {config.boxes}"] if config.boxes else [])
+    parts += [f"--methods {','.join(config.methods)}", f"--n {config.n}", f"--mosaics {config.mosaics}"]
+    parts += [f"--slow-n {config.slow_n}", f"--out {out}", f"--seed {config.seed}", f"--sanity-n {config.sanity_n}"]
+    parts += [f"--steps {config.steps}", f"--batch-size {config.batch_size}", f"--precision {config.precision}"]
     return " ".join(parts)
 
 
-def run(args: argparse.Namespace, models: tuple[LoadedModel, LoadedModel] | None = None, log: Log = print) -> int:
-    """Evaluate and write the report; ``models`` = (Grad-CAM model, GAP model), default vgg16 and nopool_gap.
-    Returns 0, or 2 after printing why the data or the models could not be used."""
+def run(
+    config: EvaluationConfig, out: Path = DEFAULT_OUT, models: tuple[LoadedModel, LoadedModel] | None = None,
+    log: Log = print,
+) -> int:
+    """Evaluate and write the report to ``out``; ``models`` = (Grad-CAM model, GAP model), default vgg16 and
+    nopool_gap. Returns 0, or 2 after printing why the data or the models could not be used."""
     try:
         models = models or (load_model("vgg16"), load_model("nopool_gap"))
-        data = evaluate(args, *models, command_line(args), log=log)
+        data = evaluate(config, *models, command_line(config, out), log=log)
     except (DataError, BoxError, CheckpointError, WeightsUnavailable, ExplanationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    write_report(data, out)
+    write_report(data, Path(out))
     log(f"report written to {out} ({data['meta']['seconds']:.0f} s)")
     return 0
-
-
-# ---------------------------------------------------------------------------------------------------- writing
-def _cell(row: dict | None) -> str:
-    if not row or row["mean"] is None:
-        return "–"
-    return f"{row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}] n={row['n']}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def _sanity_table(summary: list[dict], meta: dict) -> list[str]:
-    by_method = {m: [r for r in summary if r["set"] == "sanity" and r["method"] == m] for m in METHODS}
-    columns, header = [], ["Stage"]
-    for model in meta["models"]:
-        methods = [m for m in METHODS if ROLES[m] == model["role"] and by_method[m]]
-        if methods:
-            header += [f"{model['name']} randomised down to"] + [METHODS[m] for m in methods]
-            columns.append([r["stage"] for r in by_method[methods[0]]])
-            columns += [[_cell(r) for r in by_method[m]] for m in methods]
-    rows = [[str(k)] + [c or "" for c in cells] for k, cells in enumerate(zip_longest(*columns), start=1)]
-    return _table(header, rows) if columns else []
-
-
-def markdown(data: dict, images: bool = True) -> str:
-    """report.md from the report's data; ``images`` adds the PNG figures and links to the HTML ones."""
-    meta, summary = data["meta"], data["summary"]
-    lines = ["# Grad-CAM, Guided Grad-CAM and NoPool-GAP CAM measured against each other", ""]
-    lines += [f"Produced by `{meta['command']}` on {meta['date']} in {meta['seconds']:.0f} s ({meta['device']}); "
-              f"{meta['n_images']} test images, {meta['n_mosaics']} mosaics, {meta['sanity_n']} images for the "
-              f"sanity check. Times: " + ", ".join(f"{k} {v:.0f} s" for k, v in meta["timings"].items()) + ".", ""]
-    gaps = ", ".join(f"{name} {gap:.4f}" for name, gap in meta["precision_gap"].items())
-    lines += [f"Perturbed and masked images were scored in {meta['precision']} (maps are computed in float32); on the "
-              f"original images p(explained class) differs from float32 by at most: {gaps}.", ""]
-    for model in meta["models"]:
-        if not model["trained"]:
-            lines += [f"> **Warning**: {model['name']} is an untrained stand-in (random weights): these numbers say "
-                      "nothing about the methods.", ""]
-    lines += ["## Models", ""]
-    lines += _table(["Role", "Model", "Trained", "Test accuracy (card)", "Methods", "Native maps"], [
-        [ROLE_NAMES[m["role"]], m["name"], "yes" if m["trained"] else "**no, untrained stand-in**",
-         f"{m['test_accuracy']:.3f} (n={m['test_n']})" if m["test_accuracy"] is not None else "not on the card",
-         f"{', '.join(m['methods'])} (layer {m['layer']})", ", ".join(f"{k} {v}" for k, v in m["native"].items())]
-        for m in meta["models"]
-    ])
-    lines += ["", "## Scores", "", meta["interval"], ""]
-    for set_, title in SETS.items():
-        cells = {(r["metric"], r["method"]): r for r in summary if r["set"] == set_}
-        if not cells:
-            continue
-        lines += [f"### {title}", ""]
-        lines += _table(["Metric", "Better"] + list(METHODS.values()), [
-            [METRICS[metric][0], METRICS[metric][1]] + [_cell(cells.get((metric, m))) for m in METHODS]
-            for metric in dict.fromkeys(metric for metric, _ in cells)
-        ]) + [""]
-    if data["differences"]:
-        others = [m for m in METHODS if m != "cam"]
-        cells = {(r["set"], r["metric"], r["versus"]): r for r in data["differences"]}
-        lines += ["## NoPool-GAP CAM minus the others, paired on the same maps", ""]
-        lines += _table(["Set", "Metric", "Better"] + [f"CAM − {METHODS[m]}" for m in others], [
-            [set_, METRICS[metric][0], METRICS[metric][1]] + [_cell(cells.get((set_, metric, m))) for m in others]
-            for set_, metric in dict.fromkeys(key[:2] for key in cells)
-        ]) + [""]
-    sanity = _sanity_table(summary, meta)
-    if sanity:
-        lines += ["## Sanity: cascading randomization", "", "Spearman rank correlation between the map of the trained "
-                  "model and of the randomised clone, explaining the true class; close to 1 means the method ignores "
-                  "the weights.", ""] + sanity + [""]
-    lines += ["## Resolution", "", RESOLUTION_NOTE, ""]
-    lines += _table(["Method", "Median effective grid", "Share of maps per grid side"], [
-        [METHODS[r["method"]], f"{r['median']:g}", ", ".join(f"{k}: {v:.0%}" for k, v in r["shares"].items())]
-        for r in data["resolution"]
-    ])
-    if images:
-        lines += ["", "## Figures"]
-        for name, title in FIGURES.items():
-            lines += ["", f"![{title}]({name}.png)  ", f"[{title}, interactive]({name}.html)"]
-    lines += ["", "## Definitions", ""] + [f"- **{label}** ({better} is better): {text}" for label, better, text in
-                                           METRICS.values()]
-    lines += ["- Maps are compared with images after bilinear upsampling; Guided Grad-CAM counts sum_c |g_c| "
-              "per pixel.",
-              "- Each method is scored on the model it explains (Grad-CAM and Guided Grad-CAM: "
-              f"{meta['models'][0]['name']}; CAM: {meta['models'][1]['name']}). Mosaics (2x2 test images of four "
-              "classes, 64x64 from 32x32 images) are resized to the models' input for every method; their maps are "
-              "compared with the tiles at the mosaic's size."]
-    if meta["skipped"]:
-        lines += ["", "## Skipped", ""] + [f"- {why}: {count}" for why, count in meta["skipped"].items()]
-    return "\n".join(lines) + "\n"
 
 
 def write_report(data: dict, out: Path) -> None:
@@ -222,146 +60,3 @@ def write_report(data: dict, out: Path) -> None:
         figure.write_html(out / f"{name}.html", include_plotlyjs="directory")
 
 
-def report_dir() -> Path:
-    """Where the dashboard looks for the report: $CAM_REPORT_DIR, else reports/latest."""
-    return Path(os.environ.get("CAM_REPORT_DIR", DEFAULT_OUT))
-
-
-def load_report(folder: Path) -> dict | None:
-    """The content of ``folder/report.json``, or None when there is no report there."""
-    path = Path(folder) / "report.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-# ---------------------------------------------------------------------------------------------------- figures
-FIGURES = {
-    "curves": "Deletion and insertion curves (mean over test images)",
-    "scores": "Scores per method with 95% intervals",
-    "sanity": "Cascading randomization: rank correlation with the trained map",
-    "resolution": "Effective resolution: share of maps per grid side",
-}
-PANEL_COLUMNS = 3  # of the "scores" figure
-
-
-def _score_panels(data: dict) -> list[tuple[str, list[dict]]]:
-    """(panel title, one summary row per method) for every set and metric except the sanity check."""
-    panels: dict[tuple[str, str], list[dict]] = {}
-    for row in data["summary"]:
-        if row["set"] != "sanity" and row["mean"] is not None:
-            panels.setdefault((row["set"], row["metric"]), []).append(row)
-    return [(f"{set_}: {METRICS[metric][0]} ({METRICS[metric][1]} better)", rows)
-            for (set_, metric), rows in panels.items()]
-
-
-def _errors(rows: list[dict]) -> tuple[list[float], list[float]]:
-    """How far each summary row's interval reaches below and above its mean."""
-    return [r["mean"] - r["low"] for r in rows], [r["high"] - r["mean"] for r in rows]
-
-
-def _plotly_errors(rows: list[dict]) -> dict:
-    below, above = _errors(rows)
-    return {"type": "data", "symmetric": False, "array": above, "arrayminus": below}
-
-
-def _sanity_lines(data: dict) -> dict[str, list[dict]]:
-    lines = {m: [r for r in data["summary"] if r["set"] == "sanity" and r["method"] == m and r["mean"] is not None]
-             for m in METHODS}
-    return {m: rows for m, rows in lines.items() if rows}
-
-
-def matplotlib_figures(data: dict) -> dict:
-    """The report's figures as matplotlib Figures (Agg backend), keyed like FIGURES."""
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt  # after choosing the backend, so no display is needed
-
-    figures = {}
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
-    for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
-        for method, curve in data["curves"]["methods"].items():
-            ax.plot(data["curves"]["x"], curve[kind], marker=".", label=METHODS[method], color=COLOURS[method])
-        ax.set(title=kind.capitalize(), xlabel=f"share of pixels {'deleted' if kind == 'deletion' else 'inserted'}",
-               ylabel="p(explained class)", ylim=(0, 1))
-    axes[0].legend()
-    figures["curves"] = figure
-    panels = _score_panels(data)
-    grid_rows = -(-len(panels) // PANEL_COLUMNS)
-    figure, axes = plt.subplots(grid_rows, PANEL_COLUMNS, figsize=(12, 2.6 * grid_rows), squeeze=False,
-                                layout="constrained")
-    for ax, (title, rows) in zip(axes.flat, panels, strict=False):
-        ax.bar([METHODS[r["method"]] for r in rows], [r["mean"] for r in rows], yerr=_errors(rows), capsize=4,
-               color=[COLOURS[r["method"]] for r in rows])
-        ax.set_title(title, fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
-    figures["scores"] = figure
-    figure, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
-    for method, rows in _sanity_lines(data).items():
-        stages = np.arange(1, len(rows) + 1)
-        ax.errorbar(stages, [r["mean"] for r in rows], yerr=_errors(rows), marker="o", capsize=3,
-                    label=METHODS[method], color=COLOURS[method])
-    ax.set(xlabel="layers randomised, from the output down", ylabel="Spearman vs trained map", ylim=(-1.05, 1.05))
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend()
-    figures["sanity"] = figure
-    figure, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
-    sides = sorted({int(k) for r in data["resolution"] for k in r["shares"]})
-    for offset, row in enumerate(data["resolution"]):
-        ax.bar(np.arange(len(sides)) + (offset - 1) * 0.27, [row["shares"].get(str(s), 0.0) for s in sides], 0.27,
-               label=METHODS[row["method"]], color=COLOURS[row["method"]])
-    ax.set(xticks=np.arange(len(sides)), xticklabels=[f"{s}x{s}" for s in sides], xlabel="effective grid",
-           ylabel="share of maps")
-    ax.legend()
-    figures["resolution"] = figure
-    for name, figure in figures.items():
-        figure.suptitle(FIGURES[name])
-    plt.close("all")  # the Figure objects stay usable; pyplot just forgets them
-    return figures
-
-
-def plotly_figures(data: dict) -> dict:
-    """The report's figures as Plotly Figures, keyed like FIGURES (for HTML files and the dashboard)."""
-    from plotly import graph_objects as go
-    from plotly.subplots import make_subplots
-
-    figures = {}
-    figure = make_subplots(1, 2, subplot_titles=("Deletion", "Insertion"))
-    for column, kind in enumerate(("deletion", "insertion"), start=1):
-        for method, curve in data["curves"]["methods"].items():
-            figure.add_trace(go.Scatter(x=data["curves"]["x"], y=curve[kind], name=METHODS[method], legendgroup=method,
-                                        showlegend=column == 1, line={"color": COLOURS[method]}), 1, column)
-    figure.update_xaxes(title_text="share of pixels changed")
-    figure.update_yaxes(title_text="p(explained class)", range=[0, 1])
-    figures["curves"] = figure
-    panels = _score_panels(data)
-    grid_rows = -(-len(panels) // PANEL_COLUMNS)
-    figure = make_subplots(grid_rows, PANEL_COLUMNS, subplot_titles=[title for title, _ in panels],
-                           vertical_spacing=0.5 / max(grid_rows, 1))
-    for index, (_, group) in enumerate(panels):
-        figure.add_trace(go.Bar(
-            x=[METHODS[r["method"]] for r in group], y=[r["mean"] for r in group], error_y=_plotly_errors(group),
-            marker_color=[COLOURS[r["method"]] for r in group], showlegend=False,
-            hovertext=[f"n={r['n']}" for r in group],
-        ), index // PANEL_COLUMNS + 1, index % PANEL_COLUMNS + 1)
-    figure.update_layout(height=260 * grid_rows)
-    figure.update_annotations(font_size=11)
-    figures["scores"] = figure
-    figure = go.Figure()
-    for method, group in _sanity_lines(data).items():
-        figure.add_trace(go.Scatter(
-            x=list(range(1, len(group) + 1)), y=[r["mean"] for r in group], mode="lines+markers", name=METHODS[method],
-            error_y=_plotly_errors(group), hovertext=[f"down to {r['stage']}" for r in group],
-            line={"color": COLOURS[method]},
-        ))
-    figure.update_layout(xaxis_title="layers randomised, from the output down", yaxis_title="Spearman vs trained map")
-    figures["sanity"] = figure
-    figure = go.Figure([
-        go.Bar(x=[f"{k}x{k}" for k in row["shares"]], y=list(row["shares"].values()), name=METHODS[row["method"]],
-               marker_color=COLOURS[row["method"]])
-        for row in data["resolution"]
-    ])
-    figure.update_layout(barmode="group", xaxis_title="effective grid", yaxis_title="share of maps")
-    figures["resolution"] = figure
-    for name, figure in figures.items():
-        figure.update_layout(title=FIGURES[name])
-    return figures

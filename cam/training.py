@@ -27,6 +27,7 @@ from cam.models import (
     receptive_field,
     save_checkpoint,
 )
+from cam.predict import predict_probabilities
 
 
 @dataclass
@@ -175,16 +176,6 @@ class KeepBest(keras.callbacks.Callback):
             self.best, self.best_epoch, self.best_weights = accuracy, epoch + 1, self.model.get_weights()
         elif epoch + 1 - self.best_epoch >= self.patience:
             self.model.stop_training = True
-
-
-def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Softmax outputs for uint8 or float RGB 0..255 images, in batches."""
-    return np.concatenate(
-        [
-            model.predict_on_batch(images[i : i + batch_size].astype("float32"))
-            for i in range(0, len(images), batch_size)
-        ]
-    )
 
 
 def classification_report(model: keras.Model, data: ImageSet, sources: list[str] | None = None) -> dict:

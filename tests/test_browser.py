@@ -184,7 +184,7 @@ def test_upload_shows_three_linked_panels(tmp_path: Path) -> None:
 
         # Downloads are PNGs at the photo's full resolution.
         for button, smallest in (("Download Grad-CAM (PNG, 640x480)", (640, 480)),
-                                 ("Download all three side by side (PNG)", (3 * 640, 480))):
+                                 ("Download all side by side (PNG)", (3 * 640, 480))):
             with page.expect_download(timeout=TIMEOUT_MS) as download:
                 page.get_by_role("button", name=button).click()
             with Image.open(download.value.path()) as png:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,8 @@ from cam import cli
 from cam.models import ARCHITECTURES
 
 PROJECT = Path(__file__).resolve().parent.parent
-COMMANDS = ("explain", "train", "evaluate", "data", "models", "report")
-PNGS = ("gradcam", "guided_gradcam", "cam", "side_by_side")
+COMMANDS = ("explain", "train", "evaluate", "data", "models", "methods", "report")
+PNGS = ("grad_cam", "guided_grad_cam", "nopool_cam", "side_by_side")
 
 
 @pytest.fixture
@@ -93,9 +92,9 @@ def test_explain_writes_full_resolution_panels_and_native_maps(checkpoints, phot
         for name in PNGS:
             assert str(out / f"{stem}_{name}.png") in printed.out
         # Native resolutions: VGG16's block5_conv3 is 2x2 at a 32x32 input; the other two are at the input size.
-        assert np.load(out / f"{stem}_gradcam.npy").shape == (2, 2)
-        assert np.load(out / f"{stem}_guided_gradcam.npy").shape == (32, 32, 3)
-        assert np.load(out / f"{stem}_cam.npy").shape == (32, 32)
+        assert np.load(out / f"{stem}_grad_cam.npy").shape == (2, 2)
+        assert np.load(out / f"{stem}_guided_grad_cam.npy").shape == (32, 32, 3)
+        assert np.load(out / f"{stem}_nopool_cam.npy").shape == (32, 32)
 
 
 def test_explain_reports_a_bad_image_and_still_explains_the_good_one(checkpoints, photos, tmp_path, capsys) -> None:
@@ -114,6 +113,7 @@ def test_explain_reports_a_bad_image_and_still_explains_the_good_one(checkpoints
         (["--model", "resnet"], "Unknown model 'resnet'"),
         (["--model", "nopool_gap", "--class", "zebra"], "class 'zebra' is unknown"),
         (["--model", "nopool_gap", "--layer", "nowhere"], "has no layer 'nowhere'"),
+        (["--methods", "grad_cam,sharpest"], "unknown method sharpest; choose from grad_cam"),
     ],
 )
 def test_explain_bad_choices_exit_2_with_one_line(checkpoints, photos, tmp_path, capsys, options, message) -> None:
@@ -198,19 +198,30 @@ def test_models_lists_the_registry_without_loading_a_model(checkpoints, tmp_path
     assert "not yet: downloads vgg16_weights_tf_dim_ordering_tf_kernels.h5" in printed
 
 
-def test_report_delegates_its_arguments_to_cam_report(monkeypatch) -> None:
-    received = {}
+def test_explain_writes_one_file_per_chosen_method(checkpoints, photos, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    argv = ["explain", str(photos["logo"]), "--out", str(out), "--raw", "--methods", "layer_cam_fused,hires_cam"]
+    assert cli.main(argv) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["logo_hires_cam.npy", "logo_hires_cam.png", "logo_layer_cam_fused.npy", "logo_layer_cam_fused.png",
+                     "logo_side_by_side.png"]
+    assert np.load(out / "logo_hires_cam.npy").shape == (2, 2) and _size(out / "logo_hires_cam.png") == (64, 96)
+    assert np.load(out / "logo_layer_cam_fused.npy").shape == (32, 32)
+    assert "Layer-CAM, 3 layers fused · vgg16 · " in capsys.readouterr().out
 
-    def add_arguments(parser) -> None:
-        parser.add_argument("--pages", type=int)
-        parser.add_argument("title")
 
-    def run(args) -> int:
-        received.update(vars(args))
-        return 7
+def test_methods_lists_the_registry(capsys) -> None:
+    assert cli.main(["methods"]) == 0
+    printed = capsys.readouterr().out
+    assert "grad_cam: Grad-CAM (default), explains the Grad-CAM model" in printed
+    assert "nopool_cam: NoPool-GAP CAM (default), explains the GAP (CAM) model" in printed
+    assert "score_cam: Score-CAM, explains" in printed
 
-    fake = types.ModuleType("cam.report", "Fake report.")
-    fake.add_arguments, fake.run = add_arguments, run
-    monkeypatch.setitem(sys.modules, "cam.report", fake)
-    assert cli.main(["report", "--pages", "3", "Summary"]) == 7
-    assert received == {"pages": 3, "title": "Summary"}
+
+def test_report_options_become_an_evaluation_config() -> None:
+    args = cli.build_parser().parse_args(["report", "--data", "d", "--methods", "all", "--n", "5", "--slow-n", "2"])
+    config = cli.report_config(args)
+    assert config.n == 5 and config.slow_n == 2 and config.mosaics == 1000 and str(config.data) == "d"
+    assert config.methods[:3] == ("grad_cam", "guided_grad_cam", "nopool_cam") and "score_cam" in config.methods
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["report", "--data", "d", "--n", "0"])

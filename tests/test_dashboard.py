@@ -106,6 +106,15 @@ def test_no_checkpoint_no_dataset_upload_bad_files_and_example(setup: Path, monk
     at.selectbox(key="class").set_value("horse").run()
     assert "Grad-CAM · vgg16 · horse" in texts(at.markdown)
 
+    at.multiselect(key="extra_methods").set_value(["layer_cam", "hires_cam", "layer_cam_fused"]).run()
+    assert not at.exception and not at.error
+    shown = texts(at.markdown)
+    for caption in ("Layer-CAM · vgg16 · horse", "HiResCAM · vgg16 · horse", "Layer-CAM, 3 layers fused · vgg16"):
+        assert caption in shown
+    assert shown.count("-> 120x90") == 6 and len(at.download_button) == 7  # six panels and the side by side
+    assert "block3_conv3_bn" in shown  # the technical details name the layers the fused Layer-CAM reads
+    at.multiselect(key="extra_methods").set_value([]).run()
+
     at.file_uploader(key="upload").set_value(("broken.jpg", b"\xff\xd8\xff not really a jpeg", "image/jpeg")).run()
     assert not at.exception
     assert "not an image" in texts(at.error)

@@ -1,8 +1,10 @@
-"""Grad-CAM, Guided Backprop, Guided Grad-CAM and CAM against independent numpy computations and properties."""
+"""Every method against independent numpy computations on small fixed-weight models, and the identities that hold
+on a conv -> GAP -> dense head."""
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras import layers
 
 from cam.methods import (
@@ -10,10 +12,20 @@ from cam.methods import (
     ExplanationError,
     cam,
     grad_cam,
+    grad_cam_pp,
+    gradient_x_input,
     guided_backprop,
     guided_grad_cam,
+    hires_cam,
+    layer_cam,
+    layer_cam_fused,
+    score_cam,
+    score_cam_masks,
+    score_cam_passes,
+    stage_layers,
 )
 from cam.models import nopool_gap
+from cam.resample import upsample
 
 
 def fixed(layer_weights: dict[str, list[np.ndarray]], model: keras.Model) -> keras.Model:
@@ -50,12 +62,54 @@ def numpy_forward(weights, x):
     return pre, a, h_pre, np.maximum(h_pre, 0) @ w2 + b2
 
 
-def numpy_grad_cam(weights, x, c):
+def numpy_gradient(weights, x, c):
+    """A and g = dy_c/dA (plain ReLU backward) at the conv layer, (4, 4, 2) each."""
     pre, a, h_pre, _ = numpy_forward(weights, x)
     w1, w2 = weights["hidden"][0], weights["logits"][0]
-    d_a = (w1 @ (w2[:, c] * (h_pre > 0))).reshape(a.shape)  # dy_c/dA, plain ReLU backward
+    return a, (w1 @ (w2[:, c] * (h_pre > 0))).reshape(a.shape)
+
+
+def numpy_grad_cam(weights, x, c):
+    a, d_a = numpy_gradient(weights, x, c)
     alpha = d_a.mean(axis=(0, 1))
     return np.maximum((alpha * a).sum(-1), 0)
+
+
+def numpy_grad_cam_pp(weights, x, c):
+    a, g = numpy_gradient(weights, x, c)
+    denominator = 2 * g**2 + a.sum(axis=(0, 1)) * g**3
+    alpha = np.divide(g**2, denominator, out=np.zeros_like(g), where=denominator != 0)
+    w = (alpha * np.maximum(g, 0)).sum(axis=(0, 1))
+    return np.maximum((w * a).sum(-1), 0)
+
+
+def numpy_hires_cam(weights, x, c):
+    a, g = numpy_gradient(weights, x, c)
+    return (g * a).sum(-1)
+
+
+def numpy_layer_cam(weights, x, c):
+    a, g = numpy_gradient(weights, x, c)
+    return np.maximum((np.maximum(g, 0) * a).sum(-1), 0)
+
+
+def numpy_gradient_x_input(weights, x, c):
+    pre, a, _, _ = numpy_forward(weights, x)
+    _, g = numpy_gradient(weights, x, c)
+    return (x * ((g * (pre > 0)) @ weights["conv"][0][0, 0].T)).sum(-1)
+
+
+def numpy_score_cam(weights, x, c):
+    """The conv maps are 4x4 like the input, so each mask is a channel min-max scaled to [0, 1], no resampling."""
+    _, a, _, _ = numpy_forward(weights, x)
+    scores = []
+    for k in range(a.shape[-1]):
+        channel = a[..., k]
+        span = channel.max() - channel.min()
+        mask = (channel - channel.min()) / span if span > 0 else np.zeros_like(channel)
+        logits = numpy_forward(weights, x * mask[..., None])[3]
+        scores.append(np.exp(logits[c]) / np.exp(logits).sum())
+    return np.maximum((np.asarray(scores) * a).sum(-1), 0)
 
 
 def numpy_guided_backprop(weights, x, c):
@@ -74,6 +128,33 @@ def test_grad_cam_matches_numpy(mlp_head):
         maps = grad_cam(model, x, c, layer="conv")
         expected = np.stack([numpy_grad_cam(weights, image, c) for image in x])
         np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("method", "reference"),
+    [(grad_cam_pp, numpy_grad_cam_pp), (hires_cam, numpy_hires_cam), (layer_cam, numpy_layer_cam),
+     (score_cam, numpy_score_cam)],
+)
+def test_layer_methods_match_numpy(mlp_head, method, reference):
+    model, weights, x = mlp_head
+    for c in (0, 1):
+        expected = np.stack([reference(weights, image, c) for image in x])
+        np.testing.assert_allclose(method(model, x, c, layer="conv"), expected, rtol=1e-4, atol=1e-6)
+        assert np.ptp(expected) > 0  # not a trivially zero map
+
+
+def test_gradient_x_input_matches_numpy(mlp_head):
+    model, weights, x = mlp_head
+    for c in (0, 1):
+        expected = np.stack([numpy_gradient_x_input(weights, image, c) for image in x])
+        np.testing.assert_allclose(gradient_x_input(model, x, c), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_score_cam_batches_give_the_same_maps(mlp_head):
+    model, _, x = mlp_head
+    np.testing.assert_allclose(score_cam(model, x, layer="conv", batch_size=1), score_cam(model, x, layer="conv"),
+                               rtol=1e-5, atol=1e-7)
+    assert score_cam_passes(model, "conv") == 3  # one forward, one per channel
 
 
 def test_grad_cam_by_hand_on_two_pixels():
@@ -135,17 +216,94 @@ def test_grad_cam_equals_cam_on_gap_head(seed):
         assert np.ptp(m) > 0  # not a trivially zero map
 
 
+def gap_features(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    return keras.Model(model.inputs, model.get_layer("last_conv").output)(x).numpy()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hires_cam_and_layer_cam_on_gap_head(seed):
+    """On A -> GAP -> dense (logits y_c = sum_k w_kc mean_ij A_k,ij + b_c), g_k,ij = dy_c/dA_k,ij = w_kc / (h*w)
+    at every position. Hence
+    - Grad-CAM before its ReLU: a_k = mean_ij g_k,ij = w_kc / (h*w), so sum_k a_k A_k = CAM / (h*w);
+    - HiResCAM: sum_k g_k,ij A_k,ij = sum_k w_kc A_k,ij / (h*w) = CAM / (h*w), the same map: equal to Grad-CAM
+      before its ReLU, and ReLU(HiResCAM) = Grad-CAM;
+    - Layer-CAM: ReLU(sum_k max(w_kc, 0) / (h*w) A_k), and A >= 0 (after a ReLU), so it is
+      sum_k max(w_kc, 0) A_k / (h*w): the maps weighted by the positive dense weights only."""
+    model = gap_model(seed)
+    x = np.random.default_rng(seed).uniform(0, 255, (4, 6, 6, 3)).astype("float32")
+    a, w = gap_features(model, x), model.get_layer("logits").get_weights()[0]
+    signed = False
+    for c in range(3):
+        hires = hires_cam(model, x, c, layer="last_conv")
+        np.testing.assert_allclose(hires * 36, cam(model, x, c), rtol=1e-4, atol=1e-4)
+        relu_hires = np.maximum(hires, 0)
+        np.testing.assert_allclose(relu_hires, grad_cam(model, x, c, layer="last_conv"), rtol=1e-4, atol=1e-6)
+        positive = (a * np.maximum(w[:, c], 0)).sum(-1) / 36
+        np.testing.assert_allclose(layer_cam(model, x, c, layer="last_conv"), positive, rtol=1e-4, atol=1e-6)
+        assert np.ptp(hires) > 0
+        signed |= bool((hires < 0).any())
+    assert signed and (w < 0).any()  # so the ReLU and the positive-weights-only rule both matter here
+
+
+def pooled_model(seed: int = 0) -> keras.Model:
+    """8x8 input -> conv (8 maps) -> 2x2 max pooling -> conv (5 maps, 'last_conv', 4x4) -> GAP -> dense 3."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="first_conv")(inputs)
+    x = layers.Conv2D(5, 3, padding="same", activation="relu", name="last_conv")(layers.MaxPooling2D(2)(x))
+    z = layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, layers.Activation("softmax")(z))
+
+
+def tf_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return tf.image.resize(np.asarray(maps)[..., None], size, method="bilinear").numpy()[..., 0]
+
+
+def test_score_cam_masks_are_the_upsampled_activations_scaled_to_0_1():
+    model = pooled_model()
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    a = gap_features(model, x)  # (2, 4, 4, 5)
+    masks = score_cam_masks(a, (8, 8))
+    assert masks.shape == (2, 5, 8, 8)
+    for b in range(2):
+        for k in range(5):
+            up = tf_resize(a[b, ..., k], (8, 8))
+            expected = (up - up.min()) / (up.max() - up.min()) if np.ptp(up) > 0 else np.zeros_like(up)
+            np.testing.assert_allclose(masks[b, k], expected, rtol=1e-5, atol=1e-6)
+    assert masks.min() == 0.0 and masks.max() == 1.0
+
+
+def test_layer_cam_fused_is_the_maximum_of_normalised_upsampled_maps():
+    model = pooled_model(1)
+    assert stage_layers(model) == ["first_conv", "last_conv"]
+    x = np.random.default_rng(1).uniform(0, 255, (3, 8, 8, 3)).astype("float32")
+    for c in range(3):
+        parts = []
+        for name in ("first_conv", "last_conv"):
+            maps = tf_resize(layer_cam(model, x, c, layer=name), (8, 8))
+            parts.append(maps / np.maximum(maps.max(axis=(1, 2), keepdims=True), 1e-30))
+        np.testing.assert_allclose(layer_cam_fused(model, x, c), np.maximum(*parts), rtol=1e-4, atol=1e-6)
+
+
+def test_one_resampler_equals_tensorflow_bilinear():
+    maps = np.random.default_rng(0).normal(size=(2, 3, 5)).astype("float32")
+    for size in ((6, 10), (7, 13), (3, 5), (32, 32)):
+        np.testing.assert_allclose(upsample(maps, size), tf_resize(maps, size), rtol=1e-5, atol=1e-6)
+
+
 def test_batch_equals_one_by_one_and_is_deterministic(mlp_head):
     model, _, x = mlp_head
     explainer = Explainer(model, "conv", gap_model(0, size=4))
     batch = explainer(x, [0, 1, 0])
     for i in range(len(x)):
         single = explainer(x[i : i + 1], [0, 1, 0][i])
-        for name in ("gradcam", "guided_backprop", "guided_gradcam", "cams", "gradcam_probabilities"):
-            np.testing.assert_allclose(getattr(batch, name)[i], getattr(single, name)[0], rtol=1e-5, atol=1e-7)
+        for key, maps in batch.maps.items():
+            np.testing.assert_allclose(maps[i], single.maps[key][0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(batch.cams[i], single.cams[0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(batch.probabilities["gradcam"][i], single.probabilities["gradcam"][0], rtol=1e-5)
     again = explainer(x, [0, 1, 0])
-    np.testing.assert_array_equal(again.gradcam, batch.gradcam)
-    np.testing.assert_array_equal(again.guided_gradcam, batch.guided_gradcam)
+    for key, maps in batch.maps.items():
+        np.testing.assert_array_equal(again.maps[key], maps)
 
 
 def test_explainer_matches_separate_methods(mlp_head):
@@ -153,12 +311,25 @@ def test_explainer_matches_separate_methods(mlp_head):
     gap = gap_model(3, size=4)
     result = Explainer(model, "conv", gap)(x)
     top = model.predict_on_batch(x).argmax(-1)
-    np.testing.assert_array_equal(result.gradcam_class, top)
-    np.testing.assert_allclose(result.gradcam, grad_cam(model, x, top, layer="conv"), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(result.guided_backprop, guided_backprop(model, x, top), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(result.guided_gradcam, guided_grad_cam(model, x, top, "conv"), rtol=1e-5, atol=1e-7)
+    assert set(result.maps) == {"grad_cam", "guided_grad_cam", "nopool_cam"}
+    np.testing.assert_array_equal(result.classes["gradcam"], top)
+    np.testing.assert_array_equal(result.classes["cam"], gap.predict_on_batch(x).argmax(-1))
+    np.testing.assert_allclose(result.maps["grad_cam"], grad_cam(model, x, top, layer="conv"), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(result.maps["guided_grad_cam"], guided_grad_cam(model, x, top, "conv"), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(result.maps["nopool_cam"], cam(gap, x), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(result.cam_for([1, 2, 0]), cam(gap, x, [1, 2, 0]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(result.cam_for(), cam(gap, x), rtol=1e-5, atol=1e-6)
+    result.explain_cam_class([1, 2, 0])
+    np.testing.assert_allclose(result.maps["nopool_cam"], cam(gap, x, [1, 2, 0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(result.classes["cam"], [1, 2, 0])
+
+
+def test_layer_none_is_the_cards_layer():
+    """None means default_gradcam_layer, the layer the cards record: here the last conv before GAP."""
+    model = pooled_model(2)
+    x = np.random.default_rng(2).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    np.testing.assert_array_equal(grad_cam(model, x, 1), grad_cam(model, x, 1, layer="last_conv"))
+    assert Explainer(model).layer == "last_conv"
 
 
 def test_softmax_inside_dense_reads_pre_softmax_scores():

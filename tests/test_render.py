@@ -20,8 +20,8 @@ from cam.render import (
     title_band_height,
     to_jpeg,
     to_png,
-    upsample,
 )
+from cam.resample import upsample
 
 
 def _photo(height: int = 300, width: int = 500) -> np.ndarray:
@@ -49,7 +49,7 @@ def test_upsample_keeps_corners_and_is_monotone() -> None:
 
 def test_upsample_colour_map_channel_by_channel() -> None:
     gradients = np.stack([np.full((2, 3), value) for value in (1.0, -2.0, 3.0)], axis=2)
-    result = upsample(gradients, (5, 7))
+    result = upsample(gradients, (5, 7), axes=(0, 1))
     assert result.shape == (5, 7, 3) and result.dtype == np.float32
     np.testing.assert_allclose(result[2, 3], [1.0, -2.0, 3.0], atol=1e-5)
 

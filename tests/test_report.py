@@ -1,6 +1,5 @@
 """`python -m cam report` end to end on a tiny image folder with tiny untrained models, and the Evaluation page."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from keras import layers
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cam import evaluation, report
+from cam import cli, evaluation, registry, report, report_content
 from cam.methods import Explainer
 from cam.models import CIFAR4_CLASSES, LoadedModel, with_precision
 
@@ -49,12 +48,12 @@ def produced(tmp_path_factory):
               "objects": [{"name": "dog", "bbox": [4, 4, 30, 36]}, {"name": "zebra", "bbox": [30, 0, 48, 20]}]},
              {"image": "gone.png", "width": 8, "height": 8, "objects": []}]
     (root / "boxes.json").write_text(json.dumps(boxes))
-    parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
-    args = parser.parse_args([
-        "--data", str(root / "data"), "--boxes", str(root / "boxes.json"), "--n", "6", "--mosaics", "3",
-        "--out", str(root / "out"), "--sanity-n", "3", "--steps", "4", "--batch-size", "4",
+    args = cli.build_parser().parse_args([
+        "report", "--data", str(root / "data"), "--boxes", str(root / "boxes.json"), "--n", "6", "--mosaics", "3",
+        "--out", str(root / "out"), "--sanity-n", "3", "--steps", "4", "--batch-size", "4", "--methods", "all",
+        "--slow-n", "2",
     ])
+    config = cli.report_config(args)
     messages, cam_passes = [], []
     explain = Explainer.__call__
 
@@ -65,15 +64,16 @@ def produced(tmp_path_factory):
     models = (tiny("tiny_vgg", "conv2"), tiny("tiny_gap", "cam_features"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Explainer, "__call__", recording)
-        assert report.run(args, models=models, log=messages.append) == 0
-    return root / "out", args, messages, cam_passes
+        assert report.run(config, root / "out", models=models, log=messages.append) == 0
+    return root / "out", config, messages, cam_passes
 
 
 def test_report_writes_every_file(produced):
     out, _, messages, _ = produced
     names = {path.name for path in out.iterdir()}
     assert {"report.md", "scores.csv", "report.json", "plotly.min.js"} <= names
-    assert {f"{figure}.png" for figure in report.FIGURES} | {f"{figure}.html" for figure in report.FIGURES} <= names
+    figures = report_content.FIGURES
+    assert {f"{figure}.png" for figure in figures} | {f"{figure}.html" for figure in figures} <= names
     html = (out / "curves.html").read_text()
     assert 'src="plotly.min.js"' in html and len(html) < 200_000  # offline, and the script is not copied into it
     assert any("WARNING" in m for m in messages) and any("sanity" in m for m in messages)
@@ -83,35 +83,42 @@ def test_scores_cover_every_set_method_and_metric(produced):
     out, _, _, _ = produced
     scores = pd.read_csv(out / "scores.csv")
     assert set(scores["set"]) == {"test", "mosaics", "boxes", "sanity"}
-    assert set(scores["method"]) == set(evaluation.METHODS)
+    assert set(scores["method"]) == set(registry.METHODS)
     test = scores[scores["set"] == "test"]
     assert set(test["metric"]) == {"deletion_auc", "insertion_auc", "average_drop", "increase", "effective_grid"}
-    assert (test.groupby(["method", "metric"]).size() == 6).all()
-    mosaics = scores[scores["set"] == "mosaics"]
-    assert (mosaics.groupby(["method", "metric"]).size() == 3 * 4).all()
+    counts = test.groupby(["method", "metric"]).size()
+    assert (counts.drop("score_cam") == 6).all() and (counts["score_cam"] == 2).all()  # --slow-n 2
+    mosaics = scores[scores["set"] == "mosaics"].groupby(["method", "metric"]).size()
+    assert (mosaics.drop("score_cam") == 3 * 4).all() and (mosaics["score_cam"] == 2 * 4).all()
     assert set(scores.loc[scores["set"] == "boxes", "class"]) == {"dog"}  # the zebra is skipped
     sanity = scores[scores["set"] == "sanity"]
-    assert set(sanity.loc[sanity["method"] == "cam", "stage"]) == {"logits", "cam_features", "conv1"}
+    assert set(sanity.loc[sanity["method"] == "nopool_cam", "stage"]) == {"logits", "cam_features", "conv1"}
+    assert set(sanity["method"]) == set(registry.METHODS)
     grids = test[test["metric"] == "effective_grid"]
     assert set(grids["value"]) <= {1, 2, 4, 8, 16, 32}
 
 
 def test_report_json_and_markdown(produced):
-    out, args, _, _ = produced
+    out, config, _, _ = produced
     data = json.loads((out / "report.json").read_text())
     meta = data["meta"]
-    assert meta["command"] == report.command_line(args) and meta["n_images"] == 6 and meta["n_mosaics"] == 3
+    assert meta["command"] == report.command_line(config, out) and meta["n_images"] == 6 and meta["n_mosaics"] == 3
     assert [m["trained"] for m in meta["models"]] == [False, False]
-    assert meta["models"][0]["native"] == {"Grad-CAM": "4x4", "Guided Grad-CAM": "32x32"}
+    native = meta["models"][0]["native"]
+    assert native["grad_cam"] == native["score_cam"] == "4x4" and native["guided_grad_cam"] == "32x32"
+    assert native["layer_cam_fused"] == "32x32" and meta["models"][0]["layers"]["layer_cam_fused"] == ["conv1", "conv2"]
+    assert meta["models"][1] | {"methods": ["nopool_cam"]} == meta["models"][1]
     assert any("zebra" in why for why in meta["skipped"]) and any("missing" in why for why in meta["skipped"])
     assert meta["precision"] == "bfloat16" and set(meta["precision_gap"]) == {"tiny_vgg", "tiny_gap"}
-    assert len(data["curves"]["x"]) == 5 and set(data["curves"]["methods"]) == set(evaluation.METHODS)
-    row = next(r for r in data["summary"] if (r["set"], r["metric"], r["method"]) == ("test", "deletion_auc", "cam"))
+    assert len(data["curves"]["x"]) == 5 and set(data["curves"]["methods"]) == set(registry.METHODS)
+    key = ("test", "deletion_auc", "nopool_cam")
+    row = next(r for r in data["summary"] if (r["set"], r["metric"], r["method"]) == key)
     assert row["n"] == 6 and row["low"] <= row["mean"] <= row["high"]
-    assert {r["versus"] for r in data["differences"]} == {"gradcam", "guided_gradcam"}
+    assert {r["versus"] for r in data["differences"]} == set(registry.METHODS) - {"nopool_cam"}
     text = (out / "report.md").read_text()
     for expected in ("untrained stand-in", "| Deletion AUC | lower |", "Pointing game", "randomised down to",
-                     "Effective resolution", "![", "0.250 (n=12)", "bootstrap", "scored in bfloat16"):
+                     "Effective resolution", "![", "0.250 (n=12)", "bootstrap", "scored in bfloat16", "## Answer",
+                     report_content.QUESTION, "| Score-CAM | tiny_vgg |", "at most the first 2 images"):
         assert expected in text
 
 
@@ -122,18 +129,15 @@ def test_the_gap_model_runs_once_per_image_set(produced):
 
 
 def test_command_line_reproduces_the_arguments(produced):
-    _, args, _, _ = produced
-    parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
-    again = parser.parse_args(report.command_line(args).split()[4:])  # after "python -m cam report"
-    assert vars(again) == vars(args)
+    out, config, _, _ = produced
+    again = cli.build_parser().parse_args(report.command_line(config, out).split()[3:])  # after "python -m cam"
+    assert cli.report_config(again) == config and again.out == str(out)
 
 
 def test_missing_data_is_an_error_not_a_traceback(tmp_path, capsys):
-    args = argparse.Namespace(data=str(tmp_path), boxes=None, n=2, mosaics=0, out=tmp_path / "out", seed=0,
-                              sanity_n=0, steps=4, batch_size=4, precision="float32")
+    config = evaluation.EvaluationConfig(tmp_path, n=2, mosaics=0, sanity_n=0, steps=4, batch_size=4)
     models = (tiny("tiny_vgg", "conv2"), tiny("tiny_gap", "cam_features"))
-    assert report.run(args, models=models, log=lambda message: None) == 2
+    assert report.run(config, tmp_path / "out", models=models, log=lambda message: None) == 2
     assert "No 'test' folder" in capsys.readouterr().err
 
 
@@ -159,7 +163,7 @@ def test_page_shows_the_report(produced, monkeypatch):
     page = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not page.exception
     assert any("Deletion AUC" in block.value for block in page.markdown)
-    assert len(page.get("plotly_chart")) == len(report.FIGURES)
+    assert len(page.get("plotly_chart")) == len(report_content.FIGURES)
 
 
 def test_page_without_a_report_says_how_to_make_one(tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ import pytest
 
 from cam.data import load_split
 from cam.models import CARD_KEYS, load_checkpoint
-from cam.training import FusedBatchNormalization, TrainConfig, predict_probabilities, train
+from cam.predict import predict_probabilities
+from cam.training import FusedBatchNormalization, TrainConfig, train
 
 RUNS = {  # name: (architecture, precision, crop)
     "vgg16": ("vgg16", "float32", None),

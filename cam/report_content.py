@@ -1,0 +1,387 @@
+"""The report's content from its data (report.json): Markdown, figures (matplotlib, Plotly), and reading a
+report back for the dashboard's Evaluation page. No TensorFlow: ``cam.report`` produces and writes the data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from itertools import zip_longest
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+from cam.metrics import BLUR_SIGMA, MIN_IOU, POINTING_TOLERANCE, REGION_THRESHOLD, RESOLUTION_TOLERANCE, STEPS
+from cam.registry import ROLES
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "reports" / "latest"
+EXAMPLE_COMMAND = "python -m cam report --data ../shared/data/cifar4 --n 1000 --mosaics 1000 --sanity-n 50"
+# How long EXAMPLE_COMMAND takes (the study's three methods); README.md says the same.
+EXAMPLE_DURATION = "about 6 minutes on 2 otherwise idle CPU cores (measured: 336 s)"
+SETS = {
+    "test": "Test images (each method explains its model's top prediction)",
+    "mosaics": "2x2 mosaics (each tile's class explained in turn; no pointing tolerance)",
+    "boxes": f"Boxed images (each class present explained; pointing tolerance {POINTING_TOLERANCE:g} px)",
+}
+METRICS = {  # key: (label, which way is better, definition)
+    "deletion_auc": ("Deletion AUC", "lower", f"p(class) as the most salient pixels are set to black in {STEPS} "
+                     "equal chunks; area under the curve, trapezoid rule on [0, 1] (Petsiuk et al. 2018)."),
+    "insertion_auc": ("Insertion AUC", "higher", "p(class) as the most salient pixels are put back into a copy "
+                      f"blurred with a Gaussian of sigma {BLUR_SIGMA:g} px; area under the curve."),
+    "average_drop": ("Average drop (%)", "lower", "mean of 100 * max(0, Y - O) / Y with Y = p(class | image), "
+                     "O = p(class | image * min-max normalized map) (Chattopadhyay et al. 2018)."),
+    "increase": ("Increase in confidence", "higher", "share of images with O > Y (same E as average drop)."),
+    "effective_grid": ("Effective grid (side)", "higher", "side of the coarsest grid that keeps 95% of the map's "
+                       "variance (see Resolution)."),
+    "pointing": ("Pointing game", "higher", "hit when the map's maximum, at the original image's resolution, is "
+                 "inside a box of the explained class, within the tolerance (Zhang et al. 2016)."),
+    "energy": ("Energy in box", "higher", "share of the map's positive part, at the original resolution, inside "
+               "the boxes of the explained class."),
+    "iou": ("Best IoU", "higher", f"IoU between the box around the largest connected region above "
+            f"{REGION_THRESHOLD:.0%} of the map's maximum and the closest box of the class (Selvaraju et al. 2017)."),
+    "iou_hit": (f"IoU >= {MIN_IOU:g}", "higher", f"share of maps whose best IoU is at least {MIN_IOU:g}."),
+    "spearman": ("Spearman vs trained", "lower", "rank correlation between the map of the trained model and of a "
+                 "clone whose layers from the output down to the stage are re-initialised (Adebayo et al. 2018)."),
+}
+RESOLUTION_NOTE = (
+    "Effective resolution: a map that can be written as a g x g grid of numbers, shown as blocks or bilinearly "
+    "interpolated, has no detail finer than that grid, whatever size it is drawn at. For each map at the model "
+    "input size S x S, we fit the best (least-squares) g x g approximation for g = S/2, S/4, ... (each shown both "
+    "ways, the better one counts) and take the coarsest g, stopping at the first failure, that keeps at least "
+    f"{1 - RESOLUTION_TOLERANCE:.0%} of the map's variance. A bilinearly upsampled 2x2 map (Grad-CAM at VGG16's "
+    "block5_conv3 for a 32x32 input) scores 2, a map with pixel-level detail S."
+)
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+STUDY_CAM = "nopool_cam"  # the retrained network's method, which the other methods are compared with
+
+
+def labels(data: dict) -> dict[str, str]:
+    """Method key -> label, for the methods of this report, in their order."""
+    return data["meta"]["methods"]
+
+
+def colours(data: dict) -> dict[str, str]:
+    """Method key -> colour, the same in every figure of this report."""
+    return {key: PALETTE[index % len(PALETTE)] for index, key in enumerate(labels(data))}
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+def _cell(row: dict | None) -> str:
+    if not row or row["mean"] is None:
+        return "–"
+    return f"{row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}] n={row['n']}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _sanity_table(summary: list[dict], meta: dict) -> list[str]:
+    by_method = {m: [r for r in summary if r["set"] == "sanity" and r["method"] == m] for m in meta["methods"]}
+    columns, header = [], ["Stage"]
+    for model in meta["models"]:
+        methods = [m for m in model["methods"] if by_method[m]]
+        if methods:
+            header += [f"{model['name']} randomised down to"] + [meta["methods"][m] for m in methods]
+            columns.append([r["stage"] for r in by_method[methods[0]]])
+            columns += [[_cell(r) for r in by_method[m]] for m in methods]
+    rows = [[str(k)] + [c or "" for c in cells] for k, cells in enumerate(zip_longest(*columns), start=1)]
+    return _table(header, rows) if columns else []
+
+
+ANSWER_METRICS = (("test", "effective_grid"), ("test", "deletion_auc"), ("test", "insertion_auc"),
+                  ("mosaics", "pointing"), ("mosaics", "energy"), ("sanity", "spearman"))
+QUESTION = "Which method gives the finest faithful map without retraining, and is NoPool-GAP still needed?"
+
+
+def _answer_cells(data: dict) -> dict[tuple[str, str, str], dict]:
+    """(set, metric, method) -> summary row; for sanity, the mean over stages of the per-stage means, with the
+    widest stage interval (a summary of the whole cascade)."""
+    cells = {(r["set"], r["metric"], r["method"]): r for r in data["summary"] if r["set"] != "sanity"}
+    for method in labels(data):
+        stages = _sanity_lines(data).get(method, [])
+        if stages:
+            cells["sanity", "spearman", method] = {
+                "mean": float(np.mean([r["mean"] for r in stages])), "low": min(r["low"] for r in stages),
+                "high": max(r["high"] for r in stages), "n": stages[0]["n"]}
+    return cells
+
+
+def _compare(a: dict | None, b: dict | None, better: str) -> str:
+    """'better', 'worse' or 'indistinguishable' for row a against row b: the 95% intervals must not overlap."""
+    if not a or not b or a["mean"] is None or b["mean"] is None:
+        return "not measured"
+    if a["low"] > b["high"]:
+        return "better" if better == "higher" else "worse"
+    if a["high"] < b["low"]:
+        return "worse" if better == "higher" else "better"
+    return "indistinguishable"
+
+
+def answer(data: dict) -> list[str]:
+    """The report's answer to QUESTION: one paragraph computed from the numbers, and one table.
+
+    Faithful: deletion AUC not above Grad-CAM's interval, insertion AUC not below it, and a mean sanity Spearman
+    under 0.5 (the map changes when the weights are randomised). Finest: the highest mean effective grid among
+    the faithful methods on the unchanged Grad-CAM model (no retraining). NoPool-GAP CAM is still needed where it
+    beats that method, with non-overlapping intervals, on the pointing game or energy in box (mosaics) or on
+    deletion/insertion."""
+    names, cells = labels(data), _answer_cells(data)
+    models = {m["role"]: m for m in data["meta"]["models"]}
+    candidates = [k for k in models.get("gradcam", {}).get("methods", []) if ("test", "effective_grid", k) in cells]
+    if not candidates:
+        return []
+    reference = "grad_cam" if "grad_cam" in candidates else candidates[0]
+
+    def faithful(key: str) -> bool:
+        deletion, insertion = cells.get(("test", "deletion_auc", key)), cells.get(("test", "insertion_auc", key))
+        ref_deletion, ref_insertion = (cells[("test", m, reference)] for m in ("deletion_auc", "insertion_auc"))
+        sanity = cells.get(("sanity", "spearman", key))
+        return (deletion["mean"] <= ref_deletion["high"] and insertion["mean"] >= ref_insertion["low"]
+                and (sanity is None or sanity["mean"] < 0.5))
+
+    good = [k for k in candidates if faithful(k)] or candidates
+    best = max(good, key=lambda k: cells[("test", "effective_grid", k)]["mean"])
+    grid = cells[("test", "effective_grid", best)]
+    text = [f"**{QUESTION}** On these models and images, the finest faithful map without retraining comes from "
+            f"**{names[best]}** on {models['gradcam']['name']} (mean effective grid {grid['mean']:.1f} "
+            f"[{grid['low']:.1f}, {grid['high']:.1f}]; faithful here means deletion AUC no worse than "
+            f"{names[reference]}'s interval, insertion AUC no lower, and a mean sanity Spearman under 0.5; "
+            f"faithful: {', '.join(names[k] for k in good)})."]
+    if STUDY_CAM in names and ("test", "effective_grid", STUDY_CAM) in cells:
+        verdicts = {(s, m): _compare(cells.get((s, m, STUDY_CAM)), cells.get((s, m, best)), METRICS[m][1])
+                    for s, m in ANSWER_METRICS if s != "sanity"}
+        said = ", ".join(f"{METRICS[m][0]} {v}" for (s, m), v in verdicts.items())
+        needed = any(v == "better" for (_, m), v in verdicts.items() if m != "effective_grid")
+        text += [f"Against it, {names[STUDY_CAM]} (retrained, no pooling) is: {said} (95% intervals overlapping = "
+                 "indistinguishable). " + ("So **NoPool-GAP is still needed**: it is better on at least one of "
+                 "localisation and faithfulness." if needed else "So on these numbers **NoPool-GAP is not needed**: "
+                 f"{names[best]} matches it without retraining.")]
+    header = ["Method", "Model"] + [f"{METRICS[m][0]} ({s}, {METRICS[m][1]} better)" for s, m in ANSWER_METRICS]
+    rows = [[names[k], role_model["name"]] + [_cell(cells.get((s, m, k))) for s, m in ANSWER_METRICS]
+            for role_model in data["meta"]["models"] for k in role_model["methods"]]
+    return ["## Answer", "", " ".join(text), "", *_table(header, rows),
+            "", "Sanity: mean over the randomisation stages of the Spearman correlation (lower = the map depends more "
+            "on the weights), with the widest stage interval.", ""]
+
+
+def markdown(data: dict, images: bool = True) -> str:
+    """report.md from the report's data; ``images`` adds the PNG figures and links to the HTML ones."""
+    meta, summary, names = data["meta"], data["summary"], labels(data)
+    lines = [f"# {', '.join(names.values())} measured against each other", ""]
+    lines += [f"Produced by `{meta['command']}` on {meta['date']} in {meta['seconds']:.0f} s ({meta['device']}); "
+              f"{meta['n_images']} test images, {meta['n_mosaics']} mosaics, {meta['sanity_n']} images for the "
+              f"sanity check. Times: " + ", ".join(f"{k} {v:.0f} s" for k, v in meta["timings"].items()) + ".", ""]
+    if meta["slow"]:
+        lines += [f"{', '.join(names[m] for m in meta['slow'])} costs hundreds of forward passes per map, so it is "
+                  f"scored on at most the first {meta['slow_n']} images of each set (its n says how many).", ""]
+    gaps = ", ".join(f"{name} {gap:.4f}" for name, gap in meta["precision_gap"].items())
+    lines += [f"Perturbed and masked images were scored in {meta['precision']} (maps are computed in float32); on the "
+              f"original images p(explained class) differs from float32 by at most: {gaps}.", ""]
+    for model in meta["models"]:
+        if not model["trained"]:
+            lines += [f"> **Warning**: {model['name']} is an untrained stand-in (random weights): these numbers say "
+                      "nothing about the methods.", ""]
+    lines += ["## Models", ""]
+    lines += _table(["Role", "Model", "Trained", "Test accuracy (card)", "Methods (layers read)", "Native maps"], [
+        [ROLES[m["role"]], m["name"], "yes" if m["trained"] else "**no, untrained stand-in**",
+         f"{m['test_accuracy']:.3f} (n={m['test_n']})" if m["test_accuracy"] is not None else "not on the card",
+         "; ".join(f"{names[k]} ({', '.join(m['layers'][k])})" for k in m["methods"]),
+         ", ".join(f"{names[k]} {v}" for k, v in m["native"].items())]
+        for m in meta["models"]
+    ])
+    lines += ["", *answer(data)]
+    lines += ["", "## Scores", "", meta["interval"], ""]
+    for set_, title in SETS.items():
+        cells = {(r["metric"], r["method"]): r for r in summary if r["set"] == set_}
+        if not cells:
+            continue
+        lines += [f"### {title}", ""]
+        lines += _table(["Metric", "Better"] + list(names.values()), [
+            [METRICS[metric][0], METRICS[metric][1]] + [_cell(cells.get((metric, m))) for m in names]
+            for metric in dict.fromkeys(metric for metric, _ in cells)
+        ]) + [""]
+    if data["differences"]:
+        others = [m for m in names if m != STUDY_CAM]
+        cells = {(r["set"], r["metric"], r["versus"]): r for r in data["differences"]}
+        lines += ["## NoPool-GAP CAM minus the others, paired on the same maps", ""]
+        lines += _table(["Set", "Metric", "Better"] + [f"CAM − {names[m]}" for m in others], [
+            [set_, METRICS[metric][0], METRICS[metric][1]] + [_cell(cells.get((set_, metric, m))) for m in others]
+            for set_, metric in dict.fromkeys(key[:2] for key in cells)
+        ]) + [""]
+    sanity = _sanity_table(summary, meta)
+    if sanity:
+        lines += ["## Sanity: cascading randomization", "", "Spearman rank correlation between the map of the trained "
+                  "model and of the randomised clone, explaining the true class; close to 1 means the method ignores "
+                  "the weights.", ""] + sanity + [""]
+    lines += ["## Resolution", "", RESOLUTION_NOTE, ""]
+    lines += _table(["Method", "Median effective grid", "Share of maps per grid side"], [
+        [names[r["method"]], f"{r['median']:g}", ", ".join(f"{k}: {v:.0%}" for k, v in r["shares"].items())]
+        for r in data["resolution"]
+    ])
+    if images:
+        lines += ["", "## Figures"]
+        for name, title in FIGURES.items():
+            lines += ["", f"![{title}]({name}.png)  ", f"[{title}, interactive]({name}.html)"]
+    lines += ["", "## Definitions", ""] + [f"- **{label}** ({better} is better): {text}" for label, better, text in
+                                           METRICS.values()]
+    lines += ["- Maps are compared with images after bilinear upsampling; Guided Grad-CAM counts sum_c |g_c| "
+              "per pixel.",
+              "- Each method is scored on the model it explains ("
+              + "; ".join(f"{m['name']}: {', '.join(names[k] for k in m['methods'])}" for m in meta["models"])
+              + "). Mosaics (2x2 test images of four "
+              "classes, 64x64 from 32x32 images) are resized to the models' input for every method; their maps are "
+              "compared with the tiles at the mosaic's size."]
+    if meta["skipped"]:
+        lines += ["", "## Skipped", ""] + [f"- {why}: {count}" for why, count in meta["skipped"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def report_dir() -> Path:
+    """Where the dashboard looks for the report: $CAM_REPORT_DIR, else reports/latest."""
+    return Path(os.environ.get("CAM_REPORT_DIR", DEFAULT_OUT))
+
+
+def load_report(folder: Path) -> dict | None:
+    """The content of ``folder/report.json``, or None when there is no report there."""
+    path = Path(folder) / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+FIGURES = {
+    "curves": "Deletion and insertion curves (mean over test images)",
+    "scores": "Scores per method with 95% intervals",
+    "sanity": "Cascading randomization: rank correlation with the trained map",
+    "resolution": "Effective resolution: share of maps per grid side",
+}
+PANEL_COLUMNS = 3  # of the "scores" figure
+
+
+def _score_panels(data: dict) -> list[tuple[str, list[dict]]]:
+    """(panel title, one summary row per method) for every set and metric except the sanity check."""
+    panels: dict[tuple[str, str], list[dict]] = {}
+    for row in data["summary"]:
+        if row["set"] != "sanity" and row["mean"] is not None:
+            panels.setdefault((row["set"], row["metric"]), []).append(row)
+    return [(f"{set_}: {METRICS[metric][0]} ({METRICS[metric][1]} better)", rows)
+            for (set_, metric), rows in panels.items()]
+
+
+def _errors(rows: list[dict]) -> tuple[list[float], list[float]]:
+    """How far each summary row's interval reaches below and above its mean."""
+    return [r["mean"] - r["low"] for r in rows], [r["high"] - r["mean"] for r in rows]
+
+
+def _plotly_errors(rows: list[dict]) -> dict:
+    below, above = _errors(rows)
+    return {"type": "data", "symmetric": False, "array": above, "arrayminus": below}
+
+
+def _sanity_lines(data: dict) -> dict[str, list[dict]]:
+    lines = {m: [r for r in data["summary"] if r["set"] == "sanity" and r["method"] == m and r["mean"] is not None]
+             for m in labels(data)}
+    return {m: rows for m, rows in lines.items() if rows}
+
+
+def matplotlib_figures(data: dict) -> dict:
+    """The report's figures as matplotlib Figures (Agg backend), keyed like FIGURES."""
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt  # after choosing the backend, so no display is needed
+
+    names, colour = labels(data), colours(data)
+    figures = {}
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
+        for method, curve in data["curves"]["methods"].items():
+            ax.plot(data["curves"]["x"], curve[kind], marker=".", label=names[method], color=colour[method])
+        ax.set(title=kind.capitalize(), xlabel=f"share of pixels {'deleted' if kind == 'deletion' else 'inserted'}",
+               ylabel="p(explained class)", ylim=(0, 1))
+    axes[0].legend()
+    figures["curves"] = figure
+    panels = _score_panels(data)
+    grid_rows = -(-len(panels) // PANEL_COLUMNS)
+    figure, axes = plt.subplots(grid_rows, PANEL_COLUMNS, figsize=(12, 2.6 * grid_rows), squeeze=False,
+                                layout="constrained")
+    for ax, (title, rows) in zip(axes.flat, panels, strict=False):
+        ax.bar([names[r["method"]] for r in rows], [r["mean"] for r in rows], yerr=_errors(rows), capsize=4,
+               color=[colour[r["method"]] for r in rows])
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    figures["scores"] = figure
+    figure, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
+    for method, rows in _sanity_lines(data).items():
+        stages = np.arange(1, len(rows) + 1)
+        ax.errorbar(stages, [r["mean"] for r in rows], yerr=_errors(rows), marker="o", capsize=3,
+                    label=names[method], color=colour[method])
+    ax.set(xlabel="layers randomised, from the output down", ylabel="Spearman vs trained map", ylim=(-1.05, 1.05))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend()
+    figures["sanity"] = figure
+    figure, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
+    sides = sorted({int(k) for r in data["resolution"] for k in r["shares"]})
+    width = 0.8 / max(len(data["resolution"]), 1)
+    for offset, row in enumerate(data["resolution"]):
+        shift = (offset - (len(data["resolution"]) - 1) / 2) * width
+        ax.bar(np.arange(len(sides)) + shift, [row["shares"].get(str(s), 0.0) for s in sides], width,
+               label=names[row["method"]], color=colour[row["method"]])
+    ax.set(xticks=np.arange(len(sides)), xticklabels=[f"{s}x{s}" for s in sides], xlabel="effective grid",
+           ylabel="share of maps")
+    ax.legend()
+    figures["resolution"] = figure
+    for name, figure in figures.items():
+        figure.suptitle(FIGURES[name])
+    plt.close("all")  # the Figure objects stay usable; pyplot just forgets them
+    return figures
+
+
+def plotly_figures(data: dict) -> dict:
+    """The report's figures as Plotly Figures, keyed like FIGURES (for HTML files and the dashboard)."""
+    from plotly import graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names, colour = labels(data), colours(data)
+    figures = {}
+    figure = make_subplots(1, 2, subplot_titles=("Deletion", "Insertion"))
+    for column, kind in enumerate(("deletion", "insertion"), start=1):
+        for method, curve in data["curves"]["methods"].items():
+            figure.add_trace(go.Scatter(x=data["curves"]["x"], y=curve[kind], name=names[method], legendgroup=method,
+                                        showlegend=column == 1, line={"color": colour[method]}), 1, column)
+    figure.update_xaxes(title_text="share of pixels changed")
+    figure.update_yaxes(title_text="p(explained class)", range=[0, 1])
+    figures["curves"] = figure
+    panels = _score_panels(data)
+    grid_rows = -(-len(panels) // PANEL_COLUMNS)
+    figure = make_subplots(grid_rows, PANEL_COLUMNS, subplot_titles=[title for title, _ in panels],
+                           vertical_spacing=0.5 / max(grid_rows, 1))
+    for index, (_, group) in enumerate(panels):
+        figure.add_trace(go.Bar(
+            x=[names[r["method"]] for r in group], y=[r["mean"] for r in group], error_y=_plotly_errors(group),
+            marker_color=[colour[r["method"]] for r in group], showlegend=False,
+            hovertext=[f"n={r['n']}" for r in group],
+        ), index // PANEL_COLUMNS + 1, index % PANEL_COLUMNS + 1)
+    figure.update_layout(height=260 * grid_rows)
+    figure.update_annotations(font_size=11)
+    figures["scores"] = figure
+    figure = go.Figure()
+    for method, group in _sanity_lines(data).items():
+        figure.add_trace(go.Scatter(
+            x=list(range(1, len(group) + 1)), y=[r["mean"] for r in group], mode="lines+markers", name=names[method],
+            error_y=_plotly_errors(group), hovertext=[f"down to {r['stage']}" for r in group],
+            line={"color": colour[method]},
+        ))
+    figure.update_layout(xaxis_title="layers randomised, from the output down", yaxis_title="Spearman vs trained map")
+    figures["sanity"] = figure
+    figure = go.Figure([
+        go.Bar(x=[f"{k}x{k}" for k in row["shares"]], y=list(row["shares"].values()), name=names[row["method"]],
+               marker_color=colour[row["method"]])
+        for row in data["resolution"]
+    ])
+    figure.update_layout(barmode="group", xaxis_title="effective grid", yaxis_title="share of maps")
+    figures["resolution"] = figure
+    for name, figure in figures.items():
+        figure.update_layout(title=FIGURES[name])
+    return figures
