@@ -27,12 +27,11 @@ from cam.device import describe_device
 from cam.examples import EXAMPLE_DESCRIPTION, example_photo
 from cam.images import ImageError, load_image, resize
 from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, ExplanationError, feature_layers
-from cam.models import REGISTRY, CheckpointError, LoadedModel, WeightsUnavailable
+from cam.models import MODEL_SETS, REGISTRY, CheckpointError, LoadedModel, WeightsUnavailable, default_set
 from cam.pipeline import ImageResult, Panel, explain_image, render_panels, side_by_side
 from cam.registry import METHODS, STUDY, selected
 
-GRADCAM_MODELS = ("vgg16", "vgg16_imagenet")
-CAM_MODEL = "nopool_gap"
+IMAGENET_MODEL = "vgg16_imagenet"  # offered as the Grad-CAM model of every set (downloaded on first use)
 TOP = "Top prediction"
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
 SPLITS = ("test", "train")
@@ -313,19 +312,27 @@ def main() -> None:
     )
 
     with st.sidebar:
-        with st.spinner("Loading the models (once per server)…"):
-            served = {name: serve(name) for name in (*GRADCAM_MODELS, CAM_MODEL)}
         st.header("Models")
-        available = [name for name in GRADCAM_MODELS if served[name].loaded is not None]
+        names = list(MODEL_SETS)
+        set_name = st.radio(
+            "Model pair", names, index=names.index(default_set().name), key="model_set",
+            format_func=lambda name: MODEL_SETS[name].title,
+            help="Photos: models that see 128x128 pixels. CIFAR: models that see 32x32 thumbnails.",
+        )
+        model_set = MODEL_SETS[set_name]
+        gradcam_models, cam_name = (model_set.gradcam, IMAGENET_MODEL), model_set.gap
+        with st.spinner("Loading the models (once per server)…"):
+            served = {name: serve(name) for name in (*gradcam_models, cam_name)}
+        available = [name for name in gradcam_models if served[name].loaded is not None]
         gradcam_name = st.radio(
             "Explain with Grad-CAM on", available, format_func=lambda name: REGISTRY[name].title, key="gradcam_model"
         ) if available else None
-        for name in GRADCAM_MODELS:
+        for name in gradcam_models:
             if name not in available:
                 st.caption(f":material/block: {REGISTRY[name].title} is not offered here.")
                 with st.expander("Why not?"):
                     st.caption(served[name].problem)
-        for name in (gradcam_name, CAM_MODEL):
+        for name in (gradcam_name, cam_name):
             if name is not None:
                 st.caption(status(served[name]))
         st.header("What to explain")
@@ -353,14 +360,14 @@ def main() -> None:
                              help="Defaults to $CAM_DATA, or data/ in the project.")
         st.caption(f"Computing on {describe_device()}")
 
-    used = [served[name] for name in (gradcam_name, CAM_MODEL) if name is not None]
+    used = [served[name] for name in (gradcam_name, cam_name) if name is not None]
     untrained = [model.name for model in used if model.loaded is not None and not model.loaded.trained]
     if untrained:
         st.warning(
             "No trained checkpoint — showing UNTRAINED models (random weights), so the maps and predictions mean "
             "nothing yet. Train with " + " and ".join(f"`python -m cam train {name}`" for name in untrained) + "."
         )
-    for name in ("vgg16", CAM_MODEL):  # ours are expected to load; ImageNet's absence is only noted in the sidebar
+    for name in (model_set.gradcam, cam_name):  # ours should load; ImageNet's absence is only noted in the sidebar
         if served[name].loaded is None:
             st.error(f"{REGISTRY[name].title} could not be loaded: {served[name].problem}")
 
@@ -378,7 +385,7 @@ def main() -> None:
         example()
 
     choice: Choice | None = st.session_state.get("image")
-    if gradcam is None or served[CAM_MODEL].loaded is None:
+    if gradcam is None or served[cam_name].loaded is None:
         class_slot.caption("Needs a working Grad-CAM model and NoPool-GAP model.")
         return
     if choice is None:
@@ -390,14 +397,14 @@ def main() -> None:
     try:
         image = decode(choice.source)
         with st.spinner("Looking at the photo…"):
-            cam_model, chosen = served[CAM_MODEL].loaded, selected(methods)
+            cam_model, chosen = served[cam_name].loaded, selected(methods)
             top = ImageResult(image, gradcam, cam_model,
-                              explanation_of(choice.source, gradcam_name, CAM_MODEL, layer, None, methods, image),
+                              explanation_of(choice.source, gradcam_name, cam_name, layer, None, methods, image),
                               chosen)
             wanted = pick_class(class_slot, gradcam, top)
             result = top if wanted == TOP else ImageResult(
                 image, gradcam, cam_model,
-                explanation_of(choice.source, gradcam_name, CAM_MODEL, layer, wanted, methods, image), chosen,
+                explanation_of(choice.source, gradcam_name, cam_name, layer, wanted, methods, image), chosen,
             )
     except (ImageError, ExplanationError) as error:
         st.error(f"Cannot explain this: {error}")

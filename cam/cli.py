@@ -42,7 +42,8 @@ def explain(args: argparse.Namespace) -> int:
 
     methods = selected(args.methods)
     check_unique_stems(args.images)
-    gradcam, cam_model = load_model(args.model), load_model(args.cam_model)
+    gradcam_name, cam_name = models_of(args)
+    gradcam, cam_model = load_model(gradcam_name), load_model(cam_name)
     for note in dict.fromkeys(loaded.note for loaded in (gradcam, cam_model) if not loaded.trained):
         print(f"warning: {note}", file=sys.stderr)  # once, even when both models are the same stand-in
     # Built once: it compiles one graph per model that every image then reuses.
@@ -208,8 +209,11 @@ def data(args: argparse.Namespace) -> int:
 
 def models(args: argparse.Namespace) -> int:
     """List the registry's models, how to get each and whether it is available here."""
-    from cam.models import REGISTRY, availability
+    from cam.models import MODEL_SETS, REGISTRY, availability, default_set
 
+    for model_set in MODEL_SETS.values():
+        default = " (default)" if model_set == default_set() else ""
+        print(f"set {model_set.name}{default}: {model_set.title}: {model_set.gradcam} + {model_set.gap}")
     for spec in REGISTRY.values():
         print(f"{spec.name}: {spec.title}")
         print(f"  available: {availability(spec.name)}")
@@ -228,6 +232,15 @@ def methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def models_of(args: argparse.Namespace) -> tuple[str, str]:
+    """(Grad-CAM model, GAP model) of ``--set`` (default: cam.models.default_set), each replaced by ``--model`` and
+    ``--cam-model`` where given."""
+    from cam.models import MODEL_SETS, default_set
+
+    model_set = MODEL_SETS[args.set] if args.set else default_set()
+    return args.model or model_set.gradcam, args.cam_model or model_set.gap
+
+
 REPORT_OPTIONS = ("boxes", "n", "mosaics", "seed", "sanity_n", "steps", "batch_size", "precision", "slow_n")
 
 
@@ -242,9 +255,11 @@ def report_config(args: argparse.Namespace) -> EvaluationConfig:
 
 def report(args: argparse.Namespace) -> int:
     """Evaluate the methods and write the report."""
+    from cam.models import load_model
     from cam.report import DEFAULT_OUT, run
 
-    return run(report_config(args), Path(args.out or DEFAULT_OUT))
+    gradcam_name, cam_name = models_of(args)
+    return run(report_config(args), Path(args.out or DEFAULT_OUT), (load_model(gradcam_name), load_model(cam_name)))
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -286,8 +301,7 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
         "and print each model's top predictions.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE")
-    parser.add_argument("--model", default="vgg16", help="Grad-CAM model: vgg16, vgg16_imagenet or PATH.keras")
-    parser.add_argument("--cam-model", default="nopool_gap", help="CAM model (needs a GAP head): nopool_gap or PATH")
+    _add_model_choice(parser)
     parser.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: top one)")
     parser.add_argument("--layer", help="Grad-CAM layer (default: the model card's gradcam_layer)")
     parser.add_argument("--colormap", default="jet", help="a matplotlib colormap name (default: jet)")
@@ -298,6 +312,16 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=explain)
 
 
+def _add_model_choice(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        choices=("photos", "cifar"),
+        help="model pair: photos (128 px) or cifar (32 px); default: photos when its checkpoints are here, else cifar",
+    )
+    parser.add_argument("--model", help="Grad-CAM model instead of the set's: a registry name or PATH.keras")
+    parser.add_argument("--cam-model", help="CAM model (needs a GAP head) instead of the set's: a name or PATH.keras")
+
+
 def _add_report(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "report",
@@ -306,6 +330,7 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
         "figures to OUT. Options left out keep cam.evaluation.EvaluationConfig's defaults.",
     )
     parser.add_argument("--data", required=True, help="dataset root with test/<class>/*.jpg (e.g. cifar4)")
+    _add_model_choice(parser)
     parser.add_argument("--boxes", help="box annotations: a JSON file, a VOC .xml file or a folder of them")
     parser.add_argument("--methods", metavar="KEYS", help=METHODS_HELP)
     parser.add_argument("--n", type=_positive(int), help="test images for faithfulness and resolution (default 1000)")

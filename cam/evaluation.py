@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cam.boxes import Box, image_path, mosaics, read_boxes, tile_boxes
-from cam.data import ImageSet, load_split
+from cam.data import ImageSet, load_masks, load_split
 from cam.device import describe_device
 from cam.images import ImageError, load_image, model_input
 from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, ExplanationError
@@ -30,6 +30,8 @@ from cam.metrics import (
     effective_grid,
     explanation_images,
     localization_scores,
+    mask_scores,
+    min_max_ratio,
     perturbation_curves,
     rank_correlation,
 )
@@ -178,6 +180,7 @@ def _faithfulness(
         frames.append(_scores("test", items[:count], [loaded.classes[c] for c in classes], key, {
             "deletion_auc": curve_area(deletion), "insertion_auc": curve_area(insertion),
             "average_drop": drop, "increase": increase, "effective_grid": effective_grid(full_maps),
+            "min_max_ratio": min_max_ratio(maps[key]),
         }))
         curves[key] = {"deletion": deletion.mean(axis=0).tolist(), "insertion": insertion.mean(axis=0).tolist()}
         gap = float(np.abs(deletion[:, 0] - probabilities[np.arange(count), classes]).max())
@@ -272,6 +275,34 @@ def _box_scores(
     return _localize("boxes", maps, methods, wanted, [targets[k] for k in keep], POINTING_TOLERANCE)
 
 
+def _mask_scores(
+    explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], data: ImageSet,
+    config: EvaluationConfig, skipped: Counter, log: Log,
+) -> list[pd.DataFrame]:
+    """Localization on the test photos that have a figure/ground mask (``masks/test/<class>/``): each photo's true
+    class explained, every map compared with the mask at the photo's own size (``cam.metrics.mask_scores``)."""
+    masks = load_masks(config.data, data)
+    if not masks:
+        return []
+    rows = sorted(masks)
+    names = [data.classes[data.labels[k]] for k in rows]
+    items = [str(Path(data.paths[k]).relative_to(config.data)) for k in rows]
+    log(f"  masks: {len(rows)} masked test photos")
+    wanted = _known("masks", models, names, skipped)
+    x = data.images[rows].astype(np.float32)
+    explained = _explain(explainer, x, np.maximum(wanted[GRADCAM_MODEL], 0), config.batch_size)
+    maps = _maps(explained, np.maximum(wanted[GAP_MODEL], 0), methods, models, x, config)
+    frames = []
+    for method in methods:
+        method_maps = maps[method.key]
+        kept = [i for i in range(len(method_maps)) if wanted[method.role][i] >= 0]
+        scores = [mask_scores(at_size(method_maps[i : i + 1], masks[rows[i]].shape)[0], masks[rows[i]]) for i in kept]
+        if scores:
+            values = {metric: [score[metric] for score in scores] for metric in scores[0]}
+            frames.append(_scores("masks", [items[i] for i in kept], [names[i] for i in kept], method.key, values))
+    return frames
+
+
 # ------------------------------------------------------------------------------------------------------ sanity
 def _sanity(
     models: dict[str, LoadedModel], methods: list[Method], sample: ImageSet, items: list[str],
@@ -356,6 +387,9 @@ def evaluate(
                         lambda: _mosaic_scores(explainer, models, methods, data, config, skipped, log))
     elif config.mosaics:
         skipped[f"mosaics: need 4 classes, the data has {len(data.classes)}"] = config.mosaics
+    if (Path(config.data) / "masks" / "test").is_dir():
+        frames += timed("localization on masks",
+                        lambda: _mask_scores(explainer, models, methods, data, config, skipped, log))
     if config.boxes:
         frames += timed("localization on boxes", lambda: _box_scores(explainer, models, methods, config, skipped, log))
     if config.sanity_n > 0:

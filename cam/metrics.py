@@ -151,7 +151,7 @@ def mask_scores(map_: np.ndarray, mask: np.ndarray, tolerance: float = POINTING_
     """Localisation of one map (H, W) against a figure/ground mask (H, W, True = object), at the same size:
     pointing hit (the map's maximum pixel within ``tolerance`` pixels of the object; a constant map misses), energy
     in mask (sum over the object of max(m, 0) / sum max(m, 0); NaN without positive values) and IoU of the region
-    map >= REGION_THRESHOLD * max(map) with the object (0 without a positive maximum)."""
+    map >= REGION_THRESHOLD * max(map) with the object, pixel by pixel (0 without a positive maximum)."""
     mask = np.asarray(mask, bool)
     positive = np.maximum(map_, 0.0)
     total, top = float(positive.sum()), float(map_.max())
@@ -164,8 +164,16 @@ def mask_scores(map_: np.ndarray, mask: np.ndarray, tolerance: float = POINTING_
     return {
         "pointing": float(hit),
         "energy": float(positive[mask].sum()) / total if total > 0 else float("nan"),
-        "iou": float((region & mask).sum()) / union if union else 0.0,
+        "mask_iou": float((region & mask).sum()) / union if union else 0.0,
     }
+
+
+def min_max_ratio(maps: np.ndarray) -> np.ndarray:
+    """Per map (native size, ``saliency`` for guided maps): min / max; near 1 the map is flat and its shown colours
+    are min-max noise; NaN where the maximum is not positive."""
+    maps = saliency(maps).reshape(len(maps), -1)
+    top = maps.max(axis=1)
+    return np.where(top > 0, maps.min(axis=1) / np.where(top > 0, top, 1.0), np.nan)
 
 
 # -------------------------------------------------------------------------------------------------------- sanity

@@ -480,7 +480,7 @@ REGISTRY: dict[str, ModelSpec] = {
     )
 }
 
-# The model pairs the tool compares, the first is the default of the dashboard and the command line.
+# The model pairs the tool compares; see default_set for the one the dashboard and the command line start with.
 MODEL_SETS: dict[str, ModelSet] = {
     model_set.name: model_set
     for model_set in (
@@ -488,7 +488,14 @@ MODEL_SETS: dict[str, ModelSet] = {
         ModelSet("cifar", "CIFAR thumbnails (32 px)", "vgg16", "nopool_gap"),
     )
 }
-DEFAULT_SET = next(iter(MODEL_SETS))
+
+
+def default_set() -> ModelSet:
+    """The first model set whose two checkpoints are here (the photo pair once trained); with none complete, the
+    last (CIFAR: its untrained stand-ins are the smallest)."""
+    sets = list(MODEL_SETS.values())
+    complete = [m for m in sets if checkpoint_path(m.gradcam).is_file() and checkpoint_path(m.gap).is_file()]
+    return complete[0] if complete else sets[-1]
 
 
 def availability(name: str) -> str:

@@ -23,6 +23,8 @@ SETS = {
     "test": "Test images (each method explains its model's top prediction)",
     "mosaics": "2x2 mosaics (each tile's class explained in turn; no pointing tolerance)",
     "boxes": f"Boxed images (each class present explained; pointing tolerance {POINTING_TOLERANCE:g} px)",
+    "masks": "Photos with a figure/ground mask (the true class explained, compared with the mask at the photo's size; "
+    f"pointing tolerance {POINTING_TOLERANCE:g} px)",
 }
 METRICS = {  # key: (label, which way is better, definition)
     "deletion_auc": ("Deletion AUC", "lower", f"p(class) as the most salient pixels are set to black in {STEPS} "
@@ -41,6 +43,10 @@ METRICS = {  # key: (label, which way is better, definition)
     "iou": ("Best IoU", "higher", f"IoU between the box around the largest connected region above "
             f"{REGION_THRESHOLD:.0%} of the map's maximum and the closest box of the class (Selvaraju et al. 2017)."),
     "iou_hit": (f"IoU >= {MIN_IOU:g}", "higher", f"share of maps whose best IoU is at least {MIN_IOU:g}."),
+    "mask_iou": ("IoU with mask", "higher", f"IoU, pixel by pixel, between the region above {REGION_THRESHOLD:.0%} of "
+                 "the map's maximum and the object's mask."),
+    "min_max_ratio": ("Min/max of raw map", "lower", "the native map's minimum over its maximum: near 1 the map is "
+                      "flat and its colours show noise (NaN for an all-zero map)."),
     "spearman": ("Spearman vs trained", "lower", "rank correlation between the map of the trained model and of a "
                  "clone whose layers from the output down to the stage are re-initialised (Adebayo et al. 2018)."),
 }

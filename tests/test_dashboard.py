@@ -174,7 +174,7 @@ def test_trained_and_broken_checkpoints_are_reported(setup: Path) -> None:
 
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception
-    assert "VGG16 (ours, 4 classes) could not be loaded: Model card" in texts(at.error)
-    assert "NoPool-GAP (ours, 4 classes)**: trained checkpoint, test accuracy 62.5%" in texts(at.sidebar.caption)
+    assert "VGG16 (ours, CIFAR, 32 px) could not be loaded: Model card" in texts(at.error)
+    assert "NoPool-GAP (ours, CIFAR, 32 px)**: trained checkpoint, test accuracy 62.5%" in texts(at.sidebar.caption)
     assert "Needs a working Grad-CAM model and NoPool-GAP model." in texts(at.sidebar.caption)
     assert not at.warning  # the only model loaded is trained

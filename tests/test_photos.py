@@ -189,15 +189,26 @@ def test_mask_scores_of_hand_made_maps() -> None:
     inside[3, 3] = 2.0
     inside[8, 8] = 1.0  # energy 2 of 3 in the mask; region >= 0.15 * 2: both pixels; IoU 1 / 17
     scores = mask_scores(inside, mask, tolerance=0)
-    assert scores == pytest.approx({"pointing": 1.0, "energy": 2 / 3, "iou": 1 / 17})
+    assert scores == pytest.approx({"pointing": 1.0, "energy": 2 / 3, "mask_iou": 1 / 17})
     outside = np.zeros((10, 10))
     outside[9, 9] = 1.0  # 4 * sqrt(2) = 5.66 px from the nearest object pixel (5, 5): a miss at 5, a hit at 6
     assert mask_scores(outside, mask, tolerance=5)["pointing"] == 0.0
     assert mask_scores(outside, mask, tolerance=6)["pointing"] == 1.0
     assert mask_scores(outside, mask)["energy"] == 0.0
     flat = mask_scores(np.zeros((10, 10)), mask)
-    assert flat["pointing"] == 0.0 and np.isnan(flat["energy"]) and flat["iou"] == 0.0
-    assert mask_scores(mask.astype(float), mask)["iou"] == 1.0
+    assert flat["pointing"] == 0.0 and np.isnan(flat["energy"]) and flat["mask_iou"] == 0.0
+    assert mask_scores(mask.astype(float), mask)["mask_iou"] == 1.0
+
+
+def test_min_max_ratio_of_flat_peaked_guided_and_empty_maps() -> None:
+    from cam.metrics import min_max_ratio
+
+    maps = np.stack([np.full((4, 4), 3.0), np.eye(4) * 2 + 1, np.zeros((4, 4))])
+    np.testing.assert_allclose(min_max_ratio(maps)[:2], [1.0, 1 / 3])
+    assert np.isnan(min_max_ratio(maps)[2])
+    guided = np.zeros((1, 2, 2, 3))
+    guided[0, 0, 0] = (-1.0, 2.0, 1.0)  # saliency sum |g_c|: 4 at one pixel, 0 elsewhere
+    assert min_max_ratio(guided)[0] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------- rebuild photos4
@@ -276,3 +287,27 @@ def test_dilated_nopool_gap_keeps_full_resolution_and_sees_129_pixels() -> None:
     assert not any(isinstance(layer, (layers.MaxPooling2D, layers.AveragePooling2D)) for layer in model.layers)
     assert all(layer.strides == (1, 1) for layer in model.layers if isinstance(layer, layers.Conv2D))
     assert tuple(model.get_layer("cam_features").output.shape[1:3]) == (128, 128)
+
+
+# ------------------------------------------------------------------------------------------------- model sets
+def test_photo_pair_stand_ins_give_an_8x8_grad_cam_and_a_full_resolution_cam() -> None:
+    from cam.models import MODEL_SETS, default_gradcam_layer, untrained_stand_in
+
+    photos = MODEL_SETS["photos"]
+    vgg, gap = untrained_stand_in(photos.gradcam), untrained_stand_in(photos.gap)
+    assert vgg.input_size == gap.input_size == 128
+    layer = default_gradcam_layer(vgg.model)
+    assert layer == vgg.card["gradcam_layer"] == "block5_conv3"  # no BatchNorm after it: the maps the head reads
+    assert tuple(vgg.model.get_layer(layer).output.shape[1:3]) == (8, 8)
+    assert tuple(gap.model.get_layer("cam_features").output.shape[1:3]) == (128, 128)
+
+
+def test_default_set_is_the_photo_pair_once_both_its_checkpoints_are_here(tmp_path: Path, monkeypatch) -> None:
+    import cam.models
+
+    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path)
+    assert cam.models.default_set().name == "cifar"  # nothing complete: the smallest stand-ins
+    (tmp_path / "vgg16_photos.keras").write_bytes(b"x")
+    assert cam.models.default_set().name == "cifar"
+    (tmp_path / "nopool_gap_photos.keras").write_bytes(b"x")
+    assert cam.models.default_set().name == "photos"

@@ -43,6 +43,10 @@ def produced(tmp_path_factory):
         for index in range(3):
             pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / "data" / "test" / name / f"{index}.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, :16] = 255  # horse 0 is on the left
+    (root / "data" / "masks" / "test" / "horse").mkdir(parents=True)
+    Image.fromarray(mask).save(root / "data" / "masks" / "test" / "horse" / "0.png")
     Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "data" / "photo.png")
     boxes = [{"image": "photo.png", "width": 48, "height": 40,
               "objects": [{"name": "dog", "bbox": [4, 4, 30, 36]}, {"name": "zebra", "bbox": [30, 0, 48, 20]}]},
@@ -82,10 +86,18 @@ def test_report_writes_every_file(produced):
 def test_scores_cover_every_set_method_and_metric(produced):
     out, _, _, _ = produced
     scores = pd.read_csv(out / "scores.csv")
-    assert set(scores["set"]) == {"test", "mosaics", "boxes", "sanity"}
+    assert set(scores["set"]) == {"test", "mosaics", "boxes", "masks", "sanity"}
     assert set(scores["method"]) == set(registry.METHODS)
     test = scores[scores["set"] == "test"]
-    assert set(test["metric"]) == {"deletion_auc", "insertion_auc", "average_drop", "increase", "effective_grid"}
+    assert set(test["metric"]) == {
+        "deletion_auc", "insertion_auc", "average_drop", "increase", "effective_grid", "min_max_ratio"
+    }
+    masks = scores[scores["set"] == "masks"]
+    assert set(masks["item"]) == {"test/horse/0.png"} and set(masks["class"]) == {"horse"}
+    assert set(masks["method"]) == set(registry.METHODS)  # one masked photo: within --slow-n too
+    assert set(masks["metric"]) == {"pointing", "energy", "mask_iou"}
+    energy = masks.loc[masks["metric"] == "energy", "value"].dropna()
+    assert ((0 <= energy) & (energy <= 1)).all()
     counts = test.groupby(["method", "metric"]).size()
     assert (counts.drop("score_cam") == 6).all() and (counts["score_cam"] == 2).all()  # --slow-n 2
     mosaics = scores[scores["set"] == "mosaics"].groupby(["method", "metric"]).size()
