@@ -12,11 +12,10 @@ first row.
 from __future__ import annotations
 
 import argparse
-import time
 
 import keras
-import numpy as np
 
+from benchmarks.bench_training import fit_rate
 from cam.device import describe_device
 from cam.models import NOPOOL_PHOTO_FILTERS, nopool_gap, nopool_gap_dilated, vgg16
 from cam.training import resolve_precision
@@ -40,21 +39,6 @@ SETTINGS = {  # label: (builder of a model for an input size or None, training i
 }
 
 
-def images_per_second(build, size: int, batch: int, steps: int, rounds: int) -> float:
-    model = build(size)
-    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), loss="categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (batch * steps, size, size, 3)).astype("float32")
-    y = np.eye(4, dtype="float32")[rng.integers(0, 4, batch * steps)]
-    model.fit(x[:batch], y[:batch], batch_size=batch, verbose=0)  # warm-up: tracing
-    best = 0.0
-    for _ in range(rounds):
-        started = time.perf_counter()
-        model.fit(x, y, batch_size=batch, verbose=0)
-        best = max(best, len(x) / (time.perf_counter() - started))
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
@@ -67,7 +51,7 @@ def main() -> None:
     print(f"{'setting':34s} {'img/s':>7s} {'s/epoch':>8s} {'relative':>9s}")
     first = None
     for label, (build, size) in SETTINGS.items():
-        rate = images_per_second(build, size, args.batch, args.steps, args.rounds)
+        rate = fit_rate(build(size), size, args.batch, args.steps, args.rounds)
         first = first or rate
         print(f"{label:34s} {rate:7.1f} {EPOCH_IMAGES / rate:8.0f} {rate / first:8.2f}x")
 
