@@ -343,9 +343,10 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=_positive(int), help="deletion/insertion steps (default 16)")
     parser.add_argument("--batch-size", type=_positive(int), help="maps explained and perturbed together (default 64)")
     parser.add_argument(
-        "--precision", choices=("bfloat16", "float32"),
-        help="arithmetic of the convolutions when scoring perturbed images (maps are always float32; default "
-        "bfloat16, 3-7x faster on CPUs with AMX); the report states how far its probabilities are from float32",
+        "--precision", choices=("auto", "bfloat16", "float32"),
+        help="arithmetic of the convolutions when scoring perturbed images (maps are always float32; default auto: "
+        "bfloat16 where it is fast, 3-7x on CPUs with AMX, else float32); the report states how far its "
+        "probabilities are from float32",
     )
     parser.set_defaults(run=report)
 

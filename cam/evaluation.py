@@ -17,7 +17,7 @@ import pandas as pd
 
 from cam.boxes import Box, image_path, mosaics, read_boxes, tile_boxes
 from cam.data import ImageSet, load_masks, load_split
-from cam.device import describe_device
+from cam.device import describe_device, fast_bfloat16
 from cam.images import ImageError, load_image, model_input
 from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, ExplanationError
 from cam.metrics import (
@@ -59,7 +59,14 @@ class EvaluationConfig:
     sanity_n: int = 50  # images for the randomization test
     steps: int = STEPS  # deletion/insertion steps
     batch_size: int = 64  # maps explained and perturbed together
-    precision: str = "bfloat16"  # of the convolutions when scoring perturbed images
+    # of the convolutions when scoring perturbed images; "auto": bfloat16 where it is fast (cam.device.fast_bfloat16)
+    precision: str = "auto"
+
+    @property
+    def scoring_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        return "bfloat16" if fast_bfloat16() else "float32"
     methods: tuple[str, ...] = STUDY  # registry keys
     slow_n: int = 100  # at most this many maps per set for the slow methods (Score-CAM)
 
@@ -156,7 +163,7 @@ def _faithfulness(
     size = x.shape[1:3]
     explained = _explain(explainer, x, None, config.batch_size)
     maps = _maps(explained, explained.cam_classes(), methods, models, x, config)
-    scorers = {role: with_precision(loaded.model, config.precision) for role, loaded in models.items()}
+    scorers = {role: with_precision(loaded.model, config.scoring_precision) for role, loaded in models.items()}
     frames, curves, native, precision_gap = [], {}, {}, {}
     rng = np.random.default_rng(config.seed)
     for method in methods:
@@ -404,7 +411,7 @@ def evaluate(
             "seconds": round(time.perf_counter() - started, 1), "timings": timings, "device": describe_device(),
             "data": str(config.data), "n_images": len(chosen), "n_mosaics": n_mosaics,
             "sanity_n": min(config.sanity_n, len(chosen)), "steps": config.steps, "seed": config.seed,
-            "precision": config.precision, "precision_gap": precision_gap,
+            "precision": config.scoring_precision, "precision_gap": precision_gap,
             "models": [_model_summary(role, loaded, methods, native) for role, loaded in models.items()],
             "methods": {method.key: method.label for method in methods}, "slow_n": config.slow_n,
             "slow": [method.key for method in methods if method.slow],

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from cam.data import ImageSet, load_split, photo_dataset, sources_of, split_train_validation, to_dataset
-from cam.device import describe_device
+from cam.device import describe_device, fast_bfloat16
 from cam.models import (
     ARCHITECTURES,
     CHECKPOINTS,
@@ -82,10 +82,7 @@ def resolve_precision(precision: str) -> str:
     """The Keras dtype policy for ``precision`` ("auto", "mixed_bfloat16" or "float32"); see TrainConfig."""
     if precision != "auto":
         return precision
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_bfloat16"
-    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").is_file() else ""
-    return "mixed_bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
+    return "mixed_bfloat16" if fast_bfloat16() else "float32"
 
 
 def builder_options(config: TrainConfig) -> dict:
