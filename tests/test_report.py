@@ -122,8 +122,8 @@ def test_report_json_and_markdown(produced):
     assert native["layer_cam_fused"] == "32x32" and meta["models"][0]["layers"]["layer_cam_fused"] == ["conv1", "conv2"]
     assert meta["models"][1] | {"methods": ["nopool_cam"]} == meta["models"][1]
     assert any("zebra" in why for why in meta["skipped"]) and any("missing" in why for why in meta["skipped"])
-    expected = "bfloat16" if fast_bfloat16() else "float32"  # --precision auto
-    assert meta["precision"] == expected and set(meta["precision_gap"]) == {"tiny_vgg", "tiny_gap"}
+    precision = "bfloat16" if fast_bfloat16() else "float32"  # --precision auto
+    assert meta["precision"] == precision and set(meta["precision_gap"]) == {"tiny_vgg", "tiny_gap"}
     assert len(data["curves"]["x"]) == 5 and set(data["curves"]["methods"]) == set(registry.METHODS)
     key = ("test", "deletion_auc", "nopool_cam")
     row = next(r for r in data["summary"] if (r["set"], r["metric"], r["method"]) == key)
@@ -131,7 +131,7 @@ def test_report_json_and_markdown(produced):
     assert {r["versus"] for r in data["differences"]} == set(registry.METHODS) - {"nopool_cam"}
     text = (out / "report.md").read_text()
     for expected in ("untrained stand-in", "| Deletion AUC | lower |", "Pointing game", "randomised down to",
-                     "Effective resolution", "![", "0.250 (n=12)", "bootstrap", "scored in bfloat16", "## Answer",
+                     "Effective resolution", "![", "0.250 (n=12)", "bootstrap", f"scored in {precision}", "## Answer",
                      report_content.QUESTION, "| Score-CAM | tiny_vgg |", "at most the first 2 images"):
         assert expected in text
 
