@@ -18,15 +18,14 @@ import keras
 from benchmarks.bench_training import fit_rate
 from cam.device import describe_device
 from cam.models import NOPOOL_PHOTO_FILTERS, nopool_gap, nopool_gap_dilated, vgg16
-from cam.training import resolve_precision
+from cam.training import freeze_until, resolve_precision
 
 EPOCH_IMAGES = 6_354
 
 
 def frozen_vgg16(input_size: int | None) -> keras.Model:
     model = vgg16(input_size=input_size, batch_norm=False, head_norm=True)
-    for layer in model.layers[: [layer.name for layer in model.layers].index("block4_pool") + 1]:
-        layer.trainable = False
+    freeze_until(model, "block4_pool")
     return model
 
 

@@ -137,12 +137,17 @@ def build(config: TrainConfig, num_classes: int) -> keras.Model:
     elif config.init not in ("scratch", "imagenet"):
         model.set_weights(load_checkpoint(config.init).model.get_weights())
     if config.freeze_until:
-        names = [layer.name for layer in model.layers]
-        if config.freeze_until not in names:
-            raise ValueError(f"--freeze-until {config.freeze_until}: no such layer in {config.architecture}")
-        for layer in model.layers[: names.index(config.freeze_until) + 1]:
-            layer.trainable = False
+        freeze_until(model, config.freeze_until)
     return model
+
+
+def freeze_until(model: keras.Model, name: str) -> None:
+    """Make layer ``name`` and every layer before it untrainable (they keep their initial weights)."""
+    names = [layer.name for layer in model.layers]
+    if name not in names:
+        raise ValueError(f"--freeze-until {name}: no such layer in {model.name}")
+    for layer in model.layers[: names.index(name) + 1]:
+        layer.trainable = False
 
 
 def describe_init(config: TrainConfig) -> dict:
