@@ -444,8 +444,8 @@ def _checkpoint_or_stand_in(name: str) -> Callable[[], LoadedModel]:
     return load
 
 
-def _ours(name: str, title: str, architecture: str, input_size: int, train: str, **options) -> ModelSpec:
-    how = f"shipped in checkpoints/{name}.keras; retrain with `python -m cam train {architecture} {train}`"
+def _ours(name: str, title: str, architecture: str, input_size: int, retrain: str, **options) -> ModelSpec:
+    how = f"shipped in checkpoints/{name}.keras; retrain with {retrain}"
     return ModelSpec(name, title, how, _checkpoint_or_stand_in(name), architecture, input_size, options)
 
 
@@ -457,7 +457,7 @@ REGISTRY: dict[str, ModelSpec] = {
             "VGG16 (ours, photos, 128 px)",
             "vgg16",
             128,
-            "--data photos4 --input-size 128 --init hed --name vgg16_photos (see README)",
+            "`python -m cam.torch_training` pack / fit / import on a GPU (see README)",
             batch_norm=False,
             head_norm=True,
         ),
@@ -466,10 +466,16 @@ REGISTRY: dict[str, ModelSpec] = {
             "NoPool-GAP (ours, photos, 128 px)",
             "nopool_gap_dilated",
             128,
-            "--data photos4 --input-size 128 --name nopool_gap_photos (see README)",
+            "`python -m cam.torch_training` pack / fit / import on a GPU (see README)",
         ),
-        _ours("vgg16", "VGG16 (ours, CIFAR, 32 px)", "vgg16", 32, "--data cifar4"),
-        _ours("nopool_gap", "NoPool-GAP (ours, CIFAR, 32 px)", "nopool_gap", 32, "--data cifar4"),
+        _ours("vgg16", "VGG16 (ours, CIFAR, 32 px)", "vgg16", 32, "`python -m cam train vgg16 --data cifar4`"),
+        _ours(
+            "nopool_gap",
+            "NoPool-GAP (ours, CIFAR, 32 px)",
+            "nopool_gap",
+            32,
+            "`python -m cam train nopool_gap --data cifar4`",
+        ),
         ModelSpec(
             "vgg16_imagenet",
             "VGG16 (ImageNet, 1000 classes)",

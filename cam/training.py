@@ -64,8 +64,9 @@ class TrainConfig:
     teacher: str | None = None  # an .npz of soft labels (cam.teacher): targets mix one-hot and the teacher's
     teacher_weight: float = 0.5  # the teacher's share of each target
     exclude_source: str | None = None  # leave out of training every file of this source (MANIFEST.csv's source_repo)
-    # Train on random crop x crop pieces and validate/test on whole images: for nopool_gap, which takes any size
-    # (convolutions + GAP), this cuts a step's cost by (crop / input_size)^2 at full resolution.
+    # Train on crop x crop images and validate/test on whole images at input_size: for nopool_gap, which takes any
+    # size (convolutions + GAP), this cuts a step's cost by (crop / input_size)^2 at full resolution. The cifar
+    # pipeline cuts random crop-sized pieces; the photo pipeline makes its augmented whole-photo views this size.
     crop: int | None = None
     cutout: int = 0  # side of the square that cutout greys out in each training image; 0: none
     cutmix: float = 0.0  # probability per batch of CutMix (see cam.data.cut_mix); 0: none
@@ -196,10 +197,19 @@ def classification_report(model: keras.Model, data: ImageSet, sources: list[str]
     }
     if sources is not None:
         correct, sources = predicted == data.labels, np.asarray(sources)
-        report["per_source_accuracy"] = {
-            source: {"accuracy": float(correct[sources == source].mean()), "n": int((sources == source).sum())}
-            for source in sorted(set(sources))
-        }
+        report["per_source_accuracy"] = {}
+        for source in sorted(set(sources)):
+            mine = sources == source
+            by_class = {
+                name: float(correct[mine & (data.labels == c)].mean())
+                for c, name in enumerate(data.classes)
+                if (mine & (data.labels == c)).any()
+            }
+            report["per_source_accuracy"][source] = {
+                "accuracy": float(correct[mine].mean()),
+                "n": int(mine.sum()),
+                "per_class": by_class,
+            }
     return report
 
 
@@ -207,7 +217,8 @@ def format_report(report: dict, classes: list[str]) -> str:
     lines = [f"accuracy {report['accuracy']:.4f} on {report['n']} images"]
     lines += [f"  {name:>8s}: {report['per_class_accuracy'][name]:.4f}" for name in classes]
     for source, score in report.get("per_source_accuracy", {}).items():
-        lines.append(f"  source {source}: {score['accuracy']:.4f} on {score['n']} images")
+        by_class = ", ".join(f"{name} {value:.3f}" for name, value in score.get("per_class", {}).items())
+        lines.append(f"  source {source}: {score['accuracy']:.4f} on {score['n']} images ({by_class})")
     width = max(len(c) for c in classes) + 2
     lines.append("confusion matrix (rows: true, columns: predicted)")
     lines.append(" " * width + "".join(f"{c:>{width}s}" for c in classes))
@@ -239,9 +250,23 @@ def make_optimizer(config: TrainConfig, schedule: keras.optimizers.schedules.Lea
     raise ValueError(f"Unknown optimizer {config.optimizer!r}; choose sgd or adam")
 
 
-def training_targets(config: TrainConfig, data: ImageSet) -> np.ndarray:
+def class_biases(probabilities: np.ndarray, labels: np.ndarray, steps: int = 500) -> np.ndarray:
+    """Per-class log-biases b maximising the likelihood of softmax(log p + b) for ``labels``: re-weights a teacher's
+    class priors to the training set's (a convex fit; gradient = mean(softmax - one-hot))."""
+    logits = np.log(np.clip(probabilities, 1e-8, 1.0))
+    one_hot = np.eye(probabilities.shape[1])[labels]
+    biases = np.zeros(probabilities.shape[1])
+    for _ in range(steps):
+        shifted = np.exp(logits + biases - (logits + biases).max(axis=1, keepdims=True))
+        biases -= 2.0 * (shifted / shifted.sum(axis=1, keepdims=True) - one_hot).mean(axis=0)
+    return biases - biases.mean()
+
+
+def training_targets(config: TrainConfig, data: ImageSet, log=print) -> np.ndarray:
     """One target row per training image: one-hot, or with ``config.teacher`` the mix (1 - w) one-hot + w teacher
-    (w = ``teacher_weight``; the teacher's .npz holds ``files`` relative to the data root and ``probabilities``)."""
+    (w = ``teacher_weight``; the teacher's .npz holds ``files`` relative to the data root and ``probabilities``).
+    The teacher's class priors are first refitted to the training labels (``class_biases``): its four classes
+    gather unequal shares of ImageNet (horse is one class of 1000), which skews it against some of ours."""
     one_hot = np.eye(len(data.classes), dtype=np.float32)[data.labels]
     if not config.teacher:
         return one_hot
@@ -251,8 +276,16 @@ def training_targets(config: TrainConfig, data: ImageSet) -> np.ndarray:
     missing = [key for key in keys if key not in by_file]
     if missing:
         raise ValueError(f"the teacher file {config.teacher} lacks {len(missing)} training images, e.g. {missing[0]}")
-    teacher = np.stack([by_file[key] for key in keys]).astype(np.float32)
-    return (1 - config.teacher_weight) * one_hot + config.teacher_weight * teacher
+    teacher = np.stack([by_file[key] for key in keys]).astype(np.float64)
+    biases = class_biases(teacher, data.labels)
+    calibrated = np.exp(np.log(np.clip(teacher, 1e-8, 1.0)) + biases)
+    calibrated /= calibrated.sum(axis=1, keepdims=True)
+    before, after = ((t.argmax(1) == data.labels).mean() for t in (teacher, calibrated))
+    log(
+        f"teacher: class log-biases {np.round(biases, 2).tolist()} refitted on the training labels; "
+        f"its training accuracy {before:.3f} -> {after:.3f}"
+    )
+    return ((1 - config.teacher_weight) * one_hot + config.teacher_weight * calibrated).astype(np.float32)
 
 
 class SaveEveryEpoch(keras.callbacks.Callback):
@@ -334,8 +367,9 @@ def train(
             metrics=["accuracy"],
         )
         if config.pipeline == "photo":
-            targets = training_targets(config, train_set)
-            train_data = photo_dataset(train_set.paths, targets, config.input_size, config.batch_size, config.seed)
+            targets = training_targets(config, train_set, log)
+            size = config.crop or config.input_size  # with crop: smaller whole-photo views
+            train_data = photo_dataset(train_set.paths, targets, size, config.batch_size, config.seed)
         else:
             train_data = to_dataset(
                 train_set,

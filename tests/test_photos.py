@@ -22,7 +22,7 @@ from cam.models import (
     load_hed_weights,
     vgg16,
 )
-from cam.training import TrainConfig, training_targets
+from cam.training import TrainConfig, class_biases, training_targets
 
 
 # ------------------------------------------------------------------------------------------------------ HED weights
@@ -171,14 +171,30 @@ def test_sources_come_from_the_manifest(tmp_path: Path) -> None:
     assert sources_of(root, paths) is None
 
 
-def test_teacher_targets_mix_one_hot_and_soft_labels(tmp_path: Path) -> None:
+def test_teacher_targets_mix_one_hot_and_the_teacher_with_refitted_class_priors(tmp_path: Path) -> None:
     root = write_photos(tmp_path, {"bird": 1, "cat": 1})
     data = load_split(root, "train", 16, classes=["bird", "cat"])
     files = np.asarray(["train/cat/000.jpg", "train/bird/000.jpg"])
-    np.savez(tmp_path / "teacher.npz", files=files, probabilities=np.asarray([[0.2, 0.8], [0.6, 0.4]], "float32"))
+    teacher = np.asarray([[0.2, 0.8], [0.6, 0.4]], "float32")  # by file: cat, bird
+    np.savez(tmp_path / "teacher.npz", files=files, probabilities=teacher)
     config = TrainConfig("vgg16", str(root), teacher=str(tmp_path / "teacher.npz"), teacher_weight=0.25)
-    targets = training_targets(config, data)  # data: bird first, then cat
-    np.testing.assert_allclose(targets, [[0.75 + 0.25 * 0.6, 0.25 * 0.4], [0.25 * 0.2, 0.75 + 0.25 * 0.8]])
+    targets = training_targets(config, data, log=lambda _: None)  # data: bird first, then cat
+    ordered = teacher[[1, 0]]
+    calibrated = ordered * np.exp(class_biases(ordered, data.labels))
+    calibrated /= calibrated.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(targets, 0.75 * np.eye(2) + 0.25 * calibrated, atol=1e-6)
+    assert (targets.argmax(axis=1) == data.labels).all()
+
+
+def test_class_biases_make_the_mean_prediction_match_the_label_frequencies() -> None:
+    # A teacher that always says 50/50 on labels drawn 3:1: the likelihood is highest when softmax(log p + b)
+    # predicts 3/4 : 1/4, so b_0 - b_1 = log 3 (the fit is convex, its optimum is where the mean prediction equals
+    # the label frequencies).
+    probabilities = np.full((8, 2), 0.5)
+    labels = np.asarray([0, 0, 0, 1, 0, 0, 0, 1])
+    biases = class_biases(probabilities, labels, steps=2000)
+    assert biases[0] - biases[1] == pytest.approx(np.log(3), abs=1e-4)
+    assert biases.sum() == pytest.approx(0)
 
 
 # ----------------------------------------------------------------------------------------------- mask scores
@@ -311,3 +327,28 @@ def test_default_set_is_the_photo_pair_once_both_its_checkpoints_are_here(tmp_pa
     assert cam.models.default_set().name == "cifar"
     (tmp_path / "nopool_gap_photos.keras").write_bytes(b"x")
     assert cam.models.default_set().name == "photos"
+
+
+def test_classification_report_counts_per_class_and_per_source_and_class() -> None:
+    # A model that answers "red" (class 0) when the mean red exceeds the mean green, else "green".
+    import keras
+
+    from cam.data import ImageSet
+    from cam.training import classification_report
+
+    inputs = keras.Input((2, 2, 3))
+    logits = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    model.layers[-2].set_weights([np.asarray([[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]]), np.zeros(2)])
+    red, green = np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)
+    red[..., 0], green[..., 1] = 200, 200
+    images = np.stack([red, red, green, green, red])
+    labels = np.asarray([0, 0, 1, 0, 1])  # right, right, right, wrong (a red-labelled green), wrong
+    data = ImageSet(images, labels, ["red", "green"], [Path(f"{i}.png") for i in range(5)])
+    report = classification_report(model, data, sources=["a", "b", "a", "a", "b"])
+    assert report["accuracy"] == pytest.approx(3 / 5)
+    assert report["per_class_accuracy"] == {"red": pytest.approx(2 / 3), "green": pytest.approx(1 / 2)}
+    assert report["confusion_matrix"] == [[2, 1], [1, 1]]
+    a, b = report["per_source_accuracy"]["a"], report["per_source_accuracy"]["b"]
+    assert (a["n"], a["accuracy"], a["per_class"]) == (3, pytest.approx(2 / 3), {"red": 0.5, "green": 1.0})
+    assert (b["n"], b["accuracy"], b["per_class"]) == (2, pytest.approx(1 / 2), {"red": 1.0, "green": 0.0})
