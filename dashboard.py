@@ -543,6 +543,8 @@ def main() -> None:
             )
             result.methods = [method for method in chosen if result.model(method.role) is not None]
             timings["networks"] = (time.perf_counter() - begun) * 1000
+            # Of which the passes themselves (when the maps were not in the cache yet; one pass gives several maps).
+            timings["passes"] = 1000 * sum(set(result.explanation.seconds.values()))
     except Exception:
         log.exception("explaining %s failed", choice.key)
         st.error("Something went wrong while explaining this photo; the server's log has the details. "
