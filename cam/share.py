@@ -89,7 +89,9 @@ def decode(
 
 
 def data_uri(image: np.ndarray, max_side: int | None = None) -> str:
-    """The image as a JPEG data URI, shrunk to ``max_side`` pixels on its long side when larger."""
+    """The image as a JPEG data URI, shrunk to ``max_side`` pixels on its long side when larger: a tenth of a PNG's
+    bytes and faster to decode, for the dashboard's figure (made on every rerun) and the web page. Downloads of the
+    panels themselves stay lossless PNG."""
     if max_side and max(image.shape[:2]) > max_side:
         scale = max_side / max(image.shape[:2])
         image = resize(image, (round(image.shape[0] * scale), round(image.shape[1] * scale)))
