@@ -2,16 +2,20 @@
 network looks, side by side at the photo's full resolution, plus any other method of ``cam.registry`` the user
 adds. Run with ``streamlit run dashboard.py``.
 
-Layout and widgets only: the maps, panels and captions come from ``cam``.
+Layout and widgets only: the maps, panels and captions come from ``cam.pipeline``, the pictures a visitor may
+choose from ``cam.gallery``, links and the web-page export from ``cam.share``. Server paths and exception texts go
+to the server's log, never to the page.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
+import functools
+import hashlib
 import random
-import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,43 +24,48 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 from streamlit.delta_generator import DeltaGenerator
+from streamlit.logger import get_logger
 
-from cam import render
-from cam.data import DataError, data_root, list_classes, list_images
+import navigation
+from cam import gallery, render, share
 from cam.device import describe_device
-from cam.examples import EXAMPLE_DESCRIPTION, example_photo
+from cam.examples import EXAMPLES
 from cam.images import ImageError, load_image, resize
-from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, ExplanationError, feature_layers
-from cam.models import MODEL_SETS, REGISTRY, CheckpointError, LoadedModel, WeightsUnavailable, default_set
-from cam.pipeline import ImageResult, Panel, explain_image, render_panels, side_by_side
+from cam.methods import GRADCAM_MODEL, Explainer, Explanation, feature_layers
+from cam.models import MODEL_SETS, REGISTRY, LoadedModel, default_set, problem_in_words
+from cam.pipeline import ImageResult, Panel, explain_image, model_name, render_panels, side_by_side
 from cam.registry import METHODS, STUDY, selected
 
+log = get_logger(__name__)
 IMAGENET_MODEL = "vgg16_imagenet"  # offered as the Grad-CAM model of every set (downloaded on first use)
 TOP = "Top prediction"
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
-SPLITS = ("test", "train")
-THUMBNAILS = 12  # per gallery page
-THUMBNAIL_COLUMNS = 6
+FIRST_PICTURE = gallery.reference(gallery.BUILT_IN, "", next(iter(EXAMPLES)))  # a first visit's worked example
+DEFAULT_OPACITY = 0.5
 # Larger images go to the browser as a downscaled copy (the page would choke on tens of megapixels);
 # downloads always keep the full resolution.
 MAX_DISPLAY_SIDE = 2048
-PANEL_WIDTH = 380  # pixels a panel is expected to get in the wide layout; sets the figure's height
+PANEL_WIDTH = 260  # pixels a panel gets at 1280x720 with the sidebar open; sets the figure's height
+PANEL_HEIGHT = (160, 300)  # smallest and largest panel height: the results fit a 720-pixel-high screen
+TITLE_HEIGHT = 24
 PANELS_PER_ROW = 3
 MAX_EXTRA_METHODS = 3  # at most six panels: two rows of three stay readable
+COMPACT = "<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:3rem}</style>"
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The image being explained: raw bytes (upload) or a file path (dataset, example), and how to name it."""
+    """The image being explained: raw bytes (upload) or a file found by ``cam.gallery`` (never shown)."""
 
     source: bytes | str
     label: str  # shown above the results
     stem: str  # start of the download file names
+    key: str  # identifies the image in caches and the zoom: a digest of an upload, or the gallery name
+    reference: str | None = None  # the gallery name that links carry; None for uploads
 
 
 @dataclass
 class Served:
-    """A registry model as this server process holds it, or why it could not be loaded."""
+    """A registry model as this server process holds it, or why it could not be loaded (in words)."""
 
     name: str
     loaded: LoadedModel | None
@@ -69,111 +78,165 @@ class Served:
 @st.cache_resource(show_spinner=False)
 def serve(name: str) -> Served:
     """Load a model once per server process. Failures are cached too: retrying an offline download on every
-    rerun would stall the page; a fixed checkpoint needs a restart."""
+    rerun would stall the page; a fixed checkpoint needs a restart. The reason goes to the log in full."""
     try:
         return Served(name, REGISTRY[name].load(), "", threading.Lock())
-    except (WeightsUnavailable, CheckpointError) as error:
-        return Served(name, None, str(error), threading.Lock())
+    except Exception as error:  # any failure removes this model's panels only
+        log.warning("model %s could not be loaded: %s: %s", name, type(error).__name__, error)
+        return Served(name, None, problem_in_words(error), threading.Lock())
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def explainer_for(gradcam_name: str, layer: str, cam_name: str) -> Explainer:
-    """The compiled explainer of a model pair and layer, shared by all sessions."""
-    gradcam, cam = serve(gradcam_name), serve(cam_name)
-    with gradcam.lock, cam.lock:
-        explainer = Explainer(gradcam.loaded.model, layer, cam.loaded.model)
-        # Trace and compile now, so that a photo's timing shows the pass itself, not the one-off compilation.
-        explainer(np.zeros((1, *gradcam.loaded.model.input_shape[1:]), np.float32))
+def explainer_for(gradcam_name: str | None, layer: str | None, cam_name: str | None) -> Explainer:
+    """The compiled explainer of the models that loaded (either may be missing), shared by all sessions."""
+    gradcam = serve(gradcam_name).loaded if gradcam_name else None
+    cam = serve(cam_name).loaded if cam_name else None
+    explainer = Explainer(gradcam and gradcam.model, layer, cam and cam.model)
+    # Trace and compile now, so that a photo's timing shows the pass itself, not the one-off compilation.
+    blank = {loaded.input_size: np.zeros((1, loaded.input_size, loaded.input_size, 3), np.float32)
+             for loaded in (gradcam, cam) if loaded}
+    with locks(gradcam_name, cam_name):
+        explainer(gradcam and blank[gradcam.input_size], cam_images=cam and blank[cam.input_size])
     return explainer
 
 
+@contextlib.contextmanager
+def locks(*names: str | None) -> Iterator[None]:
+    """Hold the locks of the named models (None: no model) while TensorFlow runs them."""
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            if name:
+                stack.enter_context(serve(name).lock)
+        yield
+
+
 @st.cache_data(show_spinner=False, max_entries=4)
-def decode(source: bytes | str) -> np.ndarray:
-    """The image as RGB uint8 at full resolution (raises ImageError with a message for the user)."""
-    return load_image(source)
+def decode(key: str, label: str, _source: bytes | str) -> np.ndarray:
+    """The image as RGB uint8 at full resolution (raises ImageError with a message for the user naming
+    ``label``, not a server path); cached by ``key``."""
+    return load_image(_source, name=label)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def explanation_of(
-    source: bytes | str, gradcam_name: str, cam_name: str, layer: str, class_name: str | None,
+    key: str, gradcam_name: str | None, cam_name: str | None, layer: str | None, class_name: str | None,
     methods: tuple[str, ...], _image: np.ndarray,
 ) -> Explanation:
-    """The maps of one image, keyed by its bytes (or path), the models, the layer, the class and the methods.
-    Returns plain arrays rather than an ImageResult, which holds Keras models that must not be pickled."""
-    gradcam, cam = serve(gradcam_name), serve(cam_name)
+    """The maps of one image, keyed by its key, the models, the layer, the class and the methods. Returns plain
+    arrays rather than an ImageResult, which holds Keras models that must not be pickled."""
     explainer = explainer_for(gradcam_name, layer, cam_name)
-    with gradcam.lock, cam.lock:
-        return explain_image(_image, explainer, gradcam.loaded, cam.loaded, class_name, selected(methods)).explanation
+    gradcam = serve(gradcam_name).loaded if gradcam_name else None
+    cam = serve(cam_name).loaded if cam_name else None
+    with locks(gradcam_name, cam_name):
+        return explain_image(_image, explainer, gradcam, cam, class_name, selected(methods)).explanation
 
 
 # ------------------------------------------------------------------------------------------------ inputs
 def choose(choice: Choice) -> None:
-    """Make ``choice`` the image the page explains (widget callback)."""
+    """Make ``choice`` the image the page explains."""
     st.session_state["image"] = choice
+
+
+def gallery_choice(name: str) -> Choice:
+    """The Choice of a gallery picture; raises GalleryError when ``name`` is not an allowed picture."""
+    path = gallery.resolve(name)
+    return Choice(str(path), gallery.describe(name), Path(name).stem, name, name)
 
 
 def use_upload() -> None:
     """The file uploader's callback: a newly uploaded file becomes the image; removing it keeps the results."""
     upload = st.session_state["upload"]
     if upload is not None:
-        choose(Choice(upload.getvalue(), f"Uploaded photo “{upload.name}”", Path(upload.name).stem))
+        data = upload.getvalue()
+        choose(Choice(data, f"Uploaded photo “{upload.name}”", Path(upload.name).stem,
+                      "upload:" + hashlib.sha256(data).hexdigest()))
 
 
-def dataset_choice(split: str, class_name: str, path: Path) -> Choice:
-    return Choice(str(path), f"Dataset image {split}/{class_name}/{path.name} (true class: {class_name})",
-                  f"{class_name}_{path.stem}")
+def pick_from_gallery(found: dict[str, gallery.Collection], shuffle: bool = False) -> None:
+    """The gallery widgets' callback: the picture they show (a random one with ``shuffle``) becomes the image."""
+    collection = found[st.session_state.get("collection", gallery.BUILT_IN)]
+    folders = collection.folders()
+    folder = st.session_state.get(f"folder:{collection.name}", folders[0] if folders else "")
+    pictures = collection.pictures(folder)
+    if not pictures:
+        return
+    picture = st.session_state.get(f"picture:{collection.name}:{folder}", pictures[0])
+    if shuffle:
+        picture = st.session_state[f"picture:{collection.name}:{folder}"] = random.choice(pictures)
+    choose(gallery_choice(gallery.reference(collection.name, folder, picture)))
 
 
-def pick_random(root: str, split: str, classes: list[str]) -> None:
-    """Choose a random image of any class of the split (button callback)."""
-    paths, labels = list_images(root, split, classes)
-    if paths:
-        index = random.randrange(len(paths))
-        choose(dataset_choice(split, classes[labels[index]], paths[index]))
+def show_picture_in_gallery(name: str) -> None:
+    """Set the gallery widgets to the picture ``name`` (from a link)."""
+    collection, folder, picture = gallery.split_reference(name)
+    st.session_state["collection"] = collection
+    st.session_state[f"folder:{collection}"] = folder
+    st.session_state[f"picture:{collection}:{folder}"] = picture
 
 
-def gallery(root: str) -> None:
-    """Thumbnails of a dataset split and class, each with a button that picks it."""
-    split_column, class_column, page_column = st.columns(3)
-    split = split_column.selectbox("Split", SPLITS, key="split")
-    try:
-        classes = list_classes(root, split)
-    except DataError as error:
-        st.info(
-            f"No dataset here: {error}.\n\n"
-            f"A dataset is a folder with one sub-folder per class, e.g. `{root}/test/cat/0001.jpg`. "
-            "Get the four-class CIFAR images with `python -m cam data cifar4`, or point the app at your own folder: "
-            "type it under **Dataset folder** in the sidebar, or start the app with `CAM_DATA=/path/to/folder`."
+def picture_picker() -> None:
+    """The compact image choice: a collection, a folder of a dataset, a picture, and an upload."""
+    found = gallery.collections()
+    if st.session_state.get("collection") not in found:
+        st.session_state["collection"] = gallery.BUILT_IN
+    names = list(found)
+    if len(names) > 1:
+        name = st.selectbox(
+            "Collection", names, key="collection", on_change=pick_from_gallery, args=(found,),
+            format_func=lambda n: "Built-in examples" if n == gallery.BUILT_IN else f"Dataset “{n}”",
         )
-        return
-    class_name = class_column.selectbox("Class", classes, key="gallery_class")
-    paths, _ = list_images(root, split, [class_name])
-    pages = max(1, -(-len(paths) // THUMBNAILS))
-    page = page_column.number_input(f"Page (of {pages})", 1, pages, key=f"page:{split}:{class_name}")
-    st.button(f"Random {split} image", icon=":material/casino:", on_click=pick_random, args=(root, split, classes))
-    if not paths:
-        st.info(f"No images in {Path(root) / split / class_name}")
-        return
-    shown = paths[(page - 1) * THUMBNAILS : page * THUMBNAILS]
-    for row in range(0, len(shown), THUMBNAIL_COLUMNS):
-        for column, path in zip(st.columns(THUMBNAIL_COLUMNS), shown[row : row + THUMBNAIL_COLUMNS], strict=False):
-            try:
-                column.image(str(path), width=96)
-            except OSError:  # Pillow could not read it; picking it shows why
-                column.caption(":material/broken_image: unreadable")
-            picked = dataset_choice(split, class_name, path)
-            column.button(path.name, key=f"pick:{path}", on_click=choose, args=(picked,))
+    else:
+        name = names[0]
+    collection, folder = found[name], ""
+    if not collection.built_in:
+        folders = collection.folders()
+        folder = st.selectbox("Folder (split/class)", folders, key=f"folder:{name}", on_change=pick_from_gallery,
+                              args=(found,))
+    pictures = collection.pictures(folder)
+    if pictures:
+        st.selectbox(
+            "Picture", pictures, key=f"picture:{name}:{folder}", on_change=pick_from_gallery, args=(found,),
+            format_func=(lambda file: EXAMPLES.get(file, file)) if collection.built_in else str,
+        )
+    else:
+        st.caption("This folder has no pictures.")
+    if not collection.built_in and pictures:
+        st.button("Random picture", icon=":material/casino:", on_click=pick_from_gallery, args=(found, True))
+    st.file_uploader(
+        "Or upload your own photo", key="upload", on_change=use_upload,
+        help="JPEG, PNG, WebP, BMP, GIF (the first frame) or TIFF, up to 50 MB and 50 megapixels.",
+    )
 
 
-def example() -> None:
-    """The built-in example photo, so that a fresh install without a dataset can be tried at once."""
-    photo = example_photo()
-    if not photo.is_file():
-        st.info(f"The example photo is missing here ({photo}); upload a photo instead.")
-        return
-    st.image(str(photo), width=160)
-    st.caption(f"{EXAMPLE_DESCRIPTION}. The models know only bird, cat, dog and horse, so expect a guess.")
-    st.button("Explain the example photo", on_click=choose, args=(Choice(str(photo), "Example photo", photo.stem),))
+# ------------------------------------------------------------------------------------------------ links
+def apply_link() -> list[str]:
+    """On a session's first run, set the widgets and the image from the URL's query parameters; returns one plain
+    sentence per value the link asked for that this page does not have."""
+    view, problems = share.decode(st.query_params.to_dict(), MODEL_SETS, [k for k in METHODS if k not in STUDY],
+                                  render.COLORMAPS, MAX_EXTRA_METHODS)
+    state = st.session_state
+    for key, value in (("model_set", view.model_set), ("class", view.class_name), ("colormap", view.colormap),
+                       ("opacity", view.opacity)):
+        if value is not None:
+            state[key] = value
+    state["extra_methods"], state["raw"] = list(view.methods), view.raw
+    picture = view.image or FIRST_PICTURE
+    try:
+        choose(gallery_choice(picture))
+    except gallery.GalleryError:
+        log.warning("a link asked for the picture %r, which is not in the gallery", picture)
+        problems.append("The link's picture is not in this page's gallery; the example is shown.")
+        picture = FIRST_PICTURE
+        choose(gallery_choice(picture))
+    show_picture_in_gallery(picture)
+    return problems
+
+
+def write_link(view: share.View) -> None:
+    """Keep the URL's query parameters equal to ``view``, so that a copied link reproduces it."""
+    wanted = share.encode(view)
+    if st.query_params.to_dict() != wanted:
+        st.query_params.from_dict(wanted)
 
 
 # ------------------------------------------------------------------------------------------------ sidebar
@@ -181,170 +244,217 @@ def status(served: Served) -> str:
     """One line on a model: trained (with its test accuracy), untrained, or unavailable and why."""
     spec = REGISTRY[served.name]
     if served.loaded is None:
-        return f":material/error: **{spec.title}**: unavailable. {served.problem}"
+        return f":material/error: **{spec.title}**: unavailable, {served.problem}."
     if not served.loaded.trained:
-        return f":material/warning: **{spec.title}**: {served.loaded.note}"
-    card = served.loaded.card
-    accuracy = card["metrics"].get("test", {}).get("accuracy")
-    score = f"test accuracy {accuracy:.1%}" if accuracy is not None else card["training"].get("source", "")
-    return f":material/check_circle: **{spec.title}**: trained checkpoint, {score}"
+        return f":material/warning: **{spec.title}**: untrained (random weights)."
+    accuracy = served.loaded.card["metrics"].get("test", {}).get("accuracy")
+    score = f", right on {accuracy:.0%} of its test images" if accuracy is not None else ""
+    return f":material/check_circle: **{spec.title}**: trained{score}."
 
 
 def pick_class(slot: DeltaGenerator, loaded: LoadedModel, top: ImageResult | None) -> str:
     """The class selectbox: all of a small model's classes; for ImageNet, our four names plus the image's top 5."""
     groups = loaded.card.get("class_groups")
-    best = [name for name, _ in top.top_predictions(GRADCAM_MODEL, 5)] if top else []
+    best = [name for name, _ in top.top_predictions(GRADCAM_MODEL, 5)] if top and top.gradcam_model else []
     options = [TOP, *loaded.classes] if groups is None else list(dict.fromkeys([TOP, *groups, *best]))
+    if st.session_state.get("class") not in options:
+        st.session_state["class"] = TOP
     return slot.selectbox(
-        "Class", options, key="class", help="The class the maps explain; by default the top prediction of VGG16."
+        "Class", options, key="class",
+        help="The class every map explains; by default the top prediction of the first network.",
     )
 
 
+def explain_class(name: str) -> None:
+    """The disagreement button's callback: explain ``name`` instead."""
+    st.session_state["class"] = name
+
+
 # ------------------------------------------------------------------------------------------------ results
-def data_uri(image: np.ndarray) -> str:
-    """The image as a JPEG data URI for the figure: the browser gets a tenth of a PNG's bytes and decodes it
-    faster; this runs on every rerun. Downloads stay full-resolution PNG."""
-    return "data:image/jpeg;base64," + base64.b64encode(render.to_jpeg(image)).decode("ascii")
-
-
-def figure(panels: list[Panel], revision: str) -> tuple[go.Figure, float]:
-    """One figure with every panel, PANELS_PER_ROW to a row, whose axes are matched, so zooming or panning one
-    moves them all. Returns it and the display downscale factor (1 = full resolution)."""
+def figure(panels: list[Panel], revision: str, zoom: dict | None) -> tuple[go.Figure, float]:
+    """One figure with every panel, PANELS_PER_ROW to a row, whose axes are matched, so zooming one zooms them all.
+    ``zoom`` ({"x": [x0, x1], "y": [y0, y1]} in image pixels, or None) is held by the server: Streamlit remounts a
+    chart whose figure changed, so a zoom kept only in the browser would be lost at every change of colours,
+    opacity or methods. Dragging a box selects it (see ``keep_zoom``). Returns the figure and the display downscale
+    factor (1 = full resolution)."""
     height, width = panels[0].image.shape[:2]
     scale = max(1.0, max(height, width) / MAX_DISPLAY_SIDE)
     shown = (round(height / scale), round(width / scale))
     rows = -(-len(panels) // PANELS_PER_ROW)
     fig = make_subplots(
         rows=rows, cols=PANELS_PER_ROW, shared_xaxes="all", shared_yaxes="all", horizontal_spacing=0.01,
-        vertical_spacing=0.06 if rows > 1 else 0.0, subplot_titles=[panel.title for panel in panels],
+        vertical_spacing=0.08 if rows > 1 else 0.0, subplot_titles=[panel.title for panel in panels],
     )
     for index, panel in enumerate(panels):
+        row, col = index // PANELS_PER_ROW + 1, index % PANELS_PER_ROW + 1
         # dx, dy: a displayed pixel covers `scale` original pixels, so axes and hover stay in original pixels.
         fig.add_trace(
             go.Image(
-                source=data_uri(resize(panel.image, shown)), dx=scale, dy=scale, zsmooth=False, name=panel.title,
+                source=share.data_uri(resize(panel.image, shown)), dx=scale, dy=scale, zsmooth=False, name=panel.title,
                 hovertemplate="x %{x:.0f}, y %{y:.0f}<extra>" + panel.title + "</extra>",
             ),
-            row=index // PANELS_PER_ROW + 1, col=index % PANELS_PER_ROW + 1,
+            row=row, col=col,
         )
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
+        # Invisible corners: a box drawn over an image alone would not be reported as a selection.
+        fig.add_trace(go.Scatter(x=[0, width], y=[0, height], mode="markers", marker={"opacity": 0},
+                                 hoverinfo="skip", showlegend=False), row=row, col=col)
+        if panel.empty:  # said on the panel itself, not only below it
+            fig.add_annotation(text="Nothing found for this class", x=width / 2, y=height / 2, showarrow=False,
+                               bgcolor="rgba(255,255,255,0.85)", row=row, col=col)
+    fig.update_xaxes(visible=False, range=zoom["x"] if zoom else [-0.5, width - 0.5])
+    fig.update_yaxes(visible=False, range=zoom["y"] if zoom else [height - 0.5, -0.5])
+    panel_height = int(np.clip(PANEL_WIDTH * height / width, *PANEL_HEIGHT))
     # One aspect constraint on the first subplot: the other axes match it (matched axes ignore scaleanchor).
     fig.update_layout(
-        yaxis_scaleanchor="x", uirevision=revision, margin={"l": 0, "r": 0, "t": 28, "b": 0},
-        height=rows * (int(np.clip(PANEL_WIDTH * height / width, 160, 720)) + 28), dragmode="zoom",
+        yaxis_scaleanchor="x", uirevision=revision, margin={"l": 0, "r": 0, "t": TITLE_HEIGHT, "b": 0},
+        height=rows * (panel_height + TITLE_HEIGHT), dragmode="select", selectdirection="any",
+        activeselection={"fillcolor": "rgba(0,0,0,0)"}, newselection={"line": {"color": "white", "dash": "dot"}},
     )
     return fig, scale
 
 
-def slug(title: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
+def keep_zoom(image_key: str) -> None:
+    """The figure's selection callback: a box dragged over any panel becomes the zoom of this image (all panels);
+    a cleared selection zooms out."""
+    boxes = st.session_state["panels"].selection.box
+    zooms = st.session_state.setdefault("zoom", {})
+    if boxes:
+        x, y = sorted(boxes[0]["x"]), sorted(boxes[0]["y"])
+        if x[1] - x[0] >= 1 and y[1] - y[0] >= 1:
+            zooms[image_key] = {"x": x, "y": [y[1], y[0]]}  # images run downwards
+    else:
+        zooms.pop(image_key, None)
 
 
-def show_results(result: ImageResult, choice: Choice, colormap: str, opacity: float, raw: bool) -> None:
-    """The panels at full resolution with captions, timings and downloads, then both models' predictions."""
-    started = time.perf_counter()
-    panels = render_panels(result, colormap, opacity, raw)
-    fig, scale = figure(panels, choice.label)
-    render_ms = (time.perf_counter() - started) * 1000
-    st.plotly_chart(fig, key="panels", config={"displaylogo": False, "scrollZoom": True})
-    height, width = result.image.shape[:2]
-    note = "Drag over any panel to zoom (all panels follow), scroll to zoom, double-click to reset."
-    if scale > 1:
-        note += (f" The page shows a {round(width / scale)}x{round(height / scale)} copy of this {width}x{height} "
-                 "image; the downloads are full resolution.")
-    st.caption(note)
-    legend, _ = st.columns([1, 2])
-    legend.image(
-        render.colour_bar(colormap, 512, 16), width="stretch",
-        caption=f"Heat map colours ({colormap}): the map's lowest value on the left, its highest on the right. "
-        "Guided Grad-CAM has no colour scale: grey is its average gradient.",
-    )
-    seconds = result.explanation.seconds
+def zoom_out(image_key: str) -> None:
+    st.session_state.setdefault("zoom", {}).pop(image_key, None)
+
+
+def colour_strip(colormap: str) -> str:
+    """The heat maps' colour strip as a thin HTML gradient (left: the map's lowest value, right: its highest)."""
+    stops = ", ".join(f"rgb{tuple(int(c) for c in rgb)}" for rgb in render.colour_bar(colormap, 11, 1)[0])
+    return f'<div style="height:8px;border-radius:2px;background:linear-gradient(to right, {stops})"></div>'
+
+
+def panel_texts(panels: list[Panel], result: ImageResult, colormap: str) -> list[DeltaGenerator]:
+    """Under each panel: its caption in words, what is wrong with it if anything, its legend, and a slot for its
+    download (filled once the files are made, so that the words come first)."""
+    slots = []
     for start in range(0, len(panels), PANELS_PER_ROW):
-        row = panels[start : start + PANELS_PER_ROW]
-        for column, panel in zip(st.columns(PANELS_PER_ROW), row, strict=False):
-            method = METHODS[panel.key]
+        for column, panel in zip(st.columns(PANELS_PER_ROW), panels[start : start + PANELS_PER_ROW], strict=False):
             with column:
                 st.markdown(f"**{panel.caption}**")
-                st.caption(
-                    f":material/timer: map {seconds[panel.key] * 1000:.0f} ms "
-                    f"({result.model(method.role).card['name']} pass) · render {render_ms:.0f} ms (all panels)"
-                )
-                st.download_button(
-                    f"Download {panel.title} (PNG, {width}x{height})",
-                    data=lambda image=panel.image: render.to_png(image), file_name=f"{choice.stem}_{panel.key}.png",
-                    mime="image/png", on_click="ignore", key=f"download:{panel.key}",
-                )
-    st.download_button(
-        "Download all side by side (PNG)", file_name=f"{choice.stem}_side_by_side.png", mime="image/png",
-        data=lambda: render.to_png(side_by_side(panels)),
-        on_click="ignore", key="download:all",
+                if panel.empty:
+                    st.markdown(f":orange[:material/block: {panel.empty}]")
+                if panel.note:
+                    st.markdown(f":orange[:material/swap_horiz: {panel.note}]")
+                if panel.native.ndim == 2:
+                    st.markdown(colour_strip(colormap), unsafe_allow_html=True)
+                st.caption(panel.legend)
+                slots.append(st.empty())
+    for role in result.roles:  # one button per model that would rather explain another class
+        other = result.disagreement(role)
+        if other:
+            name = other[1]
+            st.button(f"Explain {name} instead (what {model_name(result.model(role))} sees)", key=f"switch:{role}",
+                      on_click=explain_class, args=(name,), icon=":material/swap_horiz:")
+    return slots
+
+
+
+def prepared_files(signature: tuple, panels: list[Panel], result: ImageResult, choice: Choice,
+                   colormap: str) -> dict[str, bytes]:
+    """Every download's bytes, made now (a download clicked during a rerun must find its file) and kept in the
+    session until the view changes."""
+    kept = st.session_state.get("downloads")
+    if kept and kept[0] == signature:
+        return kept[1]
+    files = {panel.key: render.to_png(panel.image, compress_level=1) for panel in panels}
+    files["side_by_side"] = render.to_png(side_by_side(panels), compress_level=1)
+    predictions = {model_name(result.model(role)): result.top_predictions(role, 5) for role in result.roles}
+    page = share.comparison_page(choice.label, result.image, panels, predictions,
+                                 [(method.label, method.summary) for method in result.methods],
+                                 render.colour_bar(colormap, 512, 16))
+    files["page"] = page.encode("utf-8")
+    st.session_state["downloads"] = (signature, files)
+    return files
+
+
+def downloads(files: dict[str, bytes], panels: list[Panel], slots: list[DeltaGenerator], choice: Choice,
+              size: tuple[int, int]) -> None:
+    """The download buttons: each panel's PNG in its slot, then the comparison as a web page and all side by side."""
+    for slot, panel in zip(slots, panels, strict=True):
+        slot.download_button(
+            f"{panel.title} (PNG)", files[panel.key], f"{choice.stem}_{panel.key}.png", "image/png",
+            key=f"download:{panel.key}", on_click="ignore", icon=":material/download:",
+            help=f"This panel at the photo's full resolution, {size[1]}x{size[0]} pixels.",
+        )
+    page, together, _ = st.columns([3, 2, 3])
+    page.download_button(
+        "Download this comparison as a web page", files["page"], f"{choice.stem}_comparison.html", "text/html",
+        key="download:page", on_click="ignore", icon=":material/download:",
+        help="One file with the photo, the maps, their captions and both networks' answers; opens offline.",
     )
-    with st.expander("How to read these pictures"):
-        st.markdown("\n".join(f"- **{method.label}**: {method.summary}" for method in result.methods))
-    with st.expander("Technical details"):
-        layer = result.gradcam_model.card["gradcam_layer"]
-        st.markdown("\n".join(
-            f"- `{method.key}` explains {result.model(method.role).card['name']} and reads "
-            f"{', '.join(f'`{name}`' for name in method.reads(result.model(method.role).model, layer))}"
-            for method in result.methods
-        ))
-    st.subheader("What the networks think it is")
-    for column, role in zip(st.columns(2), (GRADCAM_MODEL, GAP_MODEL), strict=True):
+    together.download_button(
+        "All side by side (PNG)", files["side_by_side"], f"{choice.stem}_side_by_side.png", "image/png",
+        key="download:all", on_click="ignore", icon=":material/download:",
+    )
+
+
+def details(result: ImageResult, scale: float, timings: dict[str, float]) -> None:
+    """Secondary content: how to read the methods, the networks' answers and the technical details."""
+    st.markdown("**What the networks think it is**")
+    for column, role in zip(st.columns(2), result.roles, strict=False):
         with column:
-            st.markdown(f"**{REGISTRY[result.model(role).card['name']].title}**")
+            st.caption(REGISTRY[result.model(role).card["name"]].title)
             st.dataframe(
                 [{"class": name, "probability": p} for name, p in result.top_predictions(role, 5)],
                 hide_index=True,
                 column_config={"probability": st.column_config.ProgressColumn(format="percent")},
             )
+    with st.expander("How to read these pictures"):
+        st.markdown("\n".join(f"- **{method.label}**: {method.summary}" for method in result.methods))
+        st.markdown("Drag a box over any panel to zoom into that part of the photo; all panels follow, and the zoom "
+                    "stays while you change colours, opacity or methods. **Zoom out** goes back.")
+    with st.expander("Technical details"):
+        height, width = result.image.shape[:2]
+        seconds = result.explanation.seconds
+        lines = [
+            f"- `{method.key}` explains `{result.model(method.role).card['name']}`, reads "
+            f"{', '.join(f'`{name}`' for name in method.reads(result.model(method.role).model, layer_of(result)))}"
+            f"; native map {native_shape(result, method.key)}; map {seconds[method.key] * 1000:.0f} ms "
+            f"({result.model(method.role).card['name']} pass)"
+            for method in result.methods
+        ]
+        lines.append("- " + ", ".join(f"{step} {ms:.0f} ms" for step, ms in timings.items()))
+        if scale > 1:
+            lines.append(f"- The page shows a {round(width / scale)}x{round(height / scale)} copy of this "
+                         f"{width}x{height} image; the downloads are full resolution.")
+        lines.append(f"- Computing on {describe_device()}")
+        st.markdown("\n".join(lines))
+
+
+def layer_of(result: ImageResult) -> str | None:
+    return result.gradcam_model.card["gradcam_layer"] if result.gradcam_model else None
+
+
+def native_shape(result: ImageResult, key: str) -> str:
+    return "x".join(str(n) for n in result.explanation.maps[key][0].shape)
 
 
 # ------------------------------------------------------------------------------------------------ page
 def main() -> None:
+    started = time.perf_counter()
     st.set_page_config(page_title="Where does the network look?", page_icon=":material/search:", layout="wide")
-    st.title("Where does the network look?")
-    st.markdown(
-        "Give a photo. Three methods colour the parts that made a neural network decide what it shows: "
-        "**Grad-CAM** and **Guided Grad-CAM** explain VGG16, **NoPool-GAP CAM** explains a network built to give "
-        "sharp maps. Compare where they look and how sharp each answer is; add more methods in the sidebar."
-    )
+    st.markdown(COMPACT, unsafe_allow_html=True)
+    navigation.links()
+    problems = apply_link() if "image" not in st.session_state else []
 
     with st.sidebar:
-        st.header("Models")
-        names = list(MODEL_SETS)
-        set_name = st.radio(
-            "Model pair", names, index=names.index(default_set().name), key="model_set",
-            format_func=lambda name: MODEL_SETS[name].title,
-            help="Photos: models that see 128x128 pixels. CIFAR: models that see 32x32 thumbnails.",
-        )
-        model_set = MODEL_SETS[set_name]
-        gradcam_models, cam_name = (model_set.gradcam, IMAGENET_MODEL), model_set.gap
-        with st.spinner("Loading the models (once per server)…"):
-            served = {name: serve(name) for name in (*gradcam_models, cam_name)}
-        available = [name for name in gradcam_models if served[name].loaded is not None]
-        gradcam_name = st.radio(
-            "Explain with Grad-CAM on", available, format_func=lambda name: REGISTRY[name].title, key="gradcam_model"
-        ) if available else None
-        for name in gradcam_models:
-            if name not in available:
-                st.caption(f":material/block: {REGISTRY[name].title} is not offered here.")
-                with st.expander("Why not?"):
-                    st.caption(served[name].problem)
-        for name in (gradcam_name, cam_name):
-            if name is not None:
-                st.caption(status(served[name]))
+        st.header("Photo")
+        picture_picker()
         st.header("What to explain")
         class_slot = st.container()
-        gradcam = served[gradcam_name].loaded if gradcam_name else None
-        if gradcam is not None:
-            layers = feature_layers(gradcam.model)
-            layer = st.selectbox(
-                "Grad-CAM layer", layers, index=layers.index(gradcam.card["gradcam_layer"]),
-                key=f"layer:{gradcam_name}",
-                help="The convolution layer whose maps Grad-CAM weighs; the default is the last one.",
-            )
         extra = st.multiselect(
             "More methods", [key for key in METHODS if key not in STUDY], format_func=lambda key: METHODS[key].label,
             key="extra_methods", max_selections=MAX_EXTRA_METHODS,
@@ -352,64 +462,125 @@ def main() -> None:
         )
         methods = (*STUDY, *extra)
         st.header("Look")
-        colormap = st.selectbox("Colours", render.COLORMAPS, key="colormap")
-        opacity = st.slider("Heat map opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
-        raw = st.toggle("Raw maps without the photo", key="raw")
-        st.header("Dataset")
-        root = st.text_input("Dataset folder", str(data_root()), key="data_root",
-                             help="Defaults to $CAM_DATA, or data/ in the project.")
-        st.caption(f"Computing on {describe_device()}")
+        colormap = st.selectbox("Colours", render.COLORMAPS, key="colormap",
+                                help="viridis and cividis stay readable with colour blindness.")
+        st.session_state.setdefault("opacity", DEFAULT_OPACITY)  # defaults as state: a link may have set them
+        opacity = st.slider("Heat map opacity", 0.0, 1.0, step=0.05, key="opacity")
+        raw = st.toggle("Maps without the photo", key="raw")
+        st.header("Networks")
+        st.session_state.setdefault("model_set", default_set().name)
+        set_name = st.radio(
+            "Network pair", list(MODEL_SETS), key="model_set",
+            format_func=lambda name: MODEL_SETS[name].title,
+            help="Photos: networks that see 128x128 pixels. CIFAR: networks that see 32x32 thumbnails.",
+        )
+        model_set = MODEL_SETS[set_name]
+        gradcam_models, cam_name = (model_set.gradcam, IMAGENET_MODEL), model_set.gap
+        with st.spinner("Loading the networks (once per server)…"):
+            served = {name: serve(name) for name in (*gradcam_models, cam_name)}
+        available = [name for name in gradcam_models if served[name].loaded is not None]
+        gradcam_name = st.radio(
+            "Grad-CAM explains", available, format_func=lambda name: REGISTRY[name].title, key="gradcam_model"
+        ) if available else None
+        for name in (gradcam_name, cam_name):
+            if name is not None:
+                st.caption(status(served[name]))
+        if IMAGENET_MODEL not in available:
+            st.caption(f":material/block: {REGISTRY[IMAGENET_MODEL].title} is not offered here: "
+                       f"{served[IMAGENET_MODEL].problem}.")
+        gradcam = served[gradcam_name].loaded if gradcam_name else None
+        layer = None
+        if gradcam is not None:
+            with st.expander("Advanced"):
+                st.session_state.setdefault(f"layer:{gradcam_name}", gradcam.card["gradcam_layer"])
+                layer = st.selectbox(
+                    "Grad-CAM layer", feature_layers(gradcam.model), key=f"layer:{gradcam_name}",
+                    help="The convolution layer whose maps Grad-CAM weighs; the default is the one the head reads.",
+                )
 
-    used = [served[name] for name in (gradcam_name, cam_name) if name is not None]
-    untrained = [model.name for model in used if model.loaded is not None and not model.loaded.trained]
+    cam_model = served[cam_name].loaded
+    if cam_model is None:
+        cam_name = None
+    st.markdown("### Where does the network look?")
+    st.caption("Three ways of colouring the parts of a photo that made a neural network decide what it shows. "
+               "Choose a photo on the left; compare where each map looks and how sharp it is.")
+    for problem in problems:
+        st.info(problem, icon=":material/link_off:")
+    untrained = [name for name in (gradcam_name, cam_name) if name and not served[name].loaded.trained]
     if untrained:
         st.warning(
-            "No trained checkpoint — showing UNTRAINED models (random weights), so the maps and predictions mean "
-            "nothing yet. Train with " + " and ".join(f"`python -m cam train {name}`" for name in untrained) + "."
+            "These networks are untrained (random weights), so their maps and guesses mean nothing yet. Whoever runs "
+            "this server can train them: " + " and ".join(f"`python -m cam train {name}`" for name in untrained) + ".",
+            icon=":material/warning:",
         )
-    for name in (model_set.gradcam, cam_name):  # ours should load; ImageNet's absence is only noted in the sidebar
+    for name in (model_set.gradcam, model_set.gap):  # ours should load; ImageNet's absence is only noted aside
         if served[name].loaded is None:
-            st.error(f"{REGISTRY[name].title} could not be loaded: {served[name].problem}")
-
-    upload_tab, gallery_tab, example_tab = st.tabs(
-        [":material/upload: Upload a photo", ":material/photo_library: Dataset gallery",
-         ":material/image: Example photo"]
-    )
-    with upload_tab:
-        st.file_uploader(
-            "A photo (JPEG, PNG, WebP or BMP)", type=UPLOAD_TYPES, key="upload", on_change=use_upload
-        )
-    with gallery_tab:
-        gallery(root)
-    with example_tab:
-        example()
-
-    choice: Choice | None = st.session_state.get("image")
-    if gradcam is None or served[cam_name].loaded is None:
-        class_slot.caption("Needs a working Grad-CAM model and NoPool-GAP model.")
-        return
-    if choice is None:
-        pick_class(class_slot, gradcam, None)
-        st.info(":material/arrow_upward: Upload a photo, pick one from the dataset gallery, or try the example photo.")
+            st.error(f"{REGISTRY[name].title} could not be loaded, so its maps are missing: {served[name].problem}.")
+    if gradcam is None and cam_model is None:
+        class_slot.caption("Needs at least one working network.")
         return
 
-    st.subheader(choice.label)
+    choice: Choice = st.session_state["image"]
+    chosen = selected(methods)
+    timings: dict[str, float] = {}
     try:
-        image = decode(choice.source)
+        image = decode(choice.key, choice.label, choice.source)
+    except ImageError as error:
+        pick_class(class_slot, gradcam or cam_model, None)
+        st.error(f":material/block: {error}. The result of the previous photo is hidden so that it is not mistaken "
+                 "for this one; choose another photo.")
+        return
+    timings["start and decode"] = (time.perf_counter() - started) * 1000
+    try:
         with st.spinner("Looking at the photo…"):
-            cam_model, chosen = served[cam_name].loaded, selected(methods)
+            begun = time.perf_counter()
             top = ImageResult(image, gradcam, cam_model,
-                              explanation_of(choice.source, gradcam_name, cam_name, layer, None, methods, image),
-                              chosen)
-            wanted = pick_class(class_slot, gradcam, top)
+                              explanation_of(choice.key, gradcam_name, cam_name, layer, None, methods, image), chosen)
+            wanted = pick_class(class_slot, gradcam or cam_model, top)
             result = top if wanted == TOP else ImageResult(
                 image, gradcam, cam_model,
-                explanation_of(choice.source, gradcam_name, cam_name, layer, wanted, methods, image), chosen,
+                explanation_of(choice.key, gradcam_name, cam_name, layer, wanted, methods, image), chosen,
             )
-    except (ImageError, ExplanationError) as error:
-        st.error(f"Cannot explain this: {error}")
+            result.methods = [method for method in chosen if result.model(method.role) is not None]
+            timings["networks"] = (time.perf_counter() - begun) * 1000
+            # Of which the passes themselves (when the maps were not in the cache yet; one pass gives several maps).
+            timings["passes"] = 1000 * sum(set(result.explanation.seconds.values()))
+    except Exception:
+        log.exception("explaining %s failed", choice.key)
+        st.error("Something went wrong while explaining this photo; the server's log has the details. "
+                 "Try another photo or class.")
         return
-    show_results(result, choice, colormap, opacity, raw)
+
+    begun = time.perf_counter()
+    panels = render_panels(result, colormap, opacity, raw)
+    zoom = st.session_state.get("zoom", {}).get(choice.key)
+    fig, scale = figure(panels, choice.key, zoom)
+    timings["panels"] = (time.perf_counter() - begun) * 1000
+    st.markdown(f"**{choice.label}**")
+    begun = time.perf_counter()
+    st.plotly_chart(fig, key="panels", config={"displaylogo": False, "displayModeBar": False}, selection_mode="box",
+                    on_select=functools.partial(keep_zoom, choice.key))
+    if zoom:
+        st.button("Zoom out", icon=":material/zoom_out:", on_click=zoom_out, args=(choice.key,), key="zoom_out")
+    timings["figure sent"] = (time.perf_counter() - begun) * 1000
+    slots = panel_texts(panels, result, colormap)
+
+    view = share.View(set_name, None if wanted == TOP else wanted, tuple(extra),
+                      colormap if colormap != render.COLORMAPS[0] else None,
+                      opacity if opacity != DEFAULT_OPACITY else None, raw, choice.reference)
+    write_link(view)
+    begun = time.perf_counter()
+    files = prepared_files((choice.key, view, gradcam_name, cam_name, layer), panels, result, choice, colormap)
+    timings["downloads"] = (time.perf_counter() - begun) * 1000
+    downloads(files, panels, slots, choice, image.shape[:2])
+    if choice.reference is None:
+        st.caption(":material/link: A link to this page keeps the settings but cannot carry an uploaded photo; "
+                   "to share this result, download it as a web page.")
+    else:
+        st.caption(":material/link: Copy this page's address to share this view.")
+    details(result, scale, timings)
+    timings["script"] = (time.perf_counter() - started) * 1000
+    log.info("view of %s: %s", choice.key[:24], ", ".join(f"{step} {ms:.0f} ms" for step, ms in timings.items()))
 
 
 main()

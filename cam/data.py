@@ -36,11 +36,12 @@ class DataError(RuntimeError):
 
 
 def data_root(explicit: str | Path | None = None) -> Path:
-    """The dataset root: ``explicit`` if given, else $CAM_DATA, else ``data/`` in the project."""
+    """The dataset root: ``explicit`` if given, else $CAM_DATA (its first folder, when it lists several separated
+    by ``os.pathsep`` for the dashboard), else ``data/`` in the project."""
     if explicit:
         return Path(explicit)
     if os.environ.get("CAM_DATA"):
-        return Path(os.environ["CAM_DATA"])
+        return Path(os.environ["CAM_DATA"].split(os.pathsep)[0])
     return Path(__file__).resolve().parent.parent / "data"
 
 

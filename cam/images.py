@@ -13,19 +13,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 50_000_000
 MIN_SIDE = 8
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+READABLE = "it reads JPEG, PNG, WebP, BMP, GIF (the first frame) and TIFF pictures"
 
 
 class ImageError(ValueError):
     """An input that cannot be used as an image; the message says why, in words for a user."""
 
 
-def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode a file path or raw bytes into an RGB uint8 array (H, W, 3), EXIF orientation applied.
+def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
+    """Decode a file path or raw bytes into an RGB uint8 array (H, W, 3), EXIF orientation applied; a GIF gives its
+    first frame.
 
     Any mode (grayscale, palette, RGBA, 16-bit, CMYK...) becomes RGB; transparency is composited on white.
-    Raises ImageError for missing, empty, corrupt, non-image, too small or too large inputs.
+    Raises ImageError, in plain words, for missing, empty, corrupt, non-image, too small or too large inputs; the
+    message names the input ``name`` (default: the path, or "uploaded file"), never the decoder's own words.
     """
-    name = "uploaded file" if isinstance(source, bytes) else str(source)
+    name = name or ("uploaded file" if isinstance(source, bytes) else str(source))
     if isinstance(source, bytes):
         data = source
     else:
@@ -47,17 +50,17 @@ def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.n
                     f"the limit is {max_pixels / 1e6:.0f} megapixels"
                 )
             if image.format not in SUPPORTED_FORMATS:
-                raise ImageError(f"{name} is a {image.format} image; supported: {', '.join(SUPPORTED_FORMATS)}")
+                raise ImageError(f"{name} is a {image.format} image; {READABLE}")
             image.load()
             image = ImageOps.exif_transpose(image)
     except UnidentifiedImageError as error:
-        raise ImageError(f"{name} is not an image Pillow can read (unknown or unsupported format)") from error
+        raise ImageError(f"{name} is not a picture this tool can read; {READABLE}") from error
     except Image.DecompressionBombError as error:
-        raise ImageError(f"{name} is too large to decode safely: {error}") from error
+        raise ImageError(f"{name} is too large to open safely") from error
     except (OSError, SyntaxError, ValueError) as error:
         if isinstance(error, ImageError):
             raise
-        raise ImageError(f"{name} is corrupt or truncated: {error}") from error
+        raise ImageError(f"{name} is damaged or cut short (corrupt or truncated), so it cannot be shown") from error
     if min(image.size) < MIN_SIDE:
         raise ImageError(f"{name} is {image.size[0]}x{image.size[1]}; both sides must be at least {MIN_SIDE} pixels")
     return to_rgb(image)

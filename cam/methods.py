@@ -404,17 +404,22 @@ class Explainer:
     GAP model: one forward pass; CAMs of all classes from the same features.
     """
 
-    def __init__(self, gradcam_model: keras.Model, layer: str | None = None, cam_model: keras.Model | None = None):
-        layer = layer_or_default(gradcam_model, layer)
-        self.gradcam_model, self.layer, self.cam_model = gradcam_model, layer, cam_model
-        guided = guided_clone(gradcam_model)
-        self._bottom = keras.Model(guided.inputs, feature_layer(guided, layer).output)
-        self._top, self._top_guided = layers_after(gradcam_model, layer), layers_after(guided, layer)
-        size = tuple(gradcam_model.input_shape[1:3])
-        self._gradcam_step = tf.function(
-            self._gradcam_pass,
-            input_signature=[tf.TensorSpec((None, *size, 3), tf.float32), tf.TensorSpec((None,), tf.int32)],
-        )
+    def __init__(
+        self, gradcam_model: keras.Model | None, layer: str | None = None, cam_model: keras.Model | None = None
+    ):
+        if gradcam_model is None and cam_model is None:
+            raise ExplanationError("an Explainer needs a Grad-CAM model, a GAP model or both")
+        self.gradcam_model, self.cam_model = gradcam_model, cam_model
+        self.layer = None if gradcam_model is None else layer_or_default(gradcam_model, layer)
+        if gradcam_model is not None:
+            guided = guided_clone(gradcam_model)
+            self._bottom = keras.Model(guided.inputs, feature_layer(guided, self.layer).output)
+            self._top, self._top_guided = layers_after(gradcam_model, self.layer), layers_after(guided, self.layer)
+            size = tuple(gradcam_model.input_shape[1:3])
+            self._gradcam_step = tf.function(
+                self._gradcam_pass,
+                input_signature=[tf.TensorSpec((None, *size, 3), tf.float32), tf.TensorSpec((None,), tf.int32)],
+            )
         if cam_model is not None:
             source, self._cam_dense = gap_head(cam_model)
             self._cam_inner = keras.Model(cam_model.inputs, [source.output, cam_model.layers[-1].input])
@@ -441,22 +446,26 @@ class Explainer:
         return tf.nn.softmax(logits_of(self.cam_model, before_softmax)), cam_from(features, self._cam_dense.kernel)
 
     def __call__(
-        self, images: np.ndarray, classes: Classes = None, cam_images: np.ndarray | None = None, with_cam: bool = True
+        self, images: np.ndarray | None, classes: Classes = None, cam_images: np.ndarray | None = None,
+        with_cam: bool = True,
     ) -> Explanation:
         """Explain a batch (B, H, W, 3) at the Grad-CAM model's input size; ``classes`` is that model's class.
-        ``cam_images``: the same images at the GAP model's input size, when it differs; ``with_cam=False`` skips
-        the GAP model. Its class is picked afterwards from ``Explanation.cams`` (all classes are computed)."""
-        x = _batch(images)
-        wanted = class_array(classes, x.shape[0], self.gradcam_model.output_shape[-1])
-        started = time.perf_counter()
-        probabilities, chosen, maps, guided_maps = (t.numpy() for t in self._gradcam_step(x, wanted))
-        seconds = time.perf_counter() - started
-        result = Explanation({GRADCAM_MODEL: probabilities}, {GRADCAM_MODEL: chosen},
-                             {"grad_cam": maps, "guided_grad_cam": guided_maps},
-                             {"grad_cam": seconds, "guided_grad_cam": seconds})
+        ``cam_images``: the same images at the GAP model's input size, when it differs (the only images without a
+        Grad-CAM model); ``with_cam=False`` skips the GAP model. Its class is picked afterwards from
+        ``Explanation.cams`` (all classes are computed)."""
+        result = Explanation({}, {}, {}, {})
+        if self.gradcam_model is not None:
+            x = _batch(images)
+            wanted = class_array(classes, x.shape[0], self.gradcam_model.output_shape[-1])
+            started = time.perf_counter()
+            probabilities, chosen, maps, guided_maps = (t.numpy() for t in self._gradcam_step(x, wanted))
+            seconds = time.perf_counter() - started
+            result = Explanation({GRADCAM_MODEL: probabilities}, {GRADCAM_MODEL: chosen},
+                                 {"grad_cam": maps, "guided_grad_cam": guided_maps},
+                                 {"grad_cam": seconds, "guided_grad_cam": seconds})
         if self.cam_model is not None and with_cam:
             started = time.perf_counter()
-            cam_x = x if cam_images is None else _batch(cam_images)
+            cam_x = _batch(images if cam_images is None else cam_images)
             result.probabilities[GAP_MODEL], result.cams = (t.numpy() for t in self._cam_step(cam_x))
             result.seconds["nopool_cam"] = time.perf_counter() - started
             result.explain_cam_class()

@@ -517,6 +517,15 @@ def availability(name: str) -> str:
     return f"no checkpoint at {path}: an UNTRAINED stand-in is used"
 
 
+def problem_in_words(error: Exception) -> str:
+    """Why a model could not be loaded, in words for a visitor (no path, no exception text: log those)."""
+    if isinstance(error, WeightsUnavailable):
+        return "its weights could not be downloaded (this server may have no internet connection)"
+    if isinstance(error, CheckpointError):
+        return "its saved file is missing, damaged or does not match its description"
+    return "it could not be loaded"
+
+
 def load_model(name: str) -> LoadedModel:
     """Load a model of the registry by name, or a checkpoint by path (``something.keras``)."""
     if name in REGISTRY:

@@ -12,35 +12,44 @@ import numpy as np
 from cam import render
 from cam.images import model_input
 from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation
-from cam.models import LoadedModel
+from cam.models import REGISTRY, LoadedModel
 from cam.registry import Method, explain, selected
 
 
 @dataclass
 class Panel:
-    """One rendered result at the original image's full resolution."""
+    """One rendered result at the original image's full resolution, with its text in plain words."""
 
     key: str  # the method's key: file names
-    title: str
-    caption: str
+    title: str  # the method's label
+    caption: str  # e.g. "Grad-CAM on VGG16: cat, 72% — map of 2x2 cells, shown at 512x600"
     heading: str  # a short caption for the side-by-side picture
     image: np.ndarray  # RGB uint8 (H, W, 3), H x W = the original image
     native: np.ndarray  # the map's float values at its native resolution
+    legend: str = ""  # how to read its colours
+    empty: str = ""  # a sentence when the map is empty or the same everywhere
+    note: str = ""  # a sentence when its model's own top prediction is another class
 
 
 @dataclass
 class ImageResult:
-    """The explanation of one image by a Grad-CAM model and a GAP (CAM) model, for the chosen methods."""
+    """The explanation of one image by a Grad-CAM model and a GAP (CAM) model, for the chosen methods; either model
+    may be missing (None), and then so are its methods."""
 
     image: np.ndarray
-    gradcam_model: LoadedModel
-    cam_model: LoadedModel
+    gradcam_model: LoadedModel | None
+    cam_model: LoadedModel | None
     explanation: Explanation  # batch of one
     methods: list[Method] = field(default_factory=selected)
 
-    def model(self, role: str) -> LoadedModel:
+    def model(self, role: str) -> LoadedModel | None:
         """The model of a role (GRADCAM_MODEL or GAP_MODEL)."""
         return self.gradcam_model if role == GRADCAM_MODEL else self.cam_model
+
+    @property
+    def roles(self) -> list[str]:
+        """The roles whose model is here."""
+        return [role for role in (GRADCAM_MODEL, GAP_MODEL) if self.model(role) is not None]
 
     def explained_class(self, role: str) -> int:
         """The class the maps of that role's model explain."""
@@ -54,11 +63,34 @@ class ImageResult:
     def cam_class(self) -> int:
         return self.explained_class(GAP_MODEL)
 
+    def class_name(self, role: str | None = None) -> str:
+        """The name of the class explained by ``role``'s model (default: the first model here)."""
+        role = role or self.roles[0]
+        return self.model(role).classes[self.explained_class(role)]
+
     def top_predictions(self, role: str, k: int = 5) -> list[tuple[str, float]]:
         """The k most probable classes of the model of ``role``, with probabilities."""
         probabilities = self.explanation.probabilities[role][0]
         order = np.argsort(probabilities)[::-1][:k]
         return [(self.model(role).classes[i], float(probabilities[i])) for i in order]
+
+    def disagreement(self, role: str) -> tuple[str, str] | None:
+        """When ``role``'s model thinks the image is another class than the one its maps explain: one sentence
+        saying so, and that class's name (to explain it instead); else None."""
+        loaded, probabilities = self.model(role), self.explanation.probabilities[role][0]
+        top, explained = int(probabilities.argmax()), self.explained_class(role)
+        if top == explained:
+            return None
+        name = model_name(loaded)
+        sentence = (f"{name} thinks this is {loaded.classes[top]} ({probabilities[top]:.0%}); this map shows its "
+                    f"evidence for *{loaded.classes[explained]}*.")
+        return sentence, cifar4_name(loaded, top) or loaded.classes[top]
+
+
+def model_name(loaded: LoadedModel) -> str:
+    """A model's short name for people: 'VGG16', 'NoPool-GAP' (its registry title without the details)."""
+    spec = REGISTRY.get(loaded.card["name"])
+    return spec.title.split(" (")[0] if spec else loaded.card["name"]
 
 
 def cifar4_name(loaded: LoadedModel, index: int) -> str | None:
@@ -85,49 +117,80 @@ def gradcam_index(loaded: LoadedModel, probabilities: np.ndarray, name: str) -> 
 def explain_image(
     image: np.ndarray,
     explainer: Explainer,
-    gradcam_model: LoadedModel,
-    cam_model: LoadedModel,
+    gradcam_model: LoadedModel | None,
+    cam_model: LoadedModel | None,
     class_name: str | None = None,
     methods: Sequence[Method] | None = None,
 ) -> ImageResult:
-    """Explain ``class_name`` (default: the Grad-CAM model's top prediction) with both models and the ``methods``
-    (default: the study's three). One class drives both: the GAP model explains the same class when it knows it,
-    else its own top prediction."""
-    x = model_input(image, gradcam_model.input_size)
-    cam_x = model_input(image, cam_model.input_size)
+    """Explain ``class_name`` (default: the Grad-CAM model's top prediction, or the GAP model's without a Grad-CAM
+    model) with the models given and the ``methods`` of those models (default: the study's three). One class
+    drives both: the GAP model explains the same class when it knows it, else its own top prediction."""
+    x = None if gradcam_model is None else model_input(image, gradcam_model.input_size)
+    cam_x = None if cam_model is None else model_input(image, cam_model.input_size)
     explanation = explainer(x, cam_images=cam_x)  # top prediction first: one pass, and the probabilities
-    chosen = int(explanation.classes[GRADCAM_MODEL][0])
-    if class_name is not None:
-        wanted = gradcam_index(gradcam_model, explanation.probabilities[GRADCAM_MODEL][0], class_name)
-        if wanted != chosen:
-            explanation, chosen = explainer(x, wanted, cam_x), wanted
-    name = class_name or cifar4_name(gradcam_model, chosen)
-    explanation.explain_cam_class([cam_model.classes.index(name)] if name in cam_model.classes else None)
-    methods = list(methods or selected())
-    models = {GRADCAM_MODEL: gradcam_model.model, GAP_MODEL: cam_model.model}
+    name = class_name
+    if gradcam_model is not None:
+        chosen = int(explanation.classes[GRADCAM_MODEL][0])
+        if class_name is not None:
+            wanted = gradcam_index(gradcam_model, explanation.probabilities[GRADCAM_MODEL][0], class_name)
+            if wanted != chosen:
+                explanation, chosen = explainer(x, wanted, cam_x), wanted
+        name = class_name or cifar4_name(gradcam_model, chosen)
+    if cam_model is not None:
+        if gradcam_model is None and name is not None and name not in cam_model.classes:
+            raise ValueError(f"class '{name}' is unknown to {cam_model.card['name']}")
+        explanation.explain_cam_class([cam_model.classes.index(name)] if name in cam_model.classes else None)
+    here = {GRADCAM_MODEL: gradcam_model, GAP_MODEL: cam_model}
+    methods = [method for method in (methods or selected()) if here[method.role] is not None]
+    models = {role: loaded.model for role, loaded in here.items() if loaded is not None}
     explain(explanation, methods, models, {GRADCAM_MODEL: x, GAP_MODEL: cam_x}, explainer.layer)
     return ImageResult(image, gradcam_model, cam_model, explanation, methods)
 
 
+def flat(native: np.ndarray) -> bool:
+    """Whether a map says nothing: all zero, the same value everywhere, or not finite."""
+    values = np.asarray(native, dtype=np.float64)
+    if not np.isfinite(values).all():
+        return True
+    scale = float(np.abs(values).max())
+    return scale == 0.0 or float(np.ptp(values)) <= 1e-6 * scale
+
+
+def legend(method: Method, class_name: str, guided: bool) -> str:
+    """How to read a panel's colours, in one line."""
+    if guided:
+        return (f"Grey: no influence. The more a pixel stands out in colour or brightness, the more it pushed "
+                f"the decision for *{class_name}*.")
+    if method.non_negative:
+        return f"Left colour of the strip: no evidence for *{class_name}*; right colour: the strongest evidence."
+    return f"Left colour of the strip: evidence against *{class_name}*; right colour: the strongest evidence for it."
+
+
 def render_panels(result: ImageResult, colormap: str = "jet", opacity: float = 0.5, raw: bool = False) -> list[Panel]:
     """One panel per method of ``result``, at the original image's size (``raw``: maps without the photo).
-    Captions name the method, model, class, its probability and the map's native -> shown resolution."""
+    Captions say in words the method, model, class, its probability and the map's native and shown sizes."""
     image, size = result.image, result.image.shape[:2]
     panels = []
     for method in result.methods:
         native = result.explanation.maps[method.key][0]
-        if native.ndim == 3:  # a guided picture (h, w, 3)
+        guided = native.ndim == 3  # a guided picture (h, w, 3)
+        if guided:
             picture = render.guided_image(native, size)
         elif raw:
             picture = render.heatmap(native, size, colormap)
         else:
             picture = render.overlay(image, native, opacity, colormap)
         loaded, index = result.model(method.role), result.explained_class(method.role)
+        name, model = loaded.classes[index], model_name(loaded)
+        p = result.explanation.probabilities[method.role][0, index]
         grid = f"{native.shape[1]}x{native.shape[0]}"
-        name, p = loaded.classes[index], result.explanation.probabilities[method.role][0, index]
-        caption = f"{method.label} · {loaded.card['name']} · {name} (p={p:.2f}) · {grid} -> {size[1]}x{size[0]}"
+        caption = f"{method.label} on {model}: {name}, {p:.0%} — map of {grid} cells, shown at {size[1]}x{size[0]}"
+        empty = (f"{model} found nothing here that raises *{name}*: this map is "
+                 f"{'empty' if not np.abs(native).max() else 'the same everywhere'}; try another class."
+                 if flat(native) else "")
+        other = result.disagreement(method.role)
         panels.append(Panel(method.key, method.label, caption, f"{method.label}: {name} {p:.0%}, {grid} map",
-                            picture, native))
+                            picture, native, legend(method, name, guided), empty, other[0] if other else ""))
     return panels
 
 

@@ -12,7 +12,8 @@ from cam.images import resize
 from cam.resample import upsample
 
 # The colormaps offered in the dashboard; colorize() accepts any name matplotlib knows.
-COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "gray")
+# viridis and cividis stay readable for people with colour-blindness (cividis: red-green deficiency too).
+COLORMAPS = ("jet", "turbo", "viridis", "cividis", "inferno", "magma", "plasma", "gray")
 # side_by_side magnifies smaller panels to at least this height, so that a 32x32 input is visible and titled.
 MIN_PANEL_HEIGHT = 256
 TITLE_COLOUR = (0, 0, 0)
@@ -114,10 +115,11 @@ def side_by_side(panels: list[np.ndarray], titles: list[str], gap: int = 16) -> 
     return np.concatenate(pieces, axis=1)
 
 
-def to_png(image: np.ndarray) -> bytes:
-    """Encode an RGB uint8 array (H, W, 3) as PNG bytes, e.g. for a download button."""
+def to_png(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """Encode an RGB uint8 array (H, W, 3) as PNG bytes, e.g. for a download button; ``compress_level`` 1 encodes
+    several times faster into a somewhat larger file (the dashboard prepares its downloads on every new view)."""
     buffer = io.BytesIO()
-    Image.fromarray(_require_rgb(image)).save(buffer, format="PNG")
+    Image.fromarray(_require_rgb(image)).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 

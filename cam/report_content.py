@@ -125,19 +125,14 @@ def _compare(a: dict | None, b: dict | None, better: str) -> str:
     return "indistinguishable"
 
 
-def answer(data: dict) -> list[str]:
-    """The report's answer to QUESTION: one paragraph computed from the numbers, and one table.
-
-    Faithful: deletion AUC not above Grad-CAM's interval, insertion AUC not below it, and a mean sanity Spearman
-    under 0.5 (the map changes when the weights are randomised). Finest: the highest mean effective grid among
-    the faithful methods on the unchanged Grad-CAM model (no retraining). NoPool-GAP CAM is still needed where it
-    beats that method, with non-overlapping intervals, on the pointing game or energy in box (mosaics) or on
-    deletion/insertion."""
-    names, cells = labels(data), _answer_cells(data)
+def _finest(data: dict) -> tuple[str, str, list[str], dict] | None:
+    """The finest faithful method on the Grad-CAM model, the reference it was held against (Grad-CAM), the
+    faithful methods and the answer's cells; None when the report has no resolution scores (see ``answer``)."""
+    cells = _answer_cells(data)
     models = {m["role"]: m for m in data["meta"]["models"]}
     candidates = [k for k in models.get("gradcam", {}).get("methods", []) if ("test", "effective_grid", k) in cells]
     if not candidates:
-        return []
+        return None
     reference = "grad_cam" if "grad_cam" in candidates else candidates[0]
 
     def faithful(key: str) -> bool:
@@ -148,7 +143,22 @@ def answer(data: dict) -> list[str]:
                 and (sanity is None or sanity["mean"] < 0.5))
 
     good = [k for k in candidates if faithful(k)] or candidates
-    best = max(good, key=lambda k: cells[("test", "effective_grid", k)]["mean"])
+    return max(good, key=lambda k: cells[("test", "effective_grid", k)]["mean"]), reference, good, cells
+
+
+def answer(data: dict) -> list[str]:
+    """The report's answer to QUESTION: one paragraph computed from the numbers, and one table.
+
+    Faithful: deletion AUC not above Grad-CAM's interval, insertion AUC not below it, and a mean sanity Spearman
+    under 0.5 (the map changes when the weights are randomised). Finest: the highest mean effective grid among
+    the faithful methods on the unchanged Grad-CAM model (no retraining). NoPool-GAP CAM is still needed where it
+    beats that method, with non-overlapping intervals, on the pointing game or energy in box (mosaics) or on
+    deletion/insertion."""
+    finest = _finest(data)
+    if finest is None:
+        return []
+    names, models = labels(data), {m["role"]: m for m in data["meta"]["models"]}
+    best, reference, good, cells = finest
     grid = cells[("test", "effective_grid", best)]
     text = [f"**{QUESTION}** On these models and images, the finest faithful map without retraining comes from "
             f"**{names[best]}** on {models['gradcam']['name']} (mean effective grid {grid['mean']:.1f} "
@@ -170,6 +180,38 @@ def answer(data: dict) -> list[str]:
     return ["## Answer", "", " ".join(text), "", *_table(header, rows),
             "", "Sanity: mean over the randomisation stages of the Spearman correlation (lower = the map depends more "
             "on the weights), with the widest stage interval.", ""]
+
+
+def plain_summary(data: dict) -> list[str]:
+    """Three sentences for people who do not read tables, from the report's numbers: which map shows *where* the
+    object is, which is the sharpest faithful map without retraining, and which to be careful with."""
+    finest = _finest(data)
+    if finest is None:
+        return []
+    names, (best, reference, _, cells) = labels(data), finest
+    sentences = []
+    pointing = {k: cells[("mosaics", "pointing", k)]["mean"] for k in names if ("mosaics", "pointing", k) in cells}
+    if pointing:
+        where = max(pointing, key=pointing.get)
+        versus = (f" ({names[reference]}: {pointing[reference]:.0%})"
+                  if reference in pointing and where != reference else "")
+        sentences.append(f"To see **where** the object is, trust **{names[where]}** most: on pictures made of four "
+                         f"photos, its strongest spot fell on the right one {pointing[where]:.0%} of the time{versus}.")
+    grid, ref_grid = (cells[("test", "effective_grid", k)]["mean"] for k in (best, reference))
+    sentences.append(f"Without retraining the network, **{names[best]}** gives the sharpest map that still follows "
+                     f"what the network uses: about {grid:.0f} x {grid:.0f} distinct cells, where {names[reference]} "
+                     f"has {ref_grid:.0f} x {ref_grid:.0f}.")
+    sanity = {k: cells[("sanity", "spearman", k)]["mean"] for k in names if ("sanity", "spearman", k) in cells}
+    careless = [k for k, mean in sanity.items() if mean >= 0.5]
+    if careless:
+        sentences.append(f"Be careful with **{', '.join(names[k] for k in careless)}**: "
+                         f"{'its map hardly changes' if len(careless) == 1 else 'their maps hardly change'} when the "
+                         "network's learned weights are scrambled, so the fine detail shows the photo's edges more "
+                         "than the network's reasoning.")
+    elif sanity:
+        sentences.append("Every method's map changed when the network's learned weights were scrambled, so each "
+                         "one depends on what the network learned.")
+    return sentences
 
 
 def markdown(data: dict, images: bool = True) -> str:

@@ -103,7 +103,7 @@ def test_explain_reports_a_bad_image_and_still_explains_the_good_one(checkpoints
     argv = ["explain", str(bad), str(photos["logo"]), "--model", "nopool_gap", "--out", str(out)]
     assert cli.main(argv) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and str(bad) in errors[0] and "not an image" in errors[0]
+    assert len(errors) == 1 and str(bad) in errors[0] and "is not a picture this tool can read" in errors[0]
     assert sorted(p.name for p in out.iterdir()) == sorted(f"logo_{name}.png" for name in PNGS)
 
 
@@ -207,7 +207,7 @@ def test_explain_writes_one_file_per_chosen_method(checkpoints, photos, tmp_path
                      "logo_side_by_side.png"]
     assert np.load(out / "logo_hires_cam.npy").shape == (2, 2) and _size(out / "logo_hires_cam.png") == (64, 96)
     assert np.load(out / "logo_layer_cam_fused.npy").shape == (32, 32)
-    assert "Layer-CAM, 3 layers fused · vgg16 · " in capsys.readouterr().out
+    assert "Layer-CAM, 3 layers fused on VGG16: " in capsys.readouterr().out
 
 
 def test_methods_lists_the_registry(capsys) -> None:

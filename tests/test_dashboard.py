@@ -1,16 +1,20 @@
-"""The dashboard run in-process by Streamlit's AppTest: without checkpoints, dataset or ImageNet weights, with a
-dataset gallery, and with a trained and a broken checkpoint.
+"""The dashboard run in-process by Streamlit's AppTest: a first visit, uploads of every readable format and of bad
+files, an empty map and two networks that disagree, links that carry the view (and cannot reach outside the
+gallery), and networks that fail one at a time.
 
 AppTest runs the script in this process, so the tests patch ``cam.models.CHECKPOINTS`` and the registry directly;
 the upload goes through the app's own ``st.file_uploader`` and its ``on_change`` callback (AppTest's
-``FileUploader.set_value``). Every test starts from cleared Streamlit caches and builds VGG16 once, so there are
-few of them and each covers several steps.
+``FileUploader.set_value``). Every test starts from cleared Streamlit caches and builds its networks once, so there
+are few tests and each covers several steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,6 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import cam.examples
 import cam.models
 import cam.pipeline
 from cam.models import REGISTRY, WeightsUnavailable
@@ -27,11 +30,13 @@ from cam.models import REGISTRY, WeightsUnavailable
 pytestmark = pytest.mark.slow
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
 TIMEOUT = 300  # seconds per run: the first one builds and compiles VGG16 on a busy CPU
-PANEL_CAPTIONS = ("Grad-CAM · vgg16 · ", "Guided Grad-CAM · vgg16 · ", "NoPool-GAP CAM · nopool_gap · ")
+# An absolute path: a slash that starts a word and is followed by at least one folder (URLs match too).
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*")
+CHELSEA = "451x300"  # the built-in example's size
 
 
 def _offline() -> cam.models.LoadedModel:
-    raise WeightsUnavailable("no network in tests")
+    raise WeightsUnavailable("no network in tests: https://example.org/weights.h5 /root/.keras/models")
 
 
 @pytest.fixture
@@ -48,10 +53,10 @@ def setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     st.cache_data.clear()
 
 
-def jpeg(width: int, height: int, seed: int = 0) -> bytes:
+def encoded(width: int, height: int, format: str, seed: int = 0, **options) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG")
+    Image.fromarray(pixels).save(buffer, format=format, **options)
     return buffer.getvalue()
 
 
@@ -59,19 +64,41 @@ def texts(elements) -> str:
     return "\n".join(str(element.value) for element in elements)
 
 
-def assert_panels(at: AppTest, resolution: str) -> None:
-    """The three panels' captions, each at the image's full resolution, and the downloads are there."""
-    shown = texts(at.markdown)
-    for caption in PANEL_CAPTIONS:
-        assert caption in shown
-    assert shown.count(f"-> {resolution}") == 3
+def everything_said(at: AppTest) -> str:
+    """Every message, caption, label and text on the page and in the sidebar."""
+    kinds = ("markdown", "caption", "error", "info", "warning", "success", "title", "header", "subheader", "text")
+    said = [texts(at.get(kind)) for kind in kinds]
+    said += [str(widget.label) for kind in ("button", "selectbox", "radio", "download_button", "file_uploader")
+             for widget in at.get(kind)]
+    said += [str(option) for box in at.selectbox for option in box.options]
+    return "\n".join(said)
+
+
+def assert_no_paths(at: AppTest, *folders: Path) -> None:
+    said = everything_said(at)
+    assert not ABSOLUTE_PATH.search(said), ABSOLUTE_PATH.search(said).group(0)
+    for folder in folders:
+        assert str(folder) not in said
+
+
+def captions(at: AppTest) -> list[str]:
+    """The panels' captions, e.g. 'Grad-CAM on VGG16: cat, 72% — map of 2x2 cells, shown at 451x300'."""
+    return [block.value.strip("*") for block in at.markdown if " — map of " in block.value]
+
+
+def assert_panels(at: AppTest, size: str, count: int = 3) -> None:
+    """``count`` panels captioned in words at the image's full resolution, with their downloads and legends."""
+    shown = captions(at)
+    assert len(shown) == count, shown
+    for caption in shown:
+        assert re.fullmatch(rf"[\w+ ,-]+ on [\w-]+: \w+, \d+% — map of \d+x\d+ cells, shown at {size}", caption)
     assert len(at.get("plotly_chart")) == 1
-    assert len(at.download_button) == 4  # three panels and the side-by-side PNG
-    assert len(at.dataframe) == 2  # both models' top predictions
-    assert sum("Heat map colours" in " ".join(image.captions) for image in at.get("image")) == 1  # colour legend
+    labels = [button.label for button in at.get("download_button")]
+    assert "Download this comparison as a web page" in labels and len(labels) == count + 2
+    assert sum("strongest evidence" in text or "Grey: no influence" in text for text in texts(at.caption).split("\n"))
 
 
-def test_no_checkpoint_no_dataset_upload_bad_files_and_example(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     explain = cam.pipeline.explain_image
 
@@ -82,99 +109,191 @@ def test_no_checkpoint_no_dataset_upload_bad_files_and_example(setup: Path, monk
     monkeypatch.setattr(cam.pipeline, "explain_image", counted)
 
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
-    assert not at.exception
-    assert "No trained checkpoint — showing UNTRAINED models" in texts(at.warning)
-    assert "python -m cam train vgg16" in texts(at.warning)
-    assert "CAM_DATA" in texts(at.info)  # the gallery says how to get a dataset
-    assert "is not offered here" in texts(at.sidebar.caption)  # ImageNet VGG16, with the reason below
-    assert "no network in tests" in texts(at.sidebar.caption)
-    assert not at.error
-
-    at.file_uploader(key="upload").set_value(("cat photo.jpg", jpeg(120, 90), "image/jpeg")).run()
     assert not at.exception and not at.error
-    assert at.subheader[0].value == "Uploaded photo “cat photo.jpg”"
-    assert_panels(at, "120x90")
+    # A first visit shows the worked example at once, and its link.
+    assert "**Chelsea the cat (built-in example)**" in texts(at.markdown)
+    assert_panels(at, CHELSEA)
+    assert captions(at)[0].startswith("Grad-CAM on VGG16: ") and captions(at)[2].startswith("NoPool-GAP CAM on NoPool")
+    assert dict(at.query_params) == {"set": "cifar", "image": "examples/chelsea_cat.jpg"}
+    assert "untrained (random weights)" in texts(at.warning) and "python -m cam train vgg16" in texts(at.warning)
+    assert "is not offered here: its weights could not be downloaded" in texts(at.sidebar.caption)
+    assert "viridis" in at.selectbox(key="colormap").options and "cividis" in at.selectbox(key="colormap").options
+    assert_no_paths(at, setup)
     assert len(calls) == 1
 
+    for name, data, size in (("cat.gif", encoded(120, 90, "GIF"), "120x90"),
+                             ("cat.tiff", encoded(100, 80, "TIFF"), "100x80"),
+                             ("cat.tif", encoded(64, 48, "TIFF", compression="tiff_lzw"), "64x48"),
+                             ("cat photo.jpg", encoded(120, 90, "JPEG"), "120x90")):
+        at.file_uploader(key="upload").set_value((name, data, "image/octet-stream")).run()
+        assert not at.exception and not at.error, name
+        assert f"**Uploaded photo “{name}”**" in texts(at.markdown)
+        assert_panels(at, size)
+        assert "cannot carry an uploaded photo" in texts(at.caption)
+        assert "image" not in at.query_params
+    assert len(calls) == 5
+
+    shown = captions(at)
     at.slider(key="opacity").set_value(0.8).run()
-    at.selectbox(key="colormap").set_value("viridis").run()
+    at.selectbox(key="colormap").set_value("cividis").run()
     at.toggle(key="raw").set_value(True).run()
     assert not at.exception
     assert_panels(at, "120x90")
-    assert len(calls) == 1, "changing the look must re-render the cached maps, not recompute them"
-
-    at.selectbox(key="class").set_value("horse").run()
-    assert "Grad-CAM · vgg16 · horse" in texts(at.markdown)
+    assert captions(at) == shown
+    assert len(calls) == 5, "changing the look must re-render the cached maps, not recompute them"
+    assert dict(at.query_params) == {"set": "cifar", "colours": "cividis", "opacity": "0.8", "raw": "1"}
 
     at.multiselect(key="extra_methods").set_value(["layer_cam", "hires_cam", "layer_cam_fused"]).run()
     assert not at.exception and not at.error
-    shown = texts(at.markdown)
-    for caption in ("Layer-CAM · vgg16 · horse", "HiResCAM · vgg16 · horse", "Layer-CAM, 3 layers fused · vgg16"):
-        assert caption in shown
-    assert shown.count("-> 120x90") == 6 and len(at.download_button) == 7  # six panels and the side by side
-    assert "block3_conv3_bn" in shown  # the technical details name the layers the fused Layer-CAM reads
+    assert_panels(at, "120x90", count=6)
+    assert "`block3_conv3_bn`" in texts(at.markdown)  # the technical details name the layers the fused one reads
     at.multiselect(key="extra_methods").set_value([]).run()
 
     at.file_uploader(key="upload").set_value(("broken.jpg", b"\xff\xd8\xff not really a jpeg", "image/jpeg")).run()
     assert not at.exception
-    assert "not an image" in texts(at.error)
-    assert not at.get("plotly_chart")
+    assert "“broken.jpg”" in texts(at.error) and "previous photo is hidden" in texts(at.error)
+    assert not at.get("plotly_chart") and not captions(at) and not at.get("download_button")
 
     huge = io.BytesIO()
     Image.new("1", (8000, 7000)).save(huge, format="PNG")  # 56 megapixels in a few kilobytes
     at.file_uploader(key="upload").set_value(("huge.png", huge.getvalue(), "image/png")).run()
-    assert not at.exception
-    assert "megapixels" in texts(at.error)
+    assert "“huge.png” is 8000x7000 = 56 megapixels; the limit is 50 megapixels" in texts(at.error)
+    at.file_uploader(key="upload").set_value(("notes.pdf", b"%PDF-1.4 not a picture", "application/pdf")).run()
+    assert "“notes.pdf” is not a picture this tool can read; it reads JPEG, PNG, WebP, BMP, GIF" in texts(at.error)
+    assert not at.exception and not at.get("plotly_chart")
+    assert_no_paths(at, setup)
 
-    example = next(button for button in at.button if button.label == "Explain the example photo")
-    example.click().run()
+    at.selectbox(key="picture:examples:").set_value("horse_drawing.png").run()
     assert not at.exception and not at.error
-    assert at.subheader[0].value == "Example photo"
-    height, width = np.asarray(Image.open(cam.examples.example_photo())).shape[:2]
-    assert_panels(at, f"{width}x{height}")
+    assert "**A drawing of a horse (built-in example)**" in texts(at.markdown)
+    assert_panels(at, "400x328")
+    assert at.query_params["image"] == "examples/horse_drawing.png"
 
 
-def test_gallery_pick_random_pick_and_corrupt_file(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root = setup / "dataset"
-    for index, name in enumerate(("cat", "dog")):
+def trained(name: str, folder: Path, bias: dict[str, float], zero_kernel: bool) -> None:
+    """Save a stand-in as a 'trained' checkpoint whose logits favour classes by ``bias``; ``zero_kernel`` makes its
+    scores independent of the image, so its Grad-CAM map is empty."""
+    loaded = cam.models.untrained_stand_in(name)
+    logits = loaded.model.get_layer("logits")
+    kernel, offsets = logits.get_weights()
+    offsets[:] = [bias.get(c, 0.0) for c in loaded.classes]
+    logits.set_weights([np.zeros_like(kernel) if zero_kernel else kernel, offsets])
+    cam.models.save_checkpoint(loaded.model, {**loaded.card, "metrics": {"test": {"accuracy": 0.5}}}, folder)
+
+
+def test_empty_map_and_a_disagreement_with_its_button(setup: Path) -> None:
+    trained("vgg16", setup / "checkpoints", {"cat": 20.0}, zero_kernel=True)  # always cat, and no map at all
+    trained("nopool_gap", setup / "checkpoints", {"horse": 50.0}, zero_kernel=False)  # always horse
+
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error and not at.warning
+    said = texts(at.markdown)
+    assert captions(at)[0].startswith("Grad-CAM on VGG16: cat, 100% — map of 2x2 cells")
+    assert said.count("VGG16 found nothing here that raises *cat*: this map is empty; try another class.") == 2
+    assert "NoPool-GAP found nothing" not in said
+    assert "NoPool-GAP thinks this is horse (100%); this map shows its evidence for *cat*." in said
+    assert captions(at)[2].startswith("NoPool-GAP CAM on NoPool-GAP: cat, 0%")
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [note["text"] for note in figure["layout"]["annotations"]].count("Nothing found for this class") == 2
+
+    at.button(key="switch:cam").click().run()
+    assert not at.exception
+    assert at.selectbox(key="class").value == "horse" and at.query_params["class"] == "horse"
+    said = texts(at.markdown)
+    assert captions(at)[2].startswith("NoPool-GAP CAM on NoPool-GAP: horse, 100%")
+    assert "VGG16 thinks this is cat (100%); this map shows its evidence for *horse*." in said
+    assert "NoPool-GAP thinks" not in said
+    assert [button.label for button in at.button if button.key.startswith("switch:")] == [
+        "Explain cat instead (what VGG16 sees)"]
+
+
+def dataset(root: Path, classes: tuple[str, ...]) -> Path:
+    for index, name in enumerate(classes):
         folder = root / "test" / name
         folder.mkdir(parents=True)
         for number in range(3):
-            Image.fromarray(np.full((32, 32, 3), 60 * index + 20 * number, np.uint8)).save(folder / f"{number:04d}.png")
-    (root / "test" / "dog" / "0003.png").write_bytes(b"truncated")
-    monkeypatch.setenv("CAM_DATA", str(root))
+            Image.fromarray(np.full((32, 40, 3), 60 * index + 20 * number, np.uint8)).save(folder / f"{number:04d}.png")
+    return root
+
+
+def test_links_carry_the_view_and_reach_only_the_gallery(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pets = dataset(setup / "pets", ("cat", "dog"))
+    (pets / "test" / "dog" / "0003.png").write_bytes(b"truncated")
+    outside = dataset(setup / "outside", ("cat",))  # on the disk, but not offered
+    monkeypatch.setenv("CAM_DATA", os.pathsep.join([str(pets), str(setup / "no_dataset")]))
 
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception
-    at.selectbox(key="gallery_class").set_value("dog").run()
-    picks = [button for button in at.button if button.key and button.key.startswith("pick:")]
-    assert [button.label for button in picks] == ["0000.png", "0001.png", "0002.png", "0003.png"]
-    assert "unreadable" in texts(at.caption)
-
-    picks[1].click().run()
+    assert at.selectbox(key="collection").options == ["Built-in examples", "Dataset “pets”"]
+    at.selectbox(key="collection").set_value("pets").run()
+    at.selectbox(key="folder:pets").set_value("test/dog").run()
+    at.selectbox(key="picture:pets:test/dog").set_value("0001.png").run()
     assert not at.exception and not at.error
-    assert at.subheader[0].value == "Dataset image test/dog/0001.png (true class: dog)"
-    assert_panels(at, "32x32")
+    assert "**pets: test/dog/0001.png (true class: dog)**" in texts(at.markdown)
+    assert_panels(at, "40x32")
+    at.button[0].click().run()  # the random picture
+    assert "**pets: test/" in texts(at.markdown)
+    at.selectbox(key="picture:pets:test/dog").set_value("0003.png").run()
+    assert "pets: test/dog/0003.png (true class: dog) is not a picture this tool can read" in texts(at.error)
+    assert_no_paths(at, setup)
 
-    next(button for button in at.button if button.label == "Random test image").click().run()
-    assert not at.exception
-    assert at.subheader[0].value.startswith("Dataset image test/")
+    at.selectbox(key="picture:pets:test/dog").set_value("0002.png").run()
+    at.selectbox(key="class").set_value("horse").run()
+    at.selectbox(key="colormap").set_value("viridis").run()
+    at.slider(key="opacity").set_value(0.3).run()
+    at.multiselect(key="extra_methods").set_value(["layer_cam"]).run()
+    link = dict(at.query_params)
+    assert link == {"set": "cifar", "class": "horse", "methods": "layer_cam", "colours": "viridis", "opacity": "0.3",
+                    "image": "pets/test/dog/0002.png"}
+    shown = captions(at)
 
-    next(button for button in at.button if button.label == "0003.png").click().run()
-    assert not at.exception
-    assert "0003.png is not an image" in texts(at.error)
+    again = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
+    again.query_params.update(link)
+    again.run()
+    assert not again.exception and not again.error and not again.info
+    assert captions(again) == shown and dict(again.query_params) == link
+    assert again.slider(key="opacity").value == 0.3 and again.selectbox(key="colormap").value == "viridis"
+    assert again.selectbox(key="picture:pets:test/dog").value == "0002.png"
+
+    for name in ("../../etc/passwd", "/etc/passwd", "pets/test/../../outside/test/cat/0000.png",
+                 "outside/test/cat/0000.png", f"{outside}/test/cat/0000.png", "pets/test/dog/0009.png",
+                 "pets\\test\\dog\\0001.png"):
+        visit = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
+        visit.query_params.update({"image": name, "colours": "rainbow-of-doom", "opacity": "7"})
+        visit.run()
+        assert not visit.exception and not visit.error, name
+        said = texts(visit.info)
+        assert "The link's picture is not in this page's gallery; the example is shown." in said, name
+        assert "colours this page does not have" in said and "opacity is not between 0 and 1" in said
+        assert "**Chelsea the cat (built-in example)**" in texts(visit.markdown), name
+        assert visit.query_params["image"] == "examples/chelsea_cat.jpg"
+        assert_no_paths(visit, setup)
 
 
-def test_trained_and_broken_checkpoints_are_reported(setup: Path) -> None:
+def test_each_network_fails_alone(setup: Path) -> None:
     checkpoints = setup / "checkpoints"
-    nopool = cam.models.untrained_stand_in("nopool_gap")
-    cam.models.save_checkpoint(nopool.model, {**nopool.card, "metrics": {"test": {"accuracy": 0.625}}}, checkpoints)
+    trained("nopool_gap", checkpoints, {}, zero_kernel=False)
     (checkpoints / "vgg16.keras").write_bytes(b"PK\x03\x04 cut short")
     (checkpoints / "vgg16.json").write_text("{}")
 
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception
-    assert "VGG16 (ours, CIFAR, 32 px) could not be loaded: Model card" in texts(at.error)
-    assert "NoPool-GAP (ours, CIFAR, 32 px)**: trained checkpoint, test accuracy 62.5%" in texts(at.sidebar.caption)
-    assert "Needs a working Grad-CAM model and NoPool-GAP model." in texts(at.sidebar.caption)
-    assert not at.warning  # the only model loaded is trained
+    assert texts(at.error) == ("VGG16 (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its saved "
+                               "file is missing, damaged or does not match its description.")
+    assert "NoPool-GAP (ours, CIFAR, 32 px)**: trained, right on 50% of its test images." in texts(at.sidebar.caption)
+    assert_panels(at, CHELSEA, count=1)
+    assert captions(at)[0].startswith("NoPool-GAP CAM on NoPool-GAP: ")
+    assert not at.warning  # the only network loaded is trained
+    assert_no_paths(at, setup)
+
+    for name in ("vgg16.keras", "vgg16.json"):
+        (checkpoints / name).unlink()
+    (checkpoints / "nopool_gap.keras").write_bytes(b"not a zip at all")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "NoPool-GAP (ours, CIFAR, 32 px) could not be loaded, so its maps are missing" in texts(at.error)
+    assert_panels(at, CHELSEA, count=2)
+    assert [c.split(" on ")[0] for c in captions(at)] == ["Grad-CAM", "Guided Grad-CAM"]
+    assert_no_paths(at, setup)

@@ -11,7 +11,7 @@ import pytest
 import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_dashboard import DASHBOARD, TIMEOUT, jpeg, texts
+from test_dashboard import DASHBOARD, TIMEOUT, captions, encoded, texts
 from test_report import tiny
 
 import cam.models
@@ -67,11 +67,12 @@ def test_a_new_method_reaches_the_dashboard(dummy, tmp_path, monkeypatch) -> Non
     st.cache_resource.clear()
     st.cache_data.clear()
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
-    at.file_uploader(key="upload").set_value(("cat.jpg", jpeg(60, 40), "image/jpeg")).run()
+    at.file_uploader(key="upload").set_value(("cat.jpg", encoded(60, 40, "JPEG"), "image/jpeg")).run()
     at.multiselect(key="extra_methods").set_value(["brightness"]).run()
     assert not at.exception and not at.error
-    shown = texts(at.markdown)
-    assert "Brightness (dummy) · vgg16 · " in shown and "32x32 -> 60x40" in shown and "How bright" in shown
-    assert shown.count("-> 60x40") == 4
+    shown = captions(at)
+    assert len(shown) == 4 and all(caption.endswith(", shown at 60x40") for caption in shown)
+    assert shown[3].startswith("Brightness (dummy) on VGG16: ") and "map of 32x32 cells" in shown[3]
+    assert "How bright" in texts(at.markdown)
     st.cache_resource.clear()
     st.cache_data.clear()

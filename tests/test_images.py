@@ -44,7 +44,7 @@ def test_truncated_jpeg_is_reported_as_truncated(tmp_path: Path) -> None:
 def test_text_file_renamed_png_is_not_an_image(tmp_path: Path) -> None:
     path = tmp_path / "notes.png"
     path.write_text("this is not a picture\n")
-    with pytest.raises(ImageError, match="not an image"):
+    with pytest.raises(ImageError, match="not a picture this tool can read; it reads JPEG"):
         load_image(path)
 
 
@@ -81,7 +81,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
 
 def test_unsupported_format_is_named(tmp_path: Path) -> None:
     path = _save(Image.new("RGB", (16, 16)), tmp_path / "frame.ppm")
-    with pytest.raises(ImageError, match="is a PPM image; supported: JPEG, PNG"):
+    with pytest.raises(ImageError, match="is a PPM image; it reads JPEG, PNG"):
         load_image(path)
 
 
@@ -161,6 +161,20 @@ def test_bytes_and_path_give_the_same_pixels(tmp_path: Path) -> None:
     path = tmp_path / "noise.jpg"
     path.write_bytes(_noise_jpeg_bytes())
     np.testing.assert_array_equal(load_image(path.read_bytes()), load_image(str(path)))
+
+
+def test_gif_gives_its_first_frame_and_tiff_reads(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (16, 12), colour) for colour in (RED, BLUE)]
+    frames[0].save(tmp_path / "two.gif", save_all=True, append_images=frames[1:])
+    _assert_close(load_image(tmp_path / "two.gif")[5, 5], RED)
+    _assert_close(load_image(_save(Image.new("RGB", (16, 12), BLUE), tmp_path / "blue.tif"))[5, 5], BLUE)
+
+
+def test_messages_name_the_given_name_and_not_the_decoder(tmp_path: Path) -> None:
+    data = _noise_jpeg_bytes()
+    with pytest.raises(ImageError) as caught:
+        load_image(data[: len(data) // 2], name="“cut.jpg”")
+    assert str(caught.value) == "“cut.jpg” is damaged or cut short (corrupt or truncated), so it cannot be shown"
 
 
 # --- resizing ---------------------------------------------------------------------------------------------------

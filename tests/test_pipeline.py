@@ -9,7 +9,7 @@ import pytest
 from cam import models
 from cam.methods import Explainer
 from cam.models import LoadedModel, untrained_stand_in, vgg16
-from cam.pipeline import explain_image, render_panels, side_by_side
+from cam.pipeline import explain_image, flat, render_panels, side_by_side
 from cam.registry import selected
 
 
@@ -23,14 +23,17 @@ def test_models_of_different_input_sizes_each_get_their_own_input():
     assert big.classes[result.gradcam_class] == "dog" == gap.classes[result.cam_class]
     panels = render_panels(result)
     assert [panel.image.shape for panel in panels] == [(90, 120, 3)] * 3
-    assert "4x4 -> 120x90" in panels[0].caption and "32x32 -> 120x90" in panels[2].caption
+    assert panels[0].caption.startswith("Grad-CAM on VGG16: dog, ")
+    assert panels[0].caption.endswith("% — map of 4x4 cells, shown at 120x90")
+    assert panels[2].caption.startswith("NoPool-GAP CAM on NoPool-GAP: dog, ")
+    assert panels[2].caption.endswith("% — map of 32x32 cells, shown at 120x90")
     assert side_by_side(panels).shape[0] > 90
     chosen = selected("layer_cam,nopool_cam,gradient_x_input")
     more = render_panels(explain_image(image, Explainer(big.model, None, gap.model), big, gap, "dog", chosen))
     assert [panel.key for panel in more] == ["layer_cam", "nopool_cam", "gradient_x_input"]
     assert [panel.image.shape for panel in more] == [(90, 120, 3)] * 3
-    assert "Layer-CAM · vgg16 · dog" in more[0].caption and "4x4 -> 120x90" in more[0].caption
-    assert "64x64 -> 120x90" in more[2].caption
+    assert more[0].caption.startswith("Layer-CAM on VGG16: dog, ") and "map of 4x4 cells" in more[0].caption
+    assert "map of 64x64 cells, shown at 120x90" in more[2].caption
 
 
 def test_imagenet_wrapper_maps_its_classes_to_ours(tmp_path, monkeypatch):
@@ -54,3 +57,42 @@ def test_imagenet_wrapper_maps_its_classes_to_ours(tmp_path, monkeypatch):
     assert result.explanation.maps["grad_cam"].shape == (1, 14, 14)
     with pytest.raises(ValueError, match="unknown"):
         explain_image(image, Explainer(imagenet.model, "block5_conv3", gap.model), imagenet, gap, "zebra")
+
+
+def test_either_model_alone_explains_the_same_class_and_notes_say_what_is_odd():
+    keras.utils.set_random_seed(0)
+    vgg, gap = untrained_stand_in("vgg16"), untrained_stand_in("nopool_gap")
+    image = np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    alone = explain_image(image, Explainer(None, None, gap.model), None, gap, "horse")
+    assert [m.key for m in alone.methods] == ["nopool_cam"] and alone.class_name() == "horse"
+    assert alone.roles == ["cam"] and render_panels(alone)[0].image.shape == (40, 50, 3)
+    top = explain_image(image, Explainer(None, None, gap.model), None, gap)
+    assert top.class_name() == top.top_predictions("cam", 1)[0][0] and top.disagreement("cam") is None
+    with pytest.raises(ValueError, match="unknown"):
+        explain_image(image, Explainer(None, None, gap.model), None, gap, "zebra")
+
+    only = explain_image(image, Explainer(vgg.model), vgg, None, "cat")
+    assert [m.key for m in only.methods] == ["grad_cam", "guided_grad_cam"] and only.roles == ["gradcam"]
+    note = only.disagreement("gradcam")
+    own, p = only.top_predictions("gradcam", 1)[0]
+    if own == "cat":
+        assert note is None
+    else:
+        assert note == (f"VGG16 thinks this is {own} ({p:.0%}); this map shows its evidence for *cat*.", own)
+        assert render_panels(only)[0].note == note[0]
+
+
+def test_an_empty_or_constant_map_is_said_in_words():
+    assert flat(np.zeros((2, 2))) and flat(np.full((4, 4), 3.5)) and flat(np.array([[np.nan, 1.0]]))
+    assert not flat(np.array([[0.0, 1e-9]])) and not flat(np.array([[1.0, 2.0]]))
+    vgg, gap = untrained_stand_in("vgg16"), untrained_stand_in("nopool_gap")
+    image = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    result = explain_image(image, Explainer(vgg.model, None, gap.model), vgg, gap, "bird")
+    result.explanation.maps["grad_cam"][:] = 0.0
+    result.explanation.maps["nopool_cam"][:] = 2.0
+    panels = render_panels(result)
+    assert panels[0].empty == "VGG16 found nothing here that raises *bird*: this map is empty; try another class."
+    assert panels[2].empty == ("NoPool-GAP found nothing here that raises *bird*: this map is the same everywhere; "
+                               "try another class.")
+    assert panels[1].empty == "" or "VGG16 found nothing" in panels[1].empty
+    assert "Grey: no influence" in panels[1].legend and "evidence against *bird*" in panels[2].legend

@@ -16,7 +16,12 @@ from cam.device import fast_bfloat16
 from cam.methods import Explainer
 from cam.models import CIFAR4_CLASSES, LoadedModel, with_precision
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Evaluation.py")
+DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
+
+
+def evaluation_page() -> AppTest:
+    """The Evaluation page as visitors reach it: a page of the dashboard (its links need the other page)."""
+    return AppTest.from_file(DASHBOARD, default_timeout=60).switch_page("pages/1_Evaluation.py")
 
 
 def tiny(name: str, gap_source: str) -> LoadedModel:
@@ -174,14 +179,30 @@ def test_interval_is_a_bootstrap_around_the_mean():
 
 def test_page_shows_the_report(produced, monkeypatch):
     monkeypatch.setenv("CAM_REPORT_DIR", str(produced[0]))
-    page = AppTest.from_file(PAGE, default_timeout=60).run()
+    page = evaluation_page().run()
     assert not page.exception
     assert any("Deletion AUC" in block.value for block in page.markdown)
+    opening = page.markdown[0].value.splitlines()  # three plain sentences before the tables, no server path
+    assert len(opening) == 3 and opening[0].startswith("- To see **where** the object is, trust **")
+    assert "sharpest map that still follows what the network uses" in opening[1]
+    assert str(produced[0]) not in "\n".join(block.value for block in [*page.markdown, *page.caption])
     assert len(page.get("plotly_chart")) == len(report_content.FIGURES)
 
 
 def test_page_without_a_report_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.setenv("CAM_REPORT_DIR", str(tmp_path))
-    page = AppTest.from_file(PAGE, default_timeout=60).run()
+    page = evaluation_page().run()
     assert not page.exception
-    assert "No report" in page.info[0].value and "python -m cam report" in page.code[0].value
+    assert "No evaluation report here yet" in page.info[0].value and "python -m cam report" in page.code[0].value
+
+
+def test_the_shipped_report_opens_with_three_plain_sentences():
+    data = report_content.load_report(report_content.DEFAULT_OUT)
+    assert report_content.plain_summary(data) == [
+        "To see **where** the object is, trust **NoPool-GAP CAM** most: on pictures made of four photos, its "
+        "strongest spot fell on the right one 63% of the time (Grad-CAM: 13%).",
+        "Without retraining the network, **Layer-CAM, 3 layers fused** gives the sharpest map that still follows "
+        "what the network uses: about 5 x 5 distinct cells, where Grad-CAM has 2 x 2.",
+        "Be careful with **Guided Grad-CAM, Score-CAM**: their maps hardly change when the network's learned weights "
+        "are scrambled, so the fine detail shows the photo's edges more than the network's reasoning.",
+    ]

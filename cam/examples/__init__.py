@@ -1,17 +1,28 @@
-"""The built-in example photo, taken from a declared dependency so that a fresh install can try the dashboard
-without a dataset and without committing a large file."""
+"""The built-in gallery: four small pictures shipped in this folder (165 KB together), so that a fresh install can
+try the dashboard without a dataset. All come from scikit-image's sample data (``skimage.data``), converted to JPEG
+(the horse: a greyscale PNG on white); their licences allow it: see the README's "Built-in pictures"."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-# No dependency ships an animal photo; matplotlib ships this portrait in its sample data.
-EXAMPLE_FILE = "grace_hopper.jpg"
-EXAMPLE_DESCRIPTION = f"Grace Hopper's portrait, matplotlib/mpl-data/sample_data/{EXAMPLE_FILE} (ships with matplotlib)"
+EXAMPLES_DIR = Path(__file__).resolve().parent
+# File -> what it shows (in the order of the gallery; the first one is the page's worked example).
+EXAMPLES = {
+    "chelsea_cat.jpg": "Chelsea the cat",
+    "horse_drawing.png": "A drawing of a horse",
+    "coffee.jpg": "A cup of coffee",
+    "astronaut.jpg": "An astronaut",
+}
+# File -> source and licence (the README repeats them).
+LICENCES = {
+    "chelsea_cat.jpg": "skimage.data.chelsea(): photo by Stefan van der Walt, CC0",
+    "horse_drawing.png": "skimage.data.horse(): drawing by Andreas Preuss (marauder) on openclipart, CC0",
+    "coffee.jpg": "skimage.data.coffee(): photo by Rachel Michetti, CC0",
+    "astronaut.jpg": "skimage.data.astronaut(): NASA photo of Eileen Collins, public domain",
+}
 
 
 def example_photo() -> Path:
-    """Path of the example photo; it may be missing where a packager stripped matplotlib's sample data."""
-    return Path(matplotlib.get_data_path()) / "sample_data" / EXAMPLE_FILE
+    """The first built-in picture (Chelsea the cat): the worked example of a first visit."""
+    return EXAMPLES_DIR / next(iter(EXAMPLES))

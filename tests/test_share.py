@@ -1,0 +1,52 @@
+"""cam.share: links that carry the view (checked on the way in) and the comparison as one self-contained web page."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from cam import share
+from cam.pipeline import Panel
+
+SETS, METHODS, COLOURS = ("photos", "cifar"), ("layer_cam", "hires_cam", "score_cam"), ("jet", "viridis", "cividis")
+
+
+def decode(params: dict[str, str]) -> tuple[share.View, list[str]]:
+    return share.decode(params, SETS, METHODS, COLOURS, max_methods=2)
+
+
+def test_a_view_survives_its_link() -> None:
+    view = share.View("cifar", "horse", ("layer_cam", "score_cam"), "cividis", 0.35, True, "pets/test/dog/0002.png")
+    params = share.encode(view)
+    assert params == {"set": "cifar", "class": "horse", "methods": "layer_cam,score_cam", "colours": "cividis",
+                      "opacity": "0.35", "raw": "1", "image": "pets/test/dog/0002.png"}
+    assert decode(params) == (view, [])
+    assert share.encode(share.View("photos")) == {"set": "photos"} and decode({}) == (share.View(), [])
+
+
+def test_what_a_link_may_not_ask_for_is_left_out_and_said() -> None:
+    view, problems = decode({"set": "imagenet", "class": "<script>", "methods": "layer_cam,bogus,hires_cam,score_cam",
+                             "colours": "rainbow", "opacity": "2", "raw": "yes", "image": "../../etc/passwd"})
+    assert view == share.View(methods=("layer_cam", "hires_cam"))
+    assert len(problems) == 6 and all("/" not in problem and "<" not in problem for problem in problems)
+    assert decode({"opacity": "nan"})[0].opacity is None and decode({"opacity": "half"})[1]
+    assert decode({"image": "/etc/passwd"})[0].image is None
+
+
+def test_the_comparison_page_holds_everything_it_shows() -> None:
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    panels = [Panel("grad_cam", "Grad-CAM", "Grad-CAM on VGG16: cat, 72% — map of 2x2 cells, shown at 40x30", "",
+                    photo, np.zeros((2, 2)), "Left colour: no evidence for *cat*", "VGG16 found nothing", ""),
+              Panel("nopool_cam", "NoPool-GAP CAM", "NoPool-GAP CAM on NoPool-GAP: cat, 5% — map", "", photo,
+                    np.ones((30, 40)), "legend", "", "NoPool-GAP thinks this is horse (91%); <b>x</b>")]
+    page = share.comparison_page("Uploaded photo “a&b.jpg”", photo, panels,
+                                 {"VGG16": [("cat", 0.72)], "NoPool-GAP": [("horse", 0.91)]},
+                                 [("Grad-CAM", "Regions that raised the score.")], np.zeros((4, 64, 3), np.uint8))
+    assert page.startswith("<!DOCTYPE html>") and "a&amp;b.jpg" in page and "&lt;b&gt;x&lt;/b&gt;" in page
+    assert len(re.findall(r'src="data:image/jpeg;base64,[A-Za-z0-9+/=]+"', page)) == 1 + 2 + 2  # photo, panels, strips
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch: it opens offline
+    for text in ("map of 2x2 cells", "no evidence for <em>cat</em>", "VGG16 found nothing", "horse</td><td>91%",
+                 "Regions that raised the score."):
+        assert text in page
