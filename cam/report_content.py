@@ -190,13 +190,17 @@ def plain_summary(data: dict) -> list[str]:
         return []
     names, (best, reference, _, cells) = labels(data), finest
     sentences = []
-    pointing = {k: cells[("mosaics", "pointing", k)]["mean"] for k in names if ("mosaics", "pointing", k) in cells}
-    if pointing:
-        where = max(pointing, key=pointing.get)
-        versus = (f" ({names[reference]}: {pointing[reference]:.0%})"
-                  if reference in pointing and where != reference else "")
-        sentences.append(f"To see **where** the object is, trust **{names[where]}** most: on pictures made of four "
-                         f"photos, its strongest spot fell on the right one {pointing[where]:.0%} of the time{versus}.")
+    # Where: the mosaics' pointing game, else the masked photos' (photos4's horses with their outlines).
+    for set_, pictures, target in (("mosaics", "on pictures made of four photos", "the right one"),
+                                   ("masks", "on photos of horses with their outline drawn", "the horse")):
+        pointing = {k: cells[(set_, "pointing", k)]["mean"] for k in names if (set_, "pointing", k) in cells}
+        if pointing:
+            where = max(pointing, key=pointing.get)
+            versus = (f" ({names[reference]}: {pointing[reference]:.0%})"
+                      if reference in pointing and where != reference else "")
+            sentences.append(f"To see **where** the object is, trust **{names[where]}** most: {pictures}, its "
+                             f"strongest spot fell on {target} {pointing[where]:.0%} of the time{versus}.")
+            break
     grid, ref_grid = (cells[("test", "effective_grid", k)]["mean"] for k in (best, reference))
     sentences.append(f"Without retraining the network, **{names[best]}** gives the sharpest map that still follows "
                      f"what the network uses: about {grid:.0f} x {grid:.0f} distinct cells, where {names[reference]} "
@@ -218,7 +222,9 @@ def markdown(data: dict, images: bool = True) -> str:
     """report.md from the report's data; ``images`` adds the PNG figures and links to the HTML ones."""
     meta, summary, names = data["meta"], data["summary"], labels(data)
     lines = [f"# {', '.join(names.values())} measured against each other", ""]
-    lines += [f"Produced by `{meta['command']}` on {meta['date']} in {meta['seconds']:.0f} s ({meta['device']}); "
+    # Absolute paths in the command are the producing machine's: only their last part is shown.
+    command = " ".join(Path(word).name if Path(word).is_absolute() else word for word in meta["command"].split())
+    lines += [f"Produced by `{command}` on {meta['date']} in {meta['seconds']:.0f} s ({meta['device']}); "
               f"{meta['n_images']} test images, {meta['n_mosaics']} mosaics, {meta['sanity_n']} images for the "
               f"sanity check. Times: " + ", ".join(f"{k} {v:.0f} s" for k, v in meta["timings"].items()) + ".", ""]
     if meta["slow"]:
@@ -286,9 +292,18 @@ def markdown(data: dict, images: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_dir() -> Path:
-    """Where the dashboard looks for the report: $CAM_REPORT_DIR, else reports/latest."""
-    return Path(os.environ.get("CAM_REPORT_DIR", DEFAULT_OUT))
+def report_dirs() -> list[Path]:
+    """Where the dashboard looks for reports: the folders in $CAM_REPORT_DIR (separated by os.pathsep), else every
+    folder of reports/ that holds a report.json, the photo pair's first."""
+    if os.environ.get("CAM_REPORT_DIR"):
+        return [Path(folder) for folder in os.environ["CAM_REPORT_DIR"].split(os.pathsep) if folder]
+    found = sorted(folder.parent for folder in DEFAULT_OUT.parent.glob("*/report.json"))
+    return sorted(found, key=lambda folder: folder.name != "photos") or [DEFAULT_OUT]
+
+
+def report_title(data: dict) -> str:
+    """A report's tab title in words: the models it scored (their names from the report)."""
+    return " and ".join(model["name"] for model in data["meta"]["models"])
 
 
 def load_report(folder: Path) -> dict | None:

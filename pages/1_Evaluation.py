@@ -1,5 +1,6 @@
-"""Evaluation page: the latest ``python -m cam report`` (from reports/latest or $CAM_REPORT_DIR), read-only. It opens
-with three plain sentences from the report's numbers; no server path is shown."""
+"""Evaluation page: the reports of ``python -m cam report`` (every reports/*/ with a report.json, the photo pair's
+first, or the folders in $CAM_REPORT_DIR), one tab each, read-only. Each opens with three plain sentences from its
+numbers; no server path is shown."""
 
 import streamlit as st
 
@@ -8,8 +9,8 @@ from cam import report_content as report
 
 st.set_page_config(page_title="Which map to trust", layout="wide")
 navigation.links()
-data = report.load_report(report.report_dir())
-if data is None:
+reports = [(folder, data) for folder in report.report_dirs() if (data := report.load_report(folder)) is not None]
+if not reports:
     st.title("Which map can I trust for what?")
     st.info(
         "No evaluation report here yet. Whoever runs this server can produce one with the command below "
@@ -21,12 +22,17 @@ if data is None:
     st.stop()
 
 st.title("Which map can I trust for what?")
-st.markdown("\n".join(f"- {sentence}" for sentence in report.plain_summary(data)))
-st.caption("From the measurements below; they hold for these models and images, not for every network.")
-# The report's own text says how it was produced (command, date, time, N, models and whether they were trained).
-st.markdown(report.markdown(data, images=False))
-for name, figure in report.plotly_figures(data).items():
-    st.plotly_chart(figure, key=name)
-scores = report.report_dir() / "scores.csv"
-if scores.is_file():
-    st.download_button("Per-map scores (scores.csv)", scores.read_bytes(), "scores.csv", "text/csv")
+tabs = st.tabs([report.report_title(data) for _, data in reports]) if len(reports) > 1 else [st.container()]
+for tab, (folder, data) in zip(tabs, reports, strict=True):
+    with tab:
+        st.markdown("\n".join(f"- {sentence}" for sentence in report.plain_summary(data)))
+        st.caption("From the measurements below; they hold for these models and images, not for every network.")
+        # The report's own text says how it was produced (command, date, time, N, models, whether trained).
+        st.markdown(report.markdown(data, images=False))
+        for name, figure in report.plotly_figures(data).items():
+            st.plotly_chart(figure, key=f"{folder.name}-{name}")
+        scores = folder / "scores.csv"
+        if scores.is_file():
+            st.download_button(
+                "Per-map scores (scores.csv)", scores.read_bytes(), "scores.csv", "text/csv", key=f"{folder.name}-csv"
+            )

@@ -24,7 +24,7 @@ from cam.models import (
     vgg16,
 )
 
-SHARED_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar4"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -126,20 +126,32 @@ def test_imagenet_class_groups_cover_our_classes():
     assert len(flat) == len(set(flat))
 
 
-@pytest.mark.parametrize("name", ["vgg16", "nopool_gap"])
-def test_shipped_checkpoint_loads_matches_card_and_beats_chance(name):
+@pytest.mark.parametrize(
+    ("name", "dataset", "size", "init"),
+    [
+        ("vgg16", "cifar4", 32, "from scratch"),
+        ("nopool_gap", "cifar4", 32, "from scratch"),
+        ("vgg16_photos", "photos4", 128, "VGG16's 13 convolutions from the HED"),
+        ("nopool_gap_photos", "photos4", 128, "from scratch"),
+    ],
+)
+def test_shipped_checkpoint_loads_matches_card_and_beats_chance(name, dataset, size, init):
     """A smoke check of what ships; the real figure comes from `python -m cam evaluate`."""
     path = models.PROJECT_ROOT / "checkpoints" / f"{name}.keras"
     if not path.exists():
         pytest.fail(f"{path} is not shipped")
     loaded = load_checkpoint(path)
-    assert loaded.classes == ["bird", "cat", "dog", "horse"] and loaded.input_size == 32
-    assert loaded.card["training"]["init"].startswith("from scratch")
-    if not SHARED_TEST.is_dir():
-        pytest.skip(f"no dataset at {SHARED_TEST}")
-    data = load_split(SHARED_TEST, "test", 32)
-    pick = np.random.default_rng(0).choice(len(data.labels), 80, replace=False)
+    assert loaded.classes == ["bird", "cat", "dog", "horse"] and loaded.input_size == size
+    assert loaded.card["training"]["init"].startswith(init)
+    assert loaded.card["parameters"] == loaded.model.count_params()
+    if not (SHARED_DATA / dataset).is_dir():
+        pytest.skip(f"no dataset at {SHARED_DATA / dataset}")
+    data = load_split(SHARED_DATA / dataset, "test", size)
+    pick = np.random.default_rng(0).choice(len(data.labels), 40, replace=False)
     predicted = loaded.model.predict_on_batch(data.images[pick].astype("float32")).argmax(1)
     assert (predicted == data.labels[pick]).mean() > 0.6
     maps = grad_cam(loaded.model, data.images[pick[:4]], layer=loaded.card["gradcam_layer"])
     assert np.isfinite(maps).all()
+    native = {"vgg16_photos": 8, "nopool_gap_photos": 128}.get(name)
+    if native:  # the photo pair's promise: Grad-CAM at least 8x8, NoPool-GAP's CAM at the input's size
+        assert maps.shape[1:3] == (native, native)

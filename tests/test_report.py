@@ -1,6 +1,8 @@
 """`python -m cam report` end to end on a tiny image folder with tiny untrained models, and the Evaluation page."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -187,6 +189,16 @@ def test_page_shows_the_report(produced, monkeypatch):
     assert "sharpest map that still follows what the network uses" in opening[1]
     assert str(produced[0]) not in "\n".join(block.value for block in [*page.markdown, *page.caption])
     assert len(page.get("plotly_chart")) == len(report_content.FIGURES)
+
+
+def test_page_shows_each_report_in_its_own_tab(produced, tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    shutil.copytree(produced[0], other)
+    monkeypatch.setenv("CAM_REPORT_DIR", os.pathsep.join([str(produced[0]), str(other)]))
+    page = evaluation_page().run()
+    assert not page.exception
+    assert len(page.tabs) == 2
+    assert len(page.get("plotly_chart")) == 2 * len(report_content.FIGURES)
 
 
 def test_page_without_a_report_says_how_to_make_one(tmp_path, monkeypatch):
