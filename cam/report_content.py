@@ -214,11 +214,13 @@ def plain_summary(data: dict) -> list[str]:
     return sentences
 
 
-def markdown(data: dict, images: bool = True) -> str:
-    """report.md from the report's data; ``images`` adds the PNG figures and links to the HTML ones."""
+def markdown(data: dict, images: bool = True, command: bool = True) -> str:
+    """report.md from the report's data; ``images`` adds the PNG figures and links to the HTML ones; ``command``
+    names the command that produced it (its arguments may be server paths: the dashboard leaves it out)."""
     meta, summary, names = data["meta"], data["summary"], labels(data)
     lines = [f"# {', '.join(names.values())} measured against each other", ""]
-    lines += [f"Produced by `{meta['command']}` on {meta['date']} in {meta['seconds']:.0f} s ({meta['device']}); "
+    made = f"Produced by `{meta['command']}`" if command else "Produced"
+    lines += [f"{made} on {meta['date']} in {meta['seconds']:.0f} s ({meta['device']}); "
               f"{meta['n_images']} test images, {meta['n_mosaics']} mosaics, {meta['sanity_n']} images for the "
               f"sanity check. Times: " + ", ".join(f"{k} {v:.0f} s" for k, v in meta["timings"].items()) + ".", ""]
     if meta["slow"]:

@@ -24,7 +24,7 @@ st.title("Which map can I trust for what?")
 st.markdown("\n".join(f"- {sentence}" for sentence in report.plain_summary(data)))
 st.caption("From the measurements below; they hold for these models and images, not for every network.")
 # The report's own text says how it was produced (command, date, time, N, models and whether they were trained).
-st.markdown(report.markdown(data, images=False))
+st.markdown(report.markdown(data, images=False, command=False))
 for name, figure in report.plotly_figures(data).items():
     st.plotly_chart(figure, key=name)
 scores = report.report_dir() / "scores.csv"
