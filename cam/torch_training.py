@@ -406,8 +406,12 @@ def to_keras(state: dict[str, np.ndarray], name: str):
     architecture, options = KERAS_BUILDS[name]
     model = ARCHITECTURES[architecture](num_classes=4, input_size=INPUT_SIZE, **options)
     weights = keras_weights(state)
-    unfilled = [layer.name for layer in model.layers if layer.weights and layer.name not in weights]
-    unfilled = [name for name in unfilled if name != "caffe_preprocess"]  # fixed, not learned
+    # caffe_preprocess is fixed, not learned: it has no counterpart in the PyTorch state.
+    unfilled = [
+        layer.name
+        for layer in model.layers
+        if layer.weights and layer.name not in weights and layer.name != "caffe_preprocess"
+    ]
     if unfilled:
         raise ValueError(f"no weights for {unfilled}")
     for layer_name, values in weights.items():
