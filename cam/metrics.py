@@ -18,7 +18,7 @@ from scipy import ndimage, stats
 from cam.boxes import Box, box_mask, iou
 from cam.predict import predict_probabilities
 from cam.render import normalize
-from cam.resample import upsample
+from cam.resample import bilinear_matrix, upsample
 
 STEPS = 16
 BLUR_SIGMA = 4.0  # pixels; at 32x32 it leaves colour blobs without recognisable shapes
@@ -225,27 +225,29 @@ def rank_correlation(trained: np.ndarray, randomized: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- resolution
 @functools.cache
 def _projection(side: int, block: int, kind: str) -> np.ndarray:
-    """(S*S, S*S) least-squares projection onto maps that are a (S/block)^2 grid shown as blocks or bilinearly."""
+    """(S, S) least-squares projection of one axis onto S samples of a (S/block)-cell grid shown as blocks or
+    bilinearly. Grid maps are separable (Kronecker products of one axis's shapes), so the projection of a whole
+    (S, S) map is P M P^T: S*S numbers instead of the (S*S, S*S) matrix, 1 GB per block size at 128 px."""
     grid = side // block
-    basis = np.eye(grid * grid, dtype=np.float32).reshape(-1, grid, grid)
     if kind == "nearest":
-        shown = basis.repeat(block, axis=1).repeat(block, axis=2)
+        design = np.eye(grid).repeat(block, axis=0)
     else:
-        shown = upsample(basis, (side, side))
-    design = shown.reshape(grid * grid, side * side).T.astype(np.float64)
-    return (design @ np.linalg.pinv(design)).astype(np.float32)
+        design = bilinear_matrix(grid, side).astype(np.float64)
+    projection = (design @ np.linalg.pinv(design)).astype(np.float32)
+    projection.flags.writeable = False
+    return projection
 
 
 def lost_structure(maps: np.ndarray, block: int) -> np.ndarray:
     """Share of each map's variance (B, S, S) that its best (S/block)^2-grid approximation misses:
     min over shown-as-blocks and shown-bilinearly of ||m - P m||^2 / ||m - mean(m)||^2 (0 for a constant map)."""
-    flat = maps.reshape(len(maps), -1).astype(np.float32)
-    centred = flat - flat.mean(axis=1, keepdims=True)
-    variance = (centred * centred).sum(axis=1)
-    lost = [
-        ((centred - centred @ _projection(maps.shape[1], block, kind)) ** 2).sum(axis=1)
-        for kind in ("nearest", "bilinear")
-    ]
+    values = np.asarray(maps, dtype=np.float32)
+    centred = values - values.mean(axis=(1, 2), keepdims=True)
+    variance = (centred * centred).sum(axis=(1, 2))
+    lost = []
+    for kind in ("nearest", "bilinear"):
+        projection = _projection(maps.shape[1], block, kind)
+        lost.append(((centred - projection @ centred @ projection.T) ** 2).sum(axis=(1, 2)))
     return np.divide(np.minimum(*lost), variance, out=np.zeros(len(maps)), where=variance > 0)
 
 

@@ -30,6 +30,7 @@ from cam.metrics import (
     explanation_images,
     largest_region_box,
     localization_scores,
+    lost_structure,
     perturbation_curves,
     pixel_ranks,
     randomization_stages,
@@ -222,6 +223,29 @@ def test_effective_grid_of_block_maps_and_a_checkerboard():
     assert effective_grid(upsample(coarse, (32, 32))).tolist() == [2, 2, 2]  # how Grad-CAM is shown
     assert effective_grid(checkerboard).tolist() == [32]
     assert effective_grid(np.ones((1, 32, 32))).tolist() == [1]
+
+
+def test_lost_structure_equals_a_least_squares_fit_of_the_grid_images():
+    """Checked against a plain lstsq over the (S*S)-pixel images of every grid cell, shown as blocks and bilinearly
+    (lost_structure itself works one axis at a time)."""
+    rng = np.random.default_rng(1)
+    side, block = 8, 2
+    noise, smooth = rng.random((3, side, side)), upsample(rng.random((2, 4, 4)), (side, side))
+    maps = np.concatenate([noise, smooth]).astype(np.float32)
+    cells = np.eye(16).reshape(16, 4, 4)
+    designs = [cells.repeat(block, axis=1).repeat(block, axis=2), upsample(cells, (side, side))]
+    centred = (maps - maps.mean(axis=(1, 2), keepdims=True)).reshape(len(maps), -1).astype(np.float64)
+    expected = []
+    for m in centred:
+        residuals = []
+        for design in designs:
+            columns = design.reshape(16, -1).T
+            fitted = columns @ np.linalg.lstsq(columns, m, rcond=None)[0]
+            residuals.append(((m - fitted) ** 2).sum())
+        expected.append(min(residuals) / (m * m).sum())
+    found = lost_structure(maps, block)
+    np.testing.assert_allclose(found, expected, atol=1e-5)
+    assert found[3:].max() < 1e-5 and found[:3].min() > 0.1  # upsampled 4x4 grids lose nothing, noise loses a lot
 
 
 # ------------------------------------------------------------------------------------------------------- boxes
