@@ -183,9 +183,23 @@ def captions(page: Page) -> list[str]:
 
 
 def choose(page: Page, label: str, option: str) -> None:
-    """Pick ``option`` in the selectbox or multiselect labelled ``label``."""
-    page.get_by_role("combobox", name=label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
+    """Pick ``option`` in the selectbox or multiselect labelled ``label``.
+
+    A rerun that redraws the sidebar can close a list that was just opened (seen once in CI), so the list
+    is opened again, up to three times, until the option shows.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
+    listed = page.get_by_role("option", name=option, exact=True)
+    for _ in range(3):
+        page.get_by_role("combobox", name=label, exact=True).click()
+        try:
+            listed.wait_for(timeout=5_000)
+            break
+        except PlaywrightTimeoutError:
+            page.keyboard.press("Escape")
+    listed.click()
 
 
 def assert_on_screen(page: Page, width: int, height: int) -> None:
