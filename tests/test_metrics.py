@@ -37,6 +37,7 @@ from cam.metrics import (
     rank_correlation,
     saliency,
 )
+from cam.predict import images_per_batch, predict_probabilities
 from cam.resample import upsample
 
 BOX = (10.0, 10.0, 20.0, 20.0)
@@ -246,6 +247,17 @@ def test_lost_structure_equals_a_least_squares_fit_of_the_grid_images():
     found = lost_structure(maps, block)
     np.testing.assert_allclose(found, expected, atol=1e-5)
     assert found[3:].max() < 1e-5 and found[:3].min() > 0.1  # upsampled 4x4 grids lose nothing, noise loses a lot
+
+
+def test_predictions_are_batched_by_pixels_and_do_not_depend_on_the_batching():
+    assert [images_per_batch(s, s) for s in (32, 128, 224, 4000)] == [256, 64, 20, 1]
+    inputs = keras.Input((24, 24, 3))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, activation="relu")(inputs))
+    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(x))
+    images = np.random.default_rng(0).uniform(0, 255, (7, 24, 24, 3)).astype(np.float32)
+    whole = predict_probabilities(model, images)
+    np.testing.assert_allclose(predict_probabilities(model, images, batch_size=2), whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(whole.sum(axis=1), 1.0, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------------- boxes
