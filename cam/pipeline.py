@@ -185,9 +185,10 @@ def render_panels(result: ImageResult, colormap: str = "jet", opacity: float = 0
         p = result.explanation.probabilities[method.role][0, index]
         grid = f"{native.shape[1]}x{native.shape[0]}"
         caption = f"{method.label} on {model}: {name}, {p:.0%} — map of {grid} cells, shown at {size[1]}x{size[0]}"
-        empty = (f"{model} found nothing here that raises *{name}*: this map is "
-                 f"{'empty' if not np.abs(native).max() else 'the same everywhere'}; try another class."
-                 if flat(native) else "")
+        # Said of the method, not the network: the network may be sure of the class while the method's map is 0.
+        empty = (f"This map is {'empty' if not np.abs(native).max() else 'the same everywhere'}: {method.label} "
+                 f"found no part of the photo that raises {model}'s score for *{name}*. This happens on some photos; "
+                 "compare the other panels or try another class." if flat(native) else "")
         other = result.disagreement(method.role)
         panels.append(Panel(method.key, method.label, caption, f"{method.label}: {name} {p:.0%}, {grid} map",
                             picture, native, legend(method, name, guided), empty, other[0] if other else ""))

@@ -91,8 +91,10 @@ def test_an_empty_or_constant_map_is_said_in_words():
     result.explanation.maps["grad_cam"][:] = 0.0
     result.explanation.maps["nopool_cam"][:] = 2.0
     panels = render_panels(result)
-    assert panels[0].empty == "VGG16 found nothing here that raises *bird*: this map is empty; try another class."
-    assert panels[2].empty == ("NoPool-GAP found nothing here that raises *bird*: this map is the same everywhere; "
-                               "try another class.")
-    assert panels[1].empty == "" or "VGG16 found nothing" in panels[1].empty
+    advice = "This happens on some photos; compare the other panels or try another class."
+    assert panels[0].empty == ("This map is empty: Grad-CAM found no part of the photo that raises VGG16's score for "
+                               f"*bird*. {advice}")
+    assert panels[2].empty == ("This map is the same everywhere: NoPool-GAP CAM found no part of the photo that raises "
+                               f"NoPool-GAP's score for *bird*. {advice}")
+    assert panels[1].empty == "" or "Guided Grad-CAM found no part" in panels[1].empty
     assert "Grey: no influence" in panels[1].legend and "evidence against *bird*" in panels[2].legend
