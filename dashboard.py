@@ -49,6 +49,7 @@ PANEL_HEIGHT = (160, 300)  # smallest and largest panel height: the results fit 
 TITLE_HEIGHT = 24
 PANELS_PER_ROW = 3
 MAX_EXTRA_METHODS = 3  # at most six panels: two rows of three stay readable
+FALLBACK = "layer_cam"  # offered when Grad-CAM's map is empty
 COMPACT = "<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:3rem}</style>"
 
 
@@ -270,6 +271,11 @@ def explain_class(name: str) -> None:
     st.session_state["class"] = name
 
 
+def add_method(key: str) -> None:
+    """The empty-map button's callback: add the panel of method ``key`` (dropping the oldest extra one when full)."""
+    st.session_state["extra_methods"] = [*st.session_state.get("extra_methods", []), key][-MAX_EXTRA_METHODS:]
+
+
 # ------------------------------------------------------------------------------------------------ results
 def figure(panels: list[Panel], revision: str, zoom: dict | None) -> tuple[go.Figure, float]:
     """One figure with every panel, PANELS_PER_ROW to a row, whose axes are matched, so zooming one zooms them all.
@@ -358,6 +364,12 @@ def panel_texts(panels: list[Panel], result: ImageResult, colormap: str) -> list
             name = other[1]
             st.button(f"Explain {name} instead (what {model_name(result.model(role))} sees)", key=f"switch:{role}",
                       on_click=explain_class, args=(name,), icon=":material/swap_horiz:")
+    shown = {panel.key for panel in panels}
+    if any(panel.empty for panel in panels if panel.key == "grad_cam") and FALLBACK not in shown:
+        # Grad-CAM averages each channel's gradient first, so opposite signs can cancel to an empty map; Layer-CAM
+        # weighs every cell by its own positive gradient and is rarely empty on the same layer.
+        st.button(f"Add {METHODS[FALLBACK].label}: a close relative of Grad-CAM that is rarely empty",
+                  key="add:fallback", on_click=add_method, args=(FALLBACK,), icon=":material/add:")
     return slots
 
 

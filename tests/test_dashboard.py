@@ -208,6 +208,11 @@ def test_empty_map_and_a_disagreement_with_its_button(setup: Path) -> None:
     assert [button.label for button in at.button if button.key.startswith("switch:")] == [
         "Explain cat instead (what VGG16 sees)"]
 
+    at.button(key="add:fallback").click().run()  # offered while Grad-CAM is empty: one more panel, Layer-CAM
+    assert not at.exception and at.multiselect(key="extra_methods").value == ["layer_cam"]
+    assert captions(at)[3].startswith("Layer-CAM on VGG16: horse") and len(captions(at)) == 4
+    assert not [button for button in at.button if button.key == "add:fallback"]  # shown: not offered again
+
 
 def dataset(root: Path, classes: tuple[str, ...]) -> Path:
     for index, name in enumerate(classes):
