@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import streamlit as st
@@ -179,6 +180,17 @@ def trained(name: str, folder: Path, bias: dict[str, float], zero_kernel: bool) 
     offsets[:] = [bias.get(c, 0.0) for c in loaded.classes]
     logits.set_weights([np.zeros_like(kernel) if zero_kernel else kernel, offsets])
     cam.models.save_checkpoint(loaded.model, {**loaded.card, "metrics": {"test": {"accuracy": 0.5}}}, folder)
+
+
+def test_reruns_keep_the_shared_models_warm(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit would clear the Keras session after every run (a full garbage collection and TensorFlow's kernel
+    cache dropped, under every session's models); the dashboard keeps it."""
+    cleared = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *args, **kwargs: cleared.append(args))
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    at.toggle(key="raw").set_value(True).run()
+    assert not at.exception and len(captions(at)) == 3
+    assert cleared == []
 
 
 def test_empty_map_and_a_disagreement_with_its_button(setup: Path) -> None:
