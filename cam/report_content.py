@@ -218,12 +218,18 @@ def plain_summary(data: dict) -> list[str]:
     return sentences
 
 
+def public_command(command: str) -> str:
+    """``command`` with every path that leaves the project folder (absolute, or through ``..``) cut to its last
+    part: those name the producing machine's folders, which a visitor of the page must not see."""
+    return " ".join(Path(word).name if Path(word).is_absolute() or ".." in Path(word).parts else word
+                    for word in command.split())
+
+
 def markdown(data: dict, images: bool = True) -> str:
     """report.md from the report's data; ``images`` adds the PNG figures and links to the HTML ones."""
     meta, summary, names = data["meta"], data["summary"], labels(data)
     lines = [f"# {', '.join(names.values())} measured against each other", ""]
-    # Absolute paths in the command are the producing machine's: only their last part is shown.
-    command = " ".join(Path(word).name if Path(word).is_absolute() else word for word in meta["command"].split())
+    command = public_command(meta["command"])
     lines += [f"Produced by `{command}` on {meta['date']} in {meta['seconds']:.0f} s ({meta['device']}); "
               f"{meta['n_images']} test images, {meta['n_mosaics']} mosaics, {meta['sanity_n']} images for the "
               f"sanity check. Times: " + ", ".join(f"{k} {v:.0f} s" for k, v in meta["timings"].items()) + ".", ""]

@@ -179,6 +179,13 @@ def test_interval_is_a_bootstrap_around_the_mean():
     assert evaluation.interval(np.array([np.nan]), rng)["n"] == 0
 
 
+def test_the_shown_command_names_no_folder_outside_the_project():
+    shown = report_content.public_command("cam report --data ../shared/data/photos4 --out /srv/cam/reports/x --n 2")
+    assert shown == "cam report --data photos4 --out x --n 2"
+    inside = "--data data/cifar4 --out reports/latest"
+    assert report_content.public_command(inside) == inside
+
+
 def test_page_shows_the_report(produced, monkeypatch):
     monkeypatch.setenv("CAM_REPORT_DIR", str(produced[0]))
     page = evaluation_page().run()
