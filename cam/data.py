@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import os
 import pickle
 import shutil
 import tarfile
@@ -19,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from cam.gallery import configured_roots
 from cam.images import ImageError, load_image, resize
 from cam.models import CIFAR4_CLASSES
 
@@ -40,8 +40,9 @@ def data_root(explicit: str | Path | None = None) -> Path:
     by ``os.pathsep`` for the dashboard), else ``data/`` in the project."""
     if explicit:
         return Path(explicit)
-    if os.environ.get("CAM_DATA"):
-        return Path(os.environ["CAM_DATA"].split(os.pathsep)[0])
+    configured = configured_roots()
+    if configured:
+        return configured[0]
     return Path(__file__).resolve().parent.parent / "data"
 
 
