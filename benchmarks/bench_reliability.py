@@ -45,8 +45,10 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cam.examples import EXAMPLES, EXAMPLES_DIR, example_photo  # noqa: E402
+from cam.gallery import IMAGE_SUFFIXES  # noqa: E402
 from cam.images import ImageError, load_image  # noqa: E402
 from tests.test_browser import (  # noqa: E402
+    ANY_CAPTION,
     PANEL_METHODS,
     ROOT,
     SCRIPT_IDLE,
@@ -68,10 +70,8 @@ SESSION_SIZES = [(640, 480), (600, 600), (480, 640), (800, 450), (720, 540), (50
 MEMORY_SIZE = (1024, 768)
 MEMORY_MARKS = (1, 10, 25, 50)
 SLOPE_FROM = 10  # the slope is fitted from this upload on: the first ones fill caches
-PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CAPTION = re.compile(r"^(?P<method>.+?) on [\w-]+: (?P<name>\w+), (?P<percent>\d+)% — map of \S+ cells, "
                      r"shown at (?P<size>\d+x\d+)$")
-ANY_CAPTION = re.compile(r" — map of \d+x\d+ cells, shown at ")  # for the browser (JavaScript has no (?P<...>))
 # What must never reach the page: a traceback, an exception's class, a path on the server.
 LEAKS = re.compile(r"Traceback|\b[A-Z]\w*(?:Error|Exception|Warning)\b|\bError\b|/work/|/tmp/|/root|/home/|"
                    r"site-packages|\.py\b")
@@ -86,7 +86,7 @@ def sources(data: Path) -> list[Path]:
     or the built-in gallery's when the folder is missing or empty."""
     if data.is_dir():
         folders = sorted(folder for folder in data.iterdir() if folder.is_dir()) or [data]
-        lists = [sorted(p for p in folder.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES) for folder in folders]
+        lists = [sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for folder in folders]
         longest = max((len(files) for files in lists), default=0)
         mixed = [files[i] for i in range(longest) for files in lists if i < len(files)]
         if mixed:

@@ -52,6 +52,7 @@ TITLES_AND_TOOLBARS = """() => { const box = e => { const r = e.getBoundingClien
         box).filter(r => r[2] > r[0] && r[3] > r[1]);
     return [titles, bars]; }"""
 ALL_IMAGES_LOADED = "() => Array.from(document.images).every(image => image.complete && image.naturalWidth > 0)"
+ANY_CAPTION = re.compile(r" — map of \d+x\d+ cells, shown at ")  # a panel's caption, whatever its words
 TIMEOUT_MS = 900_000  # the first run builds VGG16 on a CPU that may be busy (7.5 minutes seen under load)
 SHOTS = ROOT / "test-output" / "browser"  # screenshots to look at (git-ignored)
 
@@ -179,7 +180,7 @@ def panel_caption(method: str, width: int, height: int) -> re.Pattern:
 
 def captions(page: Page) -> list[str]:
     """The panels' captions as the page shows them."""
-    return page.get_by_text(re.compile(r" — map of \d+x\d+ cells, shown at ")).all_inner_texts()
+    return page.get_by_text(ANY_CAPTION).all_inner_texts()
 
 
 def choose(page: Page, label: str, option: str) -> None:
