@@ -375,7 +375,6 @@ def panel_texts(panels: list[Panel], result: ImageResult, colormap: str) -> list
     return slots
 
 
-
 def prepared_files(signature: tuple, panels: list[Panel], result: ImageResult, choice: Choice,
                    colormap: str) -> dict[str, bytes]:
     """Every download's bytes, made now (a download clicked during a rerun must find its file) and kept in the
