@@ -11,6 +11,7 @@ are few tests and each covers several steps.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import json
 import os
@@ -52,6 +53,7 @@ def setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     # Models loaded under this test's settings must not leak into later tests.
     st.cache_resource.clear()
     st.cache_data.clear()
+    gc.unfreeze()  # the dashboard froze them out of the garbage collector's sight
 
 
 def encoded(width: int, height: int, format: str, seed: int = 0, **options) -> bytes:
@@ -184,13 +186,16 @@ def trained(name: str, folder: Path, bias: dict[str, float], zero_kernel: bool) 
 
 def test_reruns_keep_the_shared_models_warm(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Streamlit would clear the Keras session after every run (a full garbage collection and TensorFlow's kernel
-    cache dropped, under every session's models); the dashboard keeps it."""
+    cache dropped, under every session's models); the dashboard keeps it. It also keeps the models out of the
+    garbage collector's sight: Streamlit collects after every run, and each full collection would walk them all."""
     cleared = []
     monkeypatch.setattr(keras.backend, "clear_session", lambda *args, **kwargs: cleared.append(args))
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     at.toggle(key="raw").set_value(True).run()
     assert not at.exception and len(captions(at)) == 3
     assert cleared == []
+    assert gc.get_freeze_count() > 0
+    assert not [obj for obj in gc.get_objects() if isinstance(obj, keras.Model)]  # frozen objects are not listed
 
 
 def test_empty_map_and_a_disagreement_with_its_button(setup: Path) -> None:
