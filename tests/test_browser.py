@@ -38,10 +38,34 @@ PANEL_METHODS = ("Grad-CAM", "Guided Grad-CAM", "NoPool-GAP CAM")
 UPLOAD_INPUT = '[data-testid="stFileUploaderDropzoneInput"]'
 SCRIPT_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 SCRIPT_RUNNING = '[data-testid="stApp"][data-test-script-state="running"]'
-PANEL_SOURCES = "() => Array.from(document.querySelectorAll('.js-plotly-plot image'), image => image.href.baseVal)"
+# The pictures of the panels on the page now: not those of an element left from the previous run (stale).
+FRESH = """e => !e.closest('[data-stale="true"]')"""
+PANEL_SOURCES = f"""() => Array.from(document.querySelectorAll('.js-plotly-plot image')).filter({FRESH})
+    .map(image => image.href.baseVal)"""
 # True once the figure holds `count` images of which at least one differs from `old` (the previous panels).
 PANELS_CHANGED = f"""([old, count]) => {{ const now = ({PANEL_SOURCES})();
     return now.length === count && now.some(source => !old.includes(source)); }}"""
+# Installs a promise, window.panelsDrawn, of the time (the page's clock, ms since the epoch) of the first frame painted
+# once the page holds, none of them stale, the label of the photo, `count` panel pictures of which one is not in `old`,
+# and a caption matching each of `patterns`. A MutationObserver checks after each change of the page, so there is no
+# polling to take the machine's time from the page (Playwright's own waits poll on every animation frame).
+WATCH_FOR_PANELS = f"""([label, old, patterns, count, timeout]) => {{
+    window.panelsDrawn = new Promise((resolve, reject) => {{
+    const fresh = {FRESH};
+    const drawn = () => {{
+        const sources = ({PANEL_SOURCES})();
+        const texts = Array.from(document.querySelectorAll('[data-testid="stMarkdownContainer"]')).filter(fresh)
+            .map(element => element.textContent.trim());
+        return sources.length === count && sources.some(source => !old.includes(source)) && texts.includes(label)
+            && patterns.every(pattern => texts.some(text => new RegExp(pattern).test(text)));
+    }};
+    const observer = new MutationObserver(() => drawn() && done());
+    const timer = setTimeout(() => {{ observer.disconnect(); reject(new Error('no panels for ' + label)); }}, timeout);
+    // The second animation frame from the change: the first frame that shows it has been painted.
+    const done = () => {{ observer.disconnect(); clearTimeout(timer);
+        requestAnimationFrame(() => requestAnimationFrame(() => resolve(Date.now()))); }};
+    observer.observe(document.body, {{subtree: true, childList: true, attributes: true, characterData: true}});
+}}); }}"""
 AXIS_RANGES = """() => { const layout = document.querySelector('.js-plotly-plot')._fullLayout;
     return ['xaxis', 'xaxis2', 'xaxis3', 'yaxis', 'yaxis2', 'yaxis3'].map(name => layout[name].range); }"""
 # The rectangles of the panel titles and of anything drawn over the figure (Plotly's and Streamlit's toolbars).
@@ -163,14 +187,14 @@ def wait_for_panels(page: Page, before: list[str], count: int = 3) -> None:
     page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
 
 
-def upload_and_wait(page: Page, photo: Path) -> None:
-    """Upload ``photo`` through the page's file input; return once its three panels are drawn and captioned."""
-    before = page.evaluate(PANEL_SOURCES)
+def upload_and_wait(page: Page, photo: Path) -> float:
+    """Upload ``photo`` through the page's file input; return once its three panels are drawn and captioned, with
+    the time of the first frame that showed them (the page's clock, ms since the epoch)."""
+    patterns = [panel_caption(method, *Image.open(photo).size).pattern for method in PANEL_METHODS]
+    page.evaluate(WATCH_FOR_PANELS, [f"Uploaded photo “{photo.name}”", page.evaluate(PANEL_SOURCES), patterns,
+                                     len(PANEL_METHODS), TIMEOUT_MS])
     page.locator(UPLOAD_INPUT).set_input_files(photo)
-    page.get_by_text(f"Uploaded photo “{photo.name}”").wait_for(timeout=TIMEOUT_MS)
-    page.wait_for_function(PANELS_CHANGED, arg=[before, 3], timeout=TIMEOUT_MS)
-    for method in PANEL_METHODS:
-        page.get_by_text(panel_caption(method, *Image.open(photo).size)).wait_for(timeout=TIMEOUT_MS)
+    return page.evaluate("() => window.panelsDrawn")
 
 
 def panel_caption(method: str, width: int, height: int) -> re.Pattern:
