@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 
 from cam.metrics import BLUR_SIGMA, MIN_IOU, POINTING_TOLERANCE, REGION_THRESHOLD, RESOLUTION_TOLERANCE, STEPS
+from cam.models import MODEL_SETS, REGISTRY
 from cam.registry import ROLES
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "reports" / "latest"
@@ -190,17 +191,27 @@ def plain_summary(data: dict) -> list[str]:
         return []
     names, (best, reference, _, cells) = labels(data), finest
     sentences = []
-    # Where: the mosaics' pointing game, else the masked photos' (photos4's horses with their outlines).
+    # Where: the pointing game on the mosaics and on the masked photos (photos4's horses with their outlines), each
+    # when measured; the two can name different winners.
+    where = []  # (method, pictures, finding)
     for set_, pictures, target in (("mosaics", "on pictures made of four photos", "the right one"),
                                    ("masks", "on photos of horses with their outline drawn", "the horse")):
         pointing = {k: cells[(set_, "pointing", k)]["mean"] for k in names if (set_, "pointing", k) in cells}
         if pointing:
-            where = max(pointing, key=pointing.get)
-            versus = (f" ({names[reference]}: {pointing[reference]:.0%})"
-                      if reference in pointing and where != reference else "")
-            sentences.append(f"To see **where** the object is, trust **{names[where]}** most: {pictures}, its "
-                             f"strongest spot fell on {target} {pointing[where]:.0%} of the time{versus}.")
-            break
+            winner = max(pointing, key=pointing.get)
+            versus = (f"{names[reference]}: {pointing[reference]:.0%}"
+                      if reference in pointing and winner != reference else "")
+            finding = f"its strongest spot fell on {target} {pointing[winner]:.0%} of the time"
+            where.append((winner, pictures, finding, versus))
+    if len({winner for winner, *_ in where}) == 1:
+        sentences.append(f"To see **where** the object is, trust **{names[where[0][0]]}** most: " + "; ".join(
+            f"{pictures}, {finding}" + (f" ({versus})" if versus else "") for _, pictures, finding, versus in where
+        ) + ".")
+    elif where:
+        sentences.append("To see **where** the object is, trust " + " and ".join(
+            f"**{names[winner]}** {pictures} ({finding}" + (f"; {versus}" if versus else "") + ")"
+            for winner, pictures, finding, versus in where
+        ) + ".")
     grid, ref_grid = (cells[("test", "effective_grid", k)]["mean"] for k in (best, reference))
     sentences.append(f"Without retraining the network, **{names[best]}** gives the sharpest map that still follows "
                      f"what the network uses: about {grid:.0f} x {grid:.0f} distinct cells, where {names[reference]} "
@@ -308,8 +319,13 @@ def report_dirs() -> list[Path]:
 
 
 def report_title(data: dict) -> str:
-    """A report's tab title in words: the models it scored (their names from the report)."""
-    return " and ".join(model["name"] for model in data["meta"]["models"])
+    """A report's tab title in words: the title of the network pair it scored ("Photos (128 px)"), else the titles
+    of its networks."""
+    names = [model["name"] for model in data["meta"]["models"]]
+    for model_set in MODEL_SETS.values():
+        if sorted(names) == sorted((model_set.gradcam, model_set.gap)):
+            return model_set.title
+    return " and ".join(REGISTRY[name].title if name in REGISTRY else name for name in names)
 
 
 def load_report(folder: Path) -> dict | None:

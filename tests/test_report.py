@@ -225,3 +225,16 @@ def test_the_shipped_report_opens_with_three_plain_sentences():
         "Be careful with **Guided Grad-CAM, Score-CAM**: their maps hardly change when the network's learned weights "
         "are scrambled, so the fine detail shows the photo's edges more than the network's reasoning.",
     ]
+
+
+def test_the_photo_report_names_both_winners_of_where_and_its_tab_names_the_pair():
+    """The photo report measured the pointing game twice, and the two name different methods: both are said."""
+    data = report_content.load_report(report_content.DEFAULT_OUT.parent / "photos")
+    assert report_content.plain_summary(data)[0] == (
+        "To see **where** the object is, trust **Grad-CAM** on pictures made of four photos (its strongest spot fell "
+        "on the right one 66% of the time) and **NoPool-GAP CAM** on photos of horses with their outline drawn (its "
+        "strongest spot fell on the horse 100% of the time; Grad-CAM: 96%)."
+    )
+    assert report_content.report_title(data) == "Photos (128 px)"
+    cifar = report_content.load_report(report_content.DEFAULT_OUT)
+    assert report_content.report_title(cifar) == "CIFAR thumbnails (32 px)"
