@@ -193,7 +193,7 @@ def plain_summary(data: dict) -> list[str]:
     sentences = []
     # Where: the pointing game on the mosaics and on the masked photos (photos4's horses with their outlines), each
     # when measured; the two can name different winners.
-    where = []  # (method, pictures, finding)
+    where = []  # (winning method, pictures, finding, the reference's score when it did not win)
     for set_, pictures, target in (("mosaics", "on pictures made of four photos", "the right one"),
                                    ("masks", "on photos of horses with their outline drawn", "the horse")):
         pointing = {k: cells[(set_, "pointing", k)]["mean"] for k in names if (set_, "pointing", k) in cells}

@@ -51,21 +51,20 @@ PANELS_CHANGED = f"""([old, count]) => {{ const now = ({PANEL_SOURCES})();
 # polling to take the machine's time from the page (Playwright's own waits poll on every animation frame).
 WATCH_FOR_PANELS = f"""([label, old, patterns, count, timeout]) => {{
     window.panelsDrawn = new Promise((resolve, reject) => {{
-    const fresh = {FRESH};
-    const drawn = () => {{
-        const sources = ({PANEL_SOURCES})();
-        const texts = Array.from(document.querySelectorAll('[data-testid="stMarkdownContainer"]')).filter(fresh)
-            .map(element => element.textContent.trim());
-        return sources.length === count && sources.some(source => !old.includes(source)) && texts.includes(label)
-            && patterns.every(pattern => texts.some(text => new RegExp(pattern).test(text)));
-    }};
-    const observer = new MutationObserver(() => drawn() && done());
-    const timer = setTimeout(() => {{ observer.disconnect(); reject(new Error('no panels for ' + label)); }}, timeout);
-    // The second animation frame from the change: the first frame that shows it has been painted.
-    const done = () => {{ observer.disconnect(); clearTimeout(timer);
-        requestAnimationFrame(() => requestAnimationFrame(() => resolve(Date.now()))); }};
-    observer.observe(document.body, {{subtree: true, childList: true, attributes: true, characterData: true}});
-}}); }}"""
+        const drawn = () => {{
+            const texts = Array.from(document.querySelectorAll('[data-testid="stMarkdownContainer"]')).filter({FRESH})
+                .map(element => element.textContent.trim());
+            return ({PANELS_CHANGED})([old, count]) && texts.includes(label)
+                && patterns.every(pattern => texts.some(text => new RegExp(pattern).test(text)));
+        }};
+        const observer = new MutationObserver(() => drawn() && done());
+        const timer = setTimeout(() => {{ observer.disconnect(); reject(new Error('no panels for ' + label)); }},
+            timeout);
+        // The second animation frame from the change: the first frame that shows it has been painted.
+        const done = () => {{ observer.disconnect(); clearTimeout(timer);
+            requestAnimationFrame(() => requestAnimationFrame(() => resolve(Date.now()))); }};
+        observer.observe(document.body, {{subtree: true, childList: true, attributes: true, characterData: true}});
+    }}); }}"""
 AXIS_RANGES = """() => { const layout = document.querySelector('.js-plotly-plot')._fullLayout;
     return ['xaxis', 'xaxis2', 'xaxis3', 'yaxis', 'yaxis2', 'yaxis3'].map(name => layout[name].range); }"""
 # The rectangles of the panel titles and of anything drawn over the figure (Plotly's and Streamlit's toolbars).
