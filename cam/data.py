@@ -19,7 +19,7 @@ import tensorflow as tf
 from PIL import Image
 
 from cam.gallery import configured_roots
-from cam.images import ImageError, load_image, resize
+from cam.images import ImageError, load_image, own_aspect, resize
 from cam.models import CIFAR4_CLASSES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -72,7 +72,7 @@ def list_images(root: str | Path, split: str, classes: list[str] | None = None) 
 class ImageSet:
     """Images of one split in memory, resized to the model's input, with the files that could not be read."""
 
-    images: np.ndarray  # (N, size, size, 3) uint8
+    images: np.ndarray | list[np.ndarray]  # (N, size, size, 3) uint8, or a list of own-aspect (h, w, 3) images
     labels: np.ndarray  # (N,) int32
     classes: list[str]
     paths: list[Path]
@@ -80,11 +80,16 @@ class ImageSet:
 
     def subset(self, indices: np.ndarray) -> ImageSet:
         paths = [self.paths[i] for i in indices]
-        return ImageSet(self.images[indices], self.labels[indices], self.classes, paths, self.bad_files)
+        images = [self.images[i] for i in indices] if isinstance(self.images, list) else self.images[indices]
+        return ImageSet(images, self.labels[indices], self.classes, paths, self.bad_files)
 
 
-def load_split(root: str | Path, split: str, size: int, classes: list[str] | None = None) -> ImageSet:
-    """Decode every image of ``root/split`` at ``size`` x ``size``; unreadable files are listed in ``bad_files``."""
+def load_split(
+    root: str | Path, split: str, size: int, classes: list[str] | None = None, squash: bool = True
+) -> ImageSet:
+    """Decode every image of ``root/split`` at ``size`` x ``size`` (``squash``: the whole photo squeezed into the
+    square, as training does), or with ``squash=False`` at its own aspect ratio with short side ``size``
+    (``own_aspect``; ``images`` is then a list); unreadable files are listed in ``bad_files``."""
     classes = classes or list_classes(root, split)
     paths, labels = list_images(root, split, classes)
     if not paths:
@@ -92,13 +97,14 @@ def load_split(root: str | Path, split: str, size: int, classes: list[str] | Non
     images, kept, bad = [], [], []
     for i, path in enumerate(paths):
         try:
-            images.append(resize(load_image(path), size))
+            image = load_image(path)
+            images.append(resize(image, size) if squash else own_aspect(image, size))
             kept.append(i)
         except ImageError as error:
             bad.append((path, str(error)))
     if not images:
         raise DataError(f"No readable image in {Path(root) / split}; first problem: {bad[0][1]}")
-    return ImageSet(np.stack(images), labels[kept], classes, [paths[i] for i in kept], bad)
+    return ImageSet(np.stack(images) if squash else images, labels[kept], classes, [paths[i] for i in kept], bad)
 
 
 def split_train_validation(n: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -92,8 +92,69 @@ def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
 
 
-def model_input(images: list[np.ndarray] | np.ndarray, size: int) -> np.ndarray:
-    """Stack images resized to the model's square input as float32 RGB 0..255, shape (B, size, size, 3)."""
+# How a photo becomes a network's input (``input_shape``): its own aspect ratio, short side S. The long side is
+# rounded to a multiple of SHAPE_MULTIPLE: VGG16 pools five times, so such sides give exact 1/16 (Grad-CAM) and 1/32
+# grids and no row or column is dropped by a pooling. Rounding changes the aspect by at most half a multiple (16 px
+# on the long side); the maps are resampled back onto the photo, so they line up with it exactly.
+SHAPE_MULTIPLE = 32
+# Longer photos are cropped to their middle MAX_ASPECT:1 part (``view_box``): photos4 holds photos up to 2:1 and
+# measured the same with the whole photo and with this crop (README, "Own aspect"); a 4000x40 strip would otherwise
+# cost 100 times a square's compute for a map no one can read.
+MAX_ASPECT = 2.0
+
+
+# The detail levels (the page's "Detail", ``--size`` on the command line): the short side as a multiple of the size
+# a network was trained at; the photo pair's 128 px gives 128, 192, 256 and 320.
+DETAIL_LEVELS = {"standard": 1.0, "fine": 1.5, "finer": 2.0, "finest": 2.5}
+
+
+def detail_sizes(trained_size: int) -> dict[str, int]:
+    """The detail levels for networks trained at ``trained_size``: name -> short side, those that are multiples of
+    SHAPE_MULTIPLE (the CIFAR pair, 32 px: standard 32 and finer 64)."""
+    sizes = {name: round(trained_size * factor) for name, factor in DETAIL_LEVELS.items()}
+    return {name: size for name, size in sizes.items() if size % SHAPE_MULTIPLE == 0}
+
+
+def view_box(height: int, width: int, max_aspect: float = MAX_ASPECT) -> tuple[int, int, int, int]:
+    """The part of a ``height`` x ``width`` photo the networks see, (top, left, height, width): the whole photo when
+    its long side is at most ``max_aspect`` times its short side, else the middle part of that aspect ratio
+    (``max_aspect=1``: the middle square, for networks that only take squares)."""
+    if max(height, width) <= max_aspect * min(height, width):
+        return 0, 0, height, width
+    if width > height:
+        kept = max(1, round(max_aspect * height))
+        return 0, (width - kept) // 2, height, kept
+    kept = max(1, round(max_aspect * width))
+    return (height - kept) // 2, 0, kept, width
+
+
+def input_shape(height: int, width: int, short_side: int, multiple: int = SHAPE_MULTIPLE) -> tuple[int, int]:
+    """The (height, width) a network gets for a ``height`` x ``width`` view at short side ``short_side``: the short
+    side is ``short_side``, the long side keeps the aspect ratio, rounded to the nearest ``multiple`` (at least
+    ``short_side``). A 4:3 photo at 128 gives 128x160 (landscape) or 160x128 (portrait)."""
+    if short_side % multiple:
+        raise ValueError(f"the short side must be a multiple of {multiple}, not {short_side}")
+    short, long = sorted((height, width))
+    rounded = max(short_side, multiple * round(long * short_side / short / multiple))
+    return (short_side, rounded) if width >= height else (rounded, short_side)
+
+
+def crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The part (top, left, height, width) of an (H, W, ...) image."""
+    top, left, height, width = box
+    return image[top : top + height, left : left + width]
+
+
+def model_input(images: list[np.ndarray] | np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Stack images resized to ``size`` as float32 RGB 0..255, shape (B, h, w, 3): an int is a square (a network
+    with a fixed square input), (h, w) a shape from ``input_shape``."""
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = [images]
     return np.stack([resize(np.asarray(image, np.uint8), size) for image in images]).astype(np.float32)
+
+
+def own_aspect(image: np.ndarray, short_side: int) -> np.ndarray:
+    """A photo as flexible networks see it (``cam.pipeline.photo_view``): the part ``view_box`` keeps, resized to
+    its own aspect ratio with short side ``short_side`` (``input_shape``), uint8."""
+    seen = crop(image, view_box(*image.shape[:2]))
+    return resize(seen, input_shape(*seen.shape[:2], short_side))

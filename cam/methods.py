@@ -181,18 +181,25 @@ def stage_layers(model: keras.Model, count: int = 3) -> list[str]:
     return list(dict.fromkeys([*fed, default_gradcam_layer(model)]))[-count:]
 
 
+# The Layer-CAM paper's fusion (Jiang et al. 2021, eq. 7): each layer's map scaled by tanh(gamma * M / max M) before
+# the element-wise maximum, so that the weak maps of shallow layers are not drowned by the deep ones; gamma = 2 as in
+# the paper (and torch-cam, which scales every layer so).
+LAYER_CAM_GAMMA = 2.0
+
+
 def layer_cam_fused(
     model: keras.Model, images: np.ndarray, classes: Classes = None, names: Sequence[str] | None = None
 ) -> np.ndarray:
     """Layer-CAM fused over layers (Jiang et al. 2021, sec. 3.3), one backward pass for all: each layer's
-    Layer-CAM upsampled to the input size (B, H, W), divided by its maximum (to [0, 1]), then the element-wise
-    maximum over the layers. ``names`` default: ``stage_layers(model)``."""
+    Layer-CAM M upsampled to the input size (B, H, W), scaled to tanh(LAYER_CAM_GAMMA * M / max M), then the
+    element-wise maximum over the layers. ``names`` default: ``stage_layers(model)``."""
     x = _batch(images)
     features, gradients, _ = features_and_gradients(model, x, classes, names or stage_layers(model))
     fused = None
     for a, g in zip(features, gradients, strict=True):
         maps = upsample(layer_cam_from(a, g), x.shape[1:3])
-        maps = tf.math.divide_no_nan(maps, tf.reduce_max(maps, axis=(1, 2), keepdims=True))
+        scaled = tf.math.divide_no_nan(maps, tf.reduce_max(maps, axis=(1, 2), keepdims=True))
+        maps = tf.math.tanh(LAYER_CAM_GAMMA * scaled)
         fused = maps if fused is None else tf.maximum(fused, maps)
     return fused.numpy()
 
@@ -207,8 +214,16 @@ def score_cam_masks(features: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def score_cam_passes(model: keras.Model, layer: str | None = None) -> int:
-    """Forward passes Score-CAM needs per image: one, plus one per channel of the layer (VGG16 block5: 513)."""
+    """Forward passes Score-CAM needs per image at most: one, plus one per channel of the layer (VGG16 block5: 513);
+    channels that are constant on an image are skipped (``score_cam``)."""
     return 1 + int(feature_layer(model, layer_or_default(model, layer)).output.shape[-1])
+
+
+def varying_channels(features: tf.Tensor) -> np.ndarray:
+    """Of features (B, h, w, K), the (image, channel) pairs whose map is not constant, as indices image * K + k:
+    the masked passes Score-CAM makes."""
+    flat = tf.reshape(tf.transpose(features, (0, 3, 1, 2)), (features.shape[0] * features.shape[3], -1))
+    return np.flatnonzero((tf.reduce_max(flat, axis=1) > tf.reduce_min(flat, axis=1)).numpy())
 
 
 def score_cam(
@@ -216,7 +231,9 @@ def score_cam(
 ) -> np.ndarray:
     """Score-CAM (Wang et al. 2020), gradient-free: (B, h, w) = ReLU(sum_k s_k A_k) with s_k = p_c(X * M_k), the
     softmax probability of class c for the image times mask M_k (``score_cam_masks``), as the authors' code does.
-    Costs ``score_cam_passes`` forward passes per image, run ``batch_size`` masked images at a time."""
+    Like that code it skips a channel that is constant on the image (s_k = 0; most are all zero after the ReLU: 152
+    to 256 of VGG16's 512 on a photo), so it costs one forward pass plus one per ``varying_channels``, run
+    ``batch_size`` masked images at a time."""
     x = _batch(images)
     inner = features_and_logits_model(model, layer_or_default(model, layer))
     features, before_softmax = inner(x, training=False)
@@ -224,9 +241,10 @@ def score_cam(
     count, channels = x.shape[0], features.shape[-1]
     # Row i of ``channel_maps`` is channel i % K of image i // K, as a one-channel feature map.
     channel_maps = tf.reshape(tf.transpose(features, (0, 3, 1, 2)), (-1, *features.shape[1:3], 1))
+    varying = varying_channels(features)
     scores = np.zeros(count * channels, np.float32)
-    for start in range(0, count * channels, batch_size):
-        pairs = np.arange(start, min(start + batch_size, count * channels))
+    for start in range(0, len(varying), batch_size):
+        pairs = varying[start : start + batch_size]
         image = pairs // channels
         masks = score_cam_masks(tf.gather(channel_maps, pairs), x.shape[1:3])[:, 0]
         probabilities = model(tf.gather(x, image) * masks[..., None], training=False)
@@ -395,7 +413,7 @@ class Explanation:
 
 class Explainer:
     """Grad-CAM, Guided Backprop and Guided Grad-CAM of one model plus CAM of a GAP model, in as few passes as
-    the maths allows, compiled once (``tf.function``) per model and input size and reused afterwards; it fills
+    the maths allows, compiled once (``tf.function``) per model and input shape and reused afterwards; it fills
     ``Explanation.maps`` for FUSED_METHODS.
 
     Grad-CAM model: one forward pass through a guided clone (its forward values equal the original's), then
@@ -415,17 +433,29 @@ class Explainer:
             guided = guided_clone(gradcam_model)
             self._bottom = keras.Model(guided.inputs, feature_layer(guided, self.layer).output)
             self._top, self._top_guided = layers_after(gradcam_model, self.layer), layers_after(guided, self.layer)
-            size = tuple(gradcam_model.input_shape[1:3])
-            self._gradcam_step = tf.function(
-                self._gradcam_pass,
-                input_signature=[tf.TensorSpec((None, *size, 3), tf.float32), tf.TensorSpec((None,), tf.int32)],
-            )
         if cam_model is not None:
             source, self._cam_dense = gap_head(cam_model)
             self._cam_inner = keras.Model(cam_model.inputs, [source.output, cam_model.layers[-1].input])
-            self._cam_step = tf.function(
-                self._cam_pass, input_signature=[tf.TensorSpec((None, *cam_model.input_shape[1:3], 3), tf.float32)]
-            )
+        # One compiled graph per pass and input shape (h, w), traced on first use: the upsampling matrices are
+        # constants of the shape. Photos are rounded to a few shapes (cam.images.input_shape: at most S/32 + 1 per
+        # orientation and short side S), so the graphs stay few; ``compilations`` counts them.
+        self._steps: dict[tuple[str, int, int], tf.types.experimental.GenericFunction] = {}
+        self.compilations = 0
+
+    def _step(self, name: str, shape: tuple[int, int]):
+        """The compiled ``_gradcam_pass`` or ``_cam_pass`` for images of ``shape``."""
+        key = (name, *shape)
+        if key not in self._steps:
+            image = tf.TensorSpec((None, *shape, 3), tf.float32)
+            # A new Python function per shape: TensorFlow would take one function traced for several shapes for
+            # accidental retracing and warn about it.
+            if name == "gradcam":
+                signature = [image, tf.TensorSpec((None,), tf.int32)]
+                self._steps[key] = tf.function(lambda x, c: self._gradcam_pass(x, c), input_signature=signature)
+            else:
+                self._steps[key] = tf.function(lambda x: self._cam_pass(x), input_signature=[image])
+            self.compilations += 1
+        return self._steps[key]
 
     def _gradcam_pass(self, x: tf.Tensor, classes: tf.Tensor) -> tuple[tf.Tensor, ...]:
         with tf.GradientTape(persistent=True) as tape:
@@ -449,8 +479,8 @@ class Explainer:
         self, images: np.ndarray | None, classes: Classes = None, cam_images: np.ndarray | None = None,
         with_cam: bool = True,
     ) -> Explanation:
-        """Explain a batch (B, H, W, 3) at the Grad-CAM model's input size; ``classes`` is that model's class.
-        ``cam_images``: the same images at the GAP model's input size, when it differs (the only images without a
+        """Explain a batch (B, H, W, 3) of one shape; ``classes`` is the Grad-CAM model's class.
+        ``cam_images``: the same images at the GAP model's input shape, when it differs (the only images without a
         Grad-CAM model); ``with_cam=False`` skips the GAP model. Its class is picked afterwards from
         ``Explanation.cams`` (all classes are computed)."""
         result = Explanation({}, {}, {}, {})
@@ -458,7 +488,8 @@ class Explainer:
             x = _batch(images)
             wanted = class_array(classes, x.shape[0], self.gradcam_model.output_shape[-1])
             started = time.perf_counter()
-            probabilities, chosen, maps, guided_maps = (t.numpy() for t in self._gradcam_step(x, wanted))
+            step = self._step("gradcam", tuple(x.shape[1:3]))
+            probabilities, chosen, maps, guided_maps = (t.numpy() for t in step(x, wanted))
             seconds = time.perf_counter() - started
             result = Explanation({GRADCAM_MODEL: probabilities}, {GRADCAM_MODEL: chosen},
                                  {"grad_cam": maps, "guided_grad_cam": guided_maps},
@@ -466,7 +497,8 @@ class Explainer:
         if self.cam_model is not None and with_cam:
             started = time.perf_counter()
             cam_x = _batch(images if cam_images is None else cam_images)
-            result.probabilities[GAP_MODEL], result.cams = (t.numpy() for t in self._cam_step(cam_x))
+            step = self._step("cam", tuple(cam_x.shape[1:3]))
+            result.probabilities[GAP_MODEL], result.cams = (t.numpy() for t in step(cam_x))
             result.seconds["nopool_cam"] = time.perf_counter() - started
             result.explain_cam_class()
         return result

@@ -1,8 +1,8 @@
 """Model builders, checkpoint save/load with model cards, and the registry of models the tool offers.
 
-Every model here takes RGB images with values 0..255 at a fixed size and does its own preprocessing
-inside (so gradients are in pixel space), and ends with ``Dense(name="logits")`` followed by
-``Activation("softmax", name="probabilities")``: the pre-softmax score y_c is that last layer's input.
+Every model here takes RGB images with values 0..255 of any height and width (Keras's ImageNet VGG16: 224x224 only)
+and does its own preprocessing inside (so gradients are in pixel space), and ends with ``Dense(name="logits")``
+followed by ``Activation("softmax", name="probabilities")``: the pre-softmax score y_c is that last layer's input.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _classifier_head(x, num_classes: int, dropout: float, name_prefix: str = "")
 
 def vgg16(
     num_classes: int = 4,
-    input_size: int = 32,
+    input_size: int | None = None,
     weights: str | None = None,
     batch_norm: bool = True,
     head_units: int = 256,
@@ -99,8 +99,9 @@ def vgg16(
     """Keras's VGG16 convolutional layers (same names and shapes, so ``block5_conv3`` is addressable and
     ImageNet weights fit) with a compact head: GAP -> Dense(head_units, relu) -> Dense(num_classes).
 
-    ``batch_norm`` adds a BatchNormalization after each conv's ReLU (named ``<conv>_bn``; torchvision's vgg16_bn
-    puts it before); it is what makes training from scratch converge in few epochs. The map the head reads is
+    ``input_size=None`` (the default) takes any height and width. ``batch_norm`` adds a BatchNormalization after
+    each conv's ReLU (named ``<conv>_bn``; torchvision's vgg16_bn puts it before); it is what makes training from
+    scratch converge in few epochs. The map the head reads is
     then ``block5_conv3_bn``: the post-ReLU maps under a per-channel affine rescaling, and the default layer for
     Grad-CAM (see ``default_gradcam_layer``). ``normalization`` swaps in a subclass with the same weights
     (training uses a faster one; checkpoints always hold the plain layer).
@@ -136,7 +137,7 @@ def vgg16(
 
 def nopool_gap(
     num_classes: int = 4,
-    input_size: int | None = 32,
+    input_size: int | None = None,
     dropout: float = 0.2,
     normalization: type[layers.BatchNormalization] = layers.BatchNormalization,
     filters: tuple[int, ...] = NOPOOL_FILTERS,
@@ -212,7 +213,7 @@ def load_hed_weights(model: keras.Model, path: str | Path | None = None) -> list
     return filled
 
 
-def nopool_gap_dilated(num_classes: int = 4, input_size: int | None = 128, **options) -> keras.Model:
+def nopool_gap_dilated(num_classes: int = 4, input_size: int | None = None, **options) -> keras.Model:
     """``nopool_gap`` in the photo design (NOPOOL_PHOTO_FILTERS, NOPOOL_PHOTO_DILATIONS): receptive field 129 px."""
     return nopool_gap(
         num_classes, input_size, filters=NOPOOL_PHOTO_FILTERS, dilations=NOPOOL_PHOTO_DILATIONS, **options
@@ -265,7 +266,13 @@ class LoadedModel:
 
     @property
     def input_size(self) -> int:
+        """The short side the network was trained at (the default input; ``flexible`` networks take any size)."""
         return int(self.card["input_size"])
+
+    @property
+    def flexible(self) -> bool:
+        """Whether the network takes any height and width (convolutions and GAP); else only its square input."""
+        return tuple(self.model.input_shape[1:3]) == (None, None)
 
 
 def vgg16_imagenet() -> LoadedModel:
@@ -346,12 +353,27 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     except Exception as error:
         raise CheckpointError(f"Keras could not load {path}: {type(error).__name__}: {error}") from error
     outputs, size = model.output_shape[-1], model.input_shape[1]
-    if outputs != len(card["classes"]) or size != card["input_size"]:
+    if outputs != len(card["classes"]) or size not in (None, card["input_size"]):
         raise CheckpointError(
             f"{path} does not match its card: model has {outputs} classes at {size}px, "
             f"card says {len(card['classes'])} classes at {card['input_size']}px"
         )
-    return LoadedModel(model, card)
+    return LoadedModel(any_input_size(model), card)
+
+
+def any_input_size(model: keras.Model) -> keras.Model:
+    """``model`` with an input of any height and width (same layers and weights), when its layers allow it: every
+    one of ours (convolutions, pooling, GAP, dense head). A model with a Flatten (Keras's ImageNet VGG16) keeps its
+    fixed input. Checkpoints saved at their training size load this way."""
+    if tuple(model.input_shape[1:3]) == (None, None) or any(isinstance(lyr, layers.Flatten) for lyr in model.layers):
+        return model
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            layer["config"]["batch_shape"] = [None, None, None, layer["config"]["batch_shape"][-1]]
+    flexible = keras.Model.from_config(config)
+    flexible.set_weights(model.get_weights())
+    return flexible
 
 
 def untrained_stand_in(name: str, seed: int = 0) -> LoadedModel:
@@ -360,7 +382,7 @@ def untrained_stand_in(name: str, seed: int = 0) -> LoadedModel:
     keras.utils.set_random_seed(seed)
     spec = REGISTRY.get(name)
     architecture, input_size, options = (spec.architecture, spec.input_size, spec.options) if spec else (name, 32, {})
-    model = ARCHITECTURES[architecture](num_classes=len(CIFAR4_CLASSES), input_size=input_size, **options)
+    model = ARCHITECTURES[architecture](num_classes=len(CIFAR4_CLASSES), input_size=None, **options)
     card = {
         "name": name,
         "architecture": architecture,

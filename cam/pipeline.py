@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cam import render
-from cam.images import model_input
+from cam.images import crop, input_shape, model_input, view_box
 from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation
 from cam.models import REGISTRY, LoadedModel
 from cam.registry import Method, explain, selected
@@ -31,6 +31,53 @@ class Panel:
     note: str = ""  # a sentence when its model's own top prediction is another class
 
 
+@dataclass(frozen=True)
+class PhotoView:
+    """How a photo is shown to the networks: the part they see (``cam.images.view_box``: all of it up to 2:1) and
+    each model role's input shape (h, w), the photo's own aspect at short side ``short_side``, or the square a
+    fixed-size network takes (then the part seen is the middle square, so nothing is squashed)."""
+
+    photo_shape: tuple[int, int]
+    box: tuple[int, int, int, int]  # (top, left, height, width) of the part seen
+    shapes: dict[str, tuple[int, int]]
+    short_side: int
+    square: bool = False  # a network takes squares only (Keras's ImageNet VGG16)
+
+    @property
+    def cropped(self) -> bool:
+        return self.box[2:] != self.photo_shape
+
+    def sentence(self) -> str:
+        """What the networks saw, in words: empty for a whole photo."""
+        if not self.cropped:
+            return ""
+        height, width = self.photo_shape
+        why = "a network here takes square pictures only" if self.square else "it is too long and thin to look at whole"
+        return (f"This photo is {width}x{height} pixels and {why}: the networks saw its middle {self.box[3]}x"
+                f"{self.box[2]} part, which the panels show.")
+
+
+def trained_size(gradcam_model: LoadedModel | None, cam_model: LoadedModel | None) -> int:
+    """The short side the flexible networks of a pair were trained at (the first one's; the first model's when
+    neither is flexible): the standard detail level, from which ``cam.images.detail_sizes`` counts."""
+    here = [loaded for loaded in (gradcam_model, cam_model) if loaded]
+    return next((loaded for loaded in here if loaded.flexible), here[0]).input_size
+
+
+def photo_view(
+    photo_shape: tuple[int, int], gradcam_model: LoadedModel | None, cam_model: LoadedModel | None,
+    short_side: int | None = None,
+) -> PhotoView:
+    """The PhotoView of a ``photo_shape`` (h, w) photo for these models; ``short_side`` default: ``trained_size``."""
+    here = {role: loaded for role, loaded in ((GRADCAM_MODEL, gradcam_model), (GAP_MODEL, cam_model)) if loaded}
+    short_side = short_side or trained_size(gradcam_model, cam_model)
+    square = not all(loaded.flexible for loaded in here.values())
+    box = view_box(*photo_shape, max_aspect=1.0) if square else view_box(*photo_shape)
+    shape = input_shape(*box[2:], short_side)
+    shapes = {role: shape if loaded.flexible else (loaded.input_size,) * 2 for role, loaded in here.items()}
+    return PhotoView(tuple(photo_shape), box, shapes, short_side, square)
+
+
 @dataclass
 class ImageResult:
     """The explanation of one image by a Grad-CAM model and a GAP (CAM) model, for the chosen methods; either model
@@ -41,6 +88,7 @@ class ImageResult:
     cam_model: LoadedModel | None
     explanation: Explanation  # batch of one
     methods: list[Method] = field(default_factory=selected)
+    view: PhotoView | None = None  # how the photo was shown to the networks (``image`` is the part they saw)
 
     def model(self, role: str) -> LoadedModel | None:
         """The model of a role (GRADCAM_MODEL or GAP_MODEL)."""
@@ -50,6 +98,10 @@ class ImageResult:
     def roles(self) -> list[str]:
         """The roles whose model is here."""
         return [role for role in (GRADCAM_MODEL, GAP_MODEL) if self.model(role) is not None]
+
+    def input_shape(self, role: str) -> tuple[int, int] | None:
+        """The (h, w) that ``role``'s network got, when known."""
+        return self.view.shapes.get(role) if self.view else None
 
     def explained_class(self, role: str) -> int:
         """The class the maps of that role's model explain."""
@@ -121,12 +173,16 @@ def explain_image(
     cam_model: LoadedModel | None,
     class_name: str | None = None,
     methods: Sequence[Method] | None = None,
+    short_side: int | None = None,
 ) -> ImageResult:
     """Explain ``class_name`` (default: the Grad-CAM model's top prediction, or the GAP model's without a Grad-CAM
-    model) with the models given and the ``methods`` of those models (default: the study's three). One class
-    drives both: the GAP model explains the same class when it knows it, else its own top prediction."""
-    x = None if gradcam_model is None else model_input(image, gradcam_model.input_size)
-    cam_x = None if cam_model is None else model_input(image, cam_model.input_size)
+    model) with the models given and the ``methods`` of those models (default: the study's three), the photo at its
+    own aspect ratio with short side ``short_side`` (``photo_view``). One class drives both: the GAP model explains
+    the same class when it knows it, else its own top prediction. The result's image is the part the networks saw."""
+    view = photo_view(image.shape[:2], gradcam_model, cam_model, short_side)
+    seen = crop(image, view.box)
+    x = None if gradcam_model is None else model_input(seen, view.shapes[GRADCAM_MODEL])
+    cam_x = None if cam_model is None else model_input(seen, view.shapes[GAP_MODEL])
     explanation = explainer(x, cam_images=cam_x)  # top prediction first: one pass, and the probabilities
     name = class_name
     if gradcam_model is not None:
@@ -144,7 +200,7 @@ def explain_image(
     methods = [method for method in (methods or selected()) if here[method.role] is not None]
     models = {role: loaded.model for role, loaded in here.items() if loaded is not None}
     explain(explanation, methods, models, {GRADCAM_MODEL: x, GAP_MODEL: cam_x}, explainer.layer)
-    return ImageResult(image, gradcam_model, cam_model, explanation, methods)
+    return ImageResult(seen, gradcam_model, cam_model, explanation, methods, view)
 
 
 def flat(native: np.ndarray) -> bool:
@@ -184,7 +240,9 @@ def render_panels(result: ImageResult, colormap: str = "jet", opacity: float = 0
         name, model = loaded.classes[index], model_name(loaded)
         p = result.explanation.probabilities[method.role][0, index]
         grid = f"{native.shape[1]}x{native.shape[0]}"
-        caption = f"{method.label} on {model}: {name}, {p:.0%} — map of {grid} cells, shown at {size[1]}x{size[0]}"
+        seen = f" from a {shape[1]}x{shape[0]} input" if (shape := result.input_shape(method.role)) else ""
+        caption = (f"{method.label} on {model}: {name}, {p:.0%} — map of {grid} cells{seen}, "
+                   f"shown at {size[1]}x{size[0]}")
         # Said of the method, not the network: the network may be sure of the class while the method's map is 0.
         empty = (f"This map is {'empty' if not np.abs(native).max() else 'the same everywhere'}: {method.label} "
                  f"found no part of the photo that raises {model}'s score for *{name}*. This happens on some photos; "

@@ -17,9 +17,24 @@ def images_per_batch(height: int, width: int) -> int:
     return max(1, min(MAX_BATCH, PIXELS_PER_BATCH // (height * width)))
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-    """Softmax outputs for uint8 or float RGB 0..255 images (N, H, W, 3), in batches of ``batch_size`` images
-    (default ``images_per_batch(H, W)``)."""
+def by_shape(images: list[np.ndarray]) -> dict[tuple[int, int], list[int]]:
+    """The indices of ``images`` grouped by their (height, width), in order: what one batch can hold."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(tuple(image.shape[:2]), []).append(index)
+    return groups
+
+
+def predict_probabilities(
+    model: keras.Model, images: np.ndarray | list[np.ndarray], batch_size: int | None = None
+) -> np.ndarray:
+    """Softmax outputs for uint8 or float RGB 0..255 images (N, H, W, 3), or a list of images of several shapes
+    (batched by shape), in batches of ``batch_size`` images (default ``images_per_batch(H, W)``)."""
+    if isinstance(images, list):
+        outputs = np.zeros((len(images), model.output_shape[-1]), np.float32)
+        for indices in by_shape(images).values():
+            outputs[indices] = predict_probabilities(model, np.stack([images[i] for i in indices]), batch_size)
+        return outputs
     batch_size = batch_size or images_per_batch(*images.shape[1:3])
     return np.concatenate(
         [

@@ -23,6 +23,7 @@ from cam.methods import (
     score_cam_masks,
     score_cam_passes,
     stage_layers,
+    varying_channels,
 )
 from cam.models import nopool_gap
 from cam.resample import upsample
@@ -273,7 +274,28 @@ def test_score_cam_masks_are_the_upsampled_activations_scaled_to_0_1():
     assert masks.min() == 0.0 and masks.max() == 1.0
 
 
-def test_layer_cam_fused_is_the_maximum_of_normalised_upsampled_maps():
+def test_score_cam_skips_constant_channels_and_gives_the_same_maps():
+    """Two of the five channels are zero everywhere (kernel 0, bias -1, ReLU), three vary: the authors' code skips such channels,
+    and so do we; a channel that is 0 everywhere adds s_k * 0 to the map, so the maps equal those of a pass over every
+    channel, computed here by hand from the masks."""
+    model = pooled_model(2)
+    kernel, bias = model.get_layer("last_conv").get_weights()
+    kernel[..., :3], kernel[..., 3:], bias[3:] = np.abs(kernel[..., :3]), 0.0, -1.0
+    model.get_layer("last_conv").set_weights([kernel, bias])
+    x = np.random.default_rng(3).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    a = gap_features(model, x)
+    assert not a[..., 3:].any() and a[..., :3].std(axis=(1, 2)).min() > 0
+    assert list(varying_channels(tf.constant(a))) == [0, 1, 2, 5, 6, 7]  # image * 5 + channel
+    masks = score_cam_masks(a, (8, 8))
+    for c in range(3):
+        every = np.stack([[model.predict_on_batch(x[b : b + 1] * masks[b, k][None, ..., None])[0, c] for k in range(5)]
+                          for b in range(2)])  # (2, 5): s_k of every channel, the constant ones included
+        expected = np.maximum((every[:, None, None, :] * a).sum(axis=-1), 0)
+        np.testing.assert_allclose(score_cam(model, x, c), expected, rtol=1e-4, atol=1e-6)
+    assert score_cam_passes(model) == 6  # at most; here 1 + 3 per image
+
+
+def test_layer_cam_fused_is_the_maximum_of_tanh_scaled_upsampled_maps():
     model = pooled_model(1)
     assert stage_layers(model) == ["first_conv", "last_conv"]
     x = np.random.default_rng(1).uniform(0, 255, (3, 8, 8, 3)).astype("float32")
@@ -281,7 +303,8 @@ def test_layer_cam_fused_is_the_maximum_of_normalised_upsampled_maps():
         parts = []
         for name in ("first_conv", "last_conv"):
             maps = tf_resize(layer_cam(model, x, c, layer=name), (8, 8))
-            parts.append(maps / np.maximum(maps.max(axis=(1, 2), keepdims=True), 1e-30))
+            # The paper's fusion (Jiang et al. 2021, eq. 7): tanh(2 M / max M) per layer, then the maximum.
+            parts.append(np.tanh(2.0 * maps / np.maximum(maps.max(axis=(1, 2), keepdims=True), 1e-30)))
         np.testing.assert_allclose(layer_cam_fused(model, x, c), np.maximum(*parts), rtol=1e-4, atol=1e-6)
 
 

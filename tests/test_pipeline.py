@@ -15,25 +15,32 @@ from cam.registry import selected
 
 def test_models_of_different_input_sizes_each_get_their_own_input():
     keras.utils.set_random_seed(0)
+    # A VGG16 that takes 64x64 squares only, beside a NoPool-GAP that takes any shape (trained at 32 px): both see the
+    # photo's middle square, each at its own input; nothing is squashed.
     big = LoadedModel(vgg16(input_size=64), {**untrained_stand_in("vgg16").card, "input_size": 64})
     gap = untrained_stand_in("nopool_gap")
     image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     result = explain_image(image, Explainer(big.model, "block5_conv3_bn", gap.model), big, gap, "dog")
+    assert result.view.box == (0, 15, 90, 90) and "square pictures only" in result.view.sentence()
     assert result.explanation.maps["grad_cam"].shape == (1, 4, 4) and result.explanation.cams.shape == (1, 32, 32, 4)
     assert big.classes[result.gradcam_class] == "dog" == gap.classes[result.cam_class]
     panels = render_panels(result)
-    assert [panel.image.shape for panel in panels] == [(90, 120, 3)] * 3
+    assert [panel.image.shape for panel in panels] == [(90, 90, 3)] * 3
     assert panels[0].caption.startswith("Grad-CAM on VGG16: dog, ")
-    assert panels[0].caption.endswith("% — map of 4x4 cells, shown at 120x90")
+    assert panels[0].caption.endswith("% — map of 4x4 cells from a 64x64 input, shown at 90x90")
     assert panels[2].caption.startswith("NoPool-GAP CAM on NoPool-GAP: dog, ")
-    assert panels[2].caption.endswith("% — map of 32x32 cells, shown at 120x90")
+    assert panels[2].caption.endswith("% — map of 32x32 cells from a 32x32 input, shown at 90x90")
     assert side_by_side(panels).shape[0] > 90
     chosen = selected("layer_cam,nopool_cam,gradient_x_input")
     more = render_panels(explain_image(image, Explainer(big.model, None, gap.model), big, gap, "dog", chosen))
     assert [panel.key for panel in more] == ["layer_cam", "nopool_cam", "gradient_x_input"]
-    assert [panel.image.shape for panel in more] == [(90, 120, 3)] * 3
+    assert [panel.image.shape for panel in more] == [(90, 90, 3)] * 3
     assert more[0].caption.startswith("Layer-CAM on VGG16: dog, ") and "map of 4x4 cells" in more[0].caption
-    assert "map of 64x64 cells, shown at 120x90" in more[2].caption
+    assert "map of 64x64 cells from a 64x64 input, shown at 90x90" in more[2].caption
+    # Both flexible (the stand-ins): the whole photo at its own aspect, short side 32 (their training size).
+    whole = explain_image(image, Explainer(untrained_stand_in("vgg16").model, None, gap.model),
+                          untrained_stand_in("vgg16"), gap)
+    assert whole.view.box == (0, 0, 90, 120) and whole.view.shapes == {"gradcam": (32, 32), "cam": (32, 32)}
 
 
 def test_imagenet_wrapper_maps_its_classes_to_ours(tmp_path, monkeypatch):
