@@ -33,10 +33,19 @@ import navigation
 from cam import gallery, render, share
 from cam.device import describe_device
 from cam.examples import EXAMPLES
-from cam.images import ImageError, load_image, resize
+from cam.images import ImageError, crop, detail_sizes, load_image, resize
 from cam.methods import GRADCAM_MODEL, Explainer, Explanation, feature_layers
 from cam.models import MODEL_SETS, REGISTRY, LoadedModel, default_set, problem_in_words
-from cam.pipeline import ImageResult, Panel, explain_image, model_name, render_panels, side_by_side
+from cam.pipeline import (
+    ImageResult,
+    Panel,
+    explain_image,
+    model_name,
+    photo_view,
+    render_panels,
+    side_by_side,
+    trained_size,
+)
 from cam.registry import METHODS, STUDY, selected
 
 log = get_logger(__name__)
@@ -53,6 +62,7 @@ TITLE_HEIGHT = 24
 PANELS_PER_ROW = 3
 MAX_EXTRA_METHODS = 3  # at most six panels: two rows of three stay readable
 FALLBACK = "layer_cam"  # offered when Grad-CAM's map is empty
+DEFAULT_DETAIL = "standard"
 PAGE_STYLE = (
     "<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:3rem}"  # results above the fold
     # Half a second into a rerun Streamlit fades the whole page out over a second; drawing those frames took 40% of a
@@ -142,15 +152,15 @@ def decode(key: str, label: str, _source: bytes | str) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=64)
 def explanation_of(
     key: str, gradcam_name: str | None, cam_name: str | None, layer: str | None, class_name: str | None,
-    methods: tuple[str, ...], _image: np.ndarray,
+    methods: tuple[str, ...], short_side: int, _image: np.ndarray,
 ) -> Explanation:
-    """The maps of one image, keyed by its key, the models, the layer, the class and the methods. Returns plain
-    arrays rather than an ImageResult, which holds Keras models that must not be pickled."""
+    """The maps of one image, keyed by its key, the models, the layer, the class, the methods and the input's short
+    side. Returns plain arrays rather than an ImageResult, which holds Keras models that must not be pickled."""
     explainer = explainer_for(gradcam_name, layer, cam_name)
     gradcam = serve(gradcam_name).loaded if gradcam_name else None
     cam = serve(cam_name).loaded if cam_name else None
     with locks(gradcam_name, cam_name):
-        return explain_image(_image, explainer, gradcam, cam, class_name, selected(methods)).explanation
+        return explain_image(_image, explainer, gradcam, cam, class_name, selected(methods), short_side).explanation
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -238,7 +248,7 @@ def apply_link() -> list[str]:
                                   render.COLORMAPS, MAX_EXTRA_METHODS)
     state = st.session_state
     for key, value in (("model_set", view.model_set), ("class", view.class_name), ("colormap", view.colormap),
-                       ("opacity", view.opacity)):
+                       ("opacity", view.opacity), ("detail", view.detail)):
         if value is not None:
             state[key] = value
     state["extra_methods"], state["raw"] = list(view.methods), view.raw
@@ -285,6 +295,34 @@ def pick_class(slot: DeltaGenerator, loaded: LoadedModel, top: ImageResult | Non
         "Class", options, key="class",
         help="The class every map explains; by default the top prediction of the first network.",
     )
+
+
+def pick_detail(trained_size: int) -> tuple[str, int]:
+    """The Detail control: how many pixels high the networks look at the photo, with what it costs in words."""
+    sizes = detail_sizes(trained_size)
+    if st.session_state.get("detail") not in sizes:
+        st.session_state["detail"] = DEFAULT_DETAIL
+    detail = st.select_slider(
+        "Detail", list(sizes), key="detail", format_func=lambda name: name,
+        help="Finer detail shows the networks a larger copy of the photo: sharper maps, more time. The networks "
+        f"were trained at the standard detail ({trained_size} pixels).",
+    )
+    size = sizes[detail]
+    ratio = (size / trained_size) ** 2
+    cost = f"about {ratio:.1f} times the time of standard" if size != trained_size else "as they were trained"
+    st.caption(f"The networks look at a copy of the photo {size} pixels on its short side ({cost}).")
+    return detail, size
+
+
+def size_warning(loaded: LoadedModel, size: int) -> str:
+    """One sentence when a network is less accurate at input size ``size`` than at its own, from its card's
+    accuracy per size (``python -m cam evaluate --size``); empty when it is not, or the card does not say."""
+    by_size = loaded.card["metrics"].get("test_by_size", {})
+    here, own = by_size.get(str(size), {}).get("accuracy"), by_size.get(str(loaded.input_size), {}).get("accuracy")
+    if size == loaded.input_size or here is None or own is None or here >= own - 0.01:
+        return ""
+    return (f"{REGISTRY[loaded.card['name']].title.split(' (')[0]} was trained on {loaded.input_size}-pixel photos: "
+            f"at this detail it is right on {here:.0%} of its test photos, against {own:.0%} at the standard detail.")
 
 
 def explain_class(name: str) -> None:
@@ -458,6 +496,12 @@ def details(result: ImageResult, scale: float, timings: dict[str, float]) -> Non
             f"({result.model(method.role).card['name']} pass)"
             for method in result.methods
         ]
+        for role in result.roles:
+            shape = result.input_shape(role)
+            how = ("its own aspect ratio, long side rounded to a multiple of 32" if result.model(role).flexible
+                   else "the square it takes")
+            lines.append(f"- `{result.model(role).card['name']}` saw the photo as {shape[1]}x{shape[0]} pixels "
+                         f"({how})")
         lines.append("- " + ", ".join(f"{step} {ms:.0f} ms" for step, ms in timings.items()))
         if scale > 1:
             lines.append(f"- The page shows a {round(width / scale)}x{round(height / scale)} copy of this "
@@ -540,6 +584,8 @@ def main() -> None:
                     "Grad-CAM layer", feature_layers(gradcam.model), key=f"layer:{gradcam_name}",
                     help="The convolution layer whose maps Grad-CAM weighs; the default is the one the head reads.",
                 )
+        pair = (gradcam, served[cam_name].loaded)
+        detail, size = pick_detail(trained_size(*pair)) if any(pair) else (DEFAULT_DETAIL, 0)
 
     cam_model = served[cam_name].loaded
     if cam_model is None:
@@ -562,6 +608,9 @@ def main() -> None:
     if gradcam is None and cam_model is None:
         class_slot.caption("Needs at least one working network.")
         return
+    for warning in dict.fromkeys(size_warning(loaded, size) for loaded in (gradcam, cam_model) if loaded):
+        if warning:
+            st.warning(warning, icon=":material/warning:")
 
     choice: Choice = st.session_state["image"]
     chosen = selected(methods)
@@ -577,12 +626,15 @@ def main() -> None:
     try:
         with st.spinner("Looking at the photo…"):
             begun = time.perf_counter()
-            top = ImageResult(image, gradcam, cam_model,
-                              explanation_of(choice.key, gradcam_name, cam_name, layer, None, methods, image), chosen)
+            view = photo_view(image.shape[:2], gradcam, cam_model, size)
+            seen = crop(image, view.box)  # the part of the photo the networks see: all of it up to 2:1
+            top = ImageResult(seen, gradcam, cam_model,
+                              explanation_of(choice.key, gradcam_name, cam_name, layer, None, methods, size, image),
+                              chosen, view)
             wanted = pick_class(class_slot, gradcam or cam_model, top)
             result = top if wanted == TOP else ImageResult(
-                image, gradcam, cam_model,
-                explanation_of(choice.key, gradcam_name, cam_name, layer, wanted, methods, image), chosen,
+                seen, gradcam, cam_model,
+                explanation_of(choice.key, gradcam_name, cam_name, layer, wanted, methods, size, image), chosen, view,
             )
             result.methods = [method for method in chosen if result.model(method.role) is not None]
             timings["networks"] = (time.perf_counter() - begun) * 1000
@@ -600,6 +652,8 @@ def main() -> None:
     fig, scale = figure(panels, choice.key, zoom)
     timings["panels"] = (time.perf_counter() - begun) * 1000
     st.markdown(f"**{choice.label}**")
+    if view.cropped:
+        st.caption(view.sentence())
     begun = time.perf_counter()
     st.plotly_chart(fig, key="panels", config={"displaylogo": False, "displayModeBar": False}, selection_mode="box",
                     on_select=functools.partial(keep_zoom, choice.key))
@@ -610,12 +664,13 @@ def main() -> None:
 
     view = share.View(set_name, None if wanted == TOP else wanted, tuple(extra),
                       colormap if colormap != render.COLORMAPS[0] else None,
-                      opacity if opacity != DEFAULT_OPACITY else None, raw, choice.reference)
+                      opacity if opacity != DEFAULT_OPACITY else None, raw, choice.reference,
+                      None if detail == DEFAULT_DETAIL else detail)
     write_link(view)
     begun = time.perf_counter()
     files = prepared_files((choice.key, view, gradcam_name, cam_name, layer), panels, result, choice, colormap)
     timings["downloads"] = (time.perf_counter() - begun) * 1000
-    downloads(files, panels, slots, choice, image.shape[:2])
+    downloads(files, panels, slots, choice, seen.shape[:2])
     if choice.reference is None:
         st.caption(":material/link: A link to this page keeps the settings but cannot carry an uploaded photo; "
                    "to share this result, download it as a web page.")

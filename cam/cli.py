@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cam.images import SHAPE_MULTIPLE  # numpy and Pillow only: --help stays fast
+
 if TYPE_CHECKING:  # only for annotations: importing them at run time would load TensorFlow for --help
     from cam.evaluation import EvaluationConfig
     from cam.methods import Explainer
@@ -69,8 +71,10 @@ def explain_one(
     except ImageError as error:
         _error(error)
         return False
-    result = explain_image(image, explainer, gradcam, cam_model, args.class_name, methods)
+    result = explain_image(image, explainer, gradcam, cam_model, args.class_name, methods, args.size)
     print(f"{path} ({image.shape[1]}x{image.shape[0]})")
+    if result.view.cropped:
+        print(f"  {result.view.sentence()}")
     for role, loaded in ((GRADCAM_MODEL, gradcam), (GAP_MODEL, cam_model)):
         top = ", ".join(f"{name} {p:.3f}" for name, p in result.top_predictions(role, TOP_K))
         print(f"  {loaded.card['name']} top {TOP_K}: {top}")
@@ -161,7 +165,8 @@ def checkpoint_path(model: str) -> Path:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    """Print a checkpoint's accuracy, per-class accuracy and confusion matrix on one split of a dataset."""
+    """Print a checkpoint's accuracy, per-class accuracy and confusion matrix on one split of a dataset, the photos
+    at their own aspect ratio with short side --size (default: the card's size), or squashed into a square."""
     from cam.data import data_root, load_split, sources_of
     from cam.models import load_checkpoint
     from cam.training import classification_report, format_report
@@ -169,16 +174,28 @@ def evaluate(args: argparse.Namespace) -> int:
     path = checkpoint_path(args.model)
     loaded = load_checkpoint(path)
     root = data_root(args.data)
-    data = load_split(root, args.split, loaded.input_size, classes=loaded.classes)
+    size = args.size or loaded.input_size
+    data = load_split(root, args.split, size, classes=loaded.classes, squash=args.squash)
     for bad, reason in data.bad_files:
         print(f"warning: skipped {bad}: {reason}", file=sys.stderr)
     report = classification_report(loaded.model, data, sources_of(root, data.paths))
-    print(f"{loaded.card['name']} on {root / args.split}:")
+    how = f"squashed to {size}x{size}" if args.squash else f"own aspect, short side {size}"
+    print(f"{loaded.card['name']} on {root / args.split} ({how}):")
     print(format_report(report, loaded.classes))
     if args.update_card:
-        card = update_card(path, "metrics", {**loaded.card["metrics"], args.split: report})
-        print(f"updated metrics.{args.split} in {card}")
+        key = size_key(size, args.squash)
+        metrics = {**loaded.card["metrics"]}
+        metrics[f"{args.split}_by_size"] = {**metrics.get(f"{args.split}_by_size", {}), key: report}
+        if key == size_key(loaded.input_size, False):  # the headline figure: the input every path gives by default
+            metrics[args.split] = report
+        card = update_card(path, "metrics", metrics)
+        print(f"updated metrics.{args.split}_by_size[{key!r}] in {card}")
     return 0
+
+
+def size_key(size: int, squash: bool) -> str:
+    """How a card names an accuracy per input size: "128" (own aspect, short side 128) or "128 squashed"."""
+    return f"{size} squashed" if squash else str(size)
 
 
 def update_card(path: str | Path, key: str, value: object) -> Path:
@@ -285,6 +302,13 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _multiple_of_32(text: str) -> int:
+    value = _positive(int)(text)
+    if value % SHAPE_MULTIPLE:
+        raise argparse.ArgumentTypeError(f"must be a multiple of {SHAPE_MULTIPLE}, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -304,6 +328,9 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     _add_model_choice(parser)
     parser.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: top one)")
     parser.add_argument("--layer", help="Grad-CAM layer (default: the model card's gradcam_layer)")
+    parser.add_argument("--size", type=_multiple_of_32, metavar="PIXELS",
+                        help="short side of the networks' input; each photo keeps its aspect ratio (default: the size "
+                        "in the Grad-CAM model's card, 128 for the photo pair; 192, 256 and 320 show finer detail)")
     parser.add_argument("--colormap", default="jet", help="a matplotlib colormap name (default: jet)")
     parser.add_argument("--opacity", type=_fraction, default=0.5, help="heat map opacity, 0..1 (default: 0.5)")
     parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: ./out)")
@@ -419,7 +446,13 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("model", metavar="MODEL", help="vgg16, nopool_gap (from the checkpoints folder) or PATH.keras")
     parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
     parser.add_argument("--split", default="test", help="sub-folder of DIR to evaluate on (default: test)")
-    parser.add_argument("--update-card", action="store_true", help="store the result as metrics.SPLIT in the card")
+    parser.add_argument("--size", type=_multiple_of_32, metavar="PIXELS",
+                        help="short side of the input, a multiple of 32 (default: the size in the model's card)")
+    parser.add_argument("--squash", action="store_true",
+                        help="squash each photo into a SIZE x SIZE square instead of keeping its aspect ratio")
+    parser.add_argument("--update-card", action="store_true",
+                        help="store the result as metrics.SPLIT_by_size[SIZE] in the card (and as metrics.SPLIT at "
+                        "the card's own size and aspect)")
     parser.set_defaults(run=evaluate)
 
 

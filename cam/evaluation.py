@@ -18,7 +18,7 @@ import pandas as pd
 from cam.boxes import Box, image_path, mosaics, read_boxes, tile_boxes
 from cam.data import ImageSet, load_masks, load_split
 from cam.device import describe_device, fast_bfloat16
-from cam.images import ImageError, load_image, model_input
+from cam.images import ImageError, crop, input_shape, load_image, model_input, own_aspect, view_box
 from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, ExplanationError
 from cam.metrics import (
     POINTING_TOLERANCE,
@@ -36,7 +36,7 @@ from cam.metrics import (
     rank_correlation,
 )
 from cam.models import LoadedModel, with_precision
-from cam.predict import predict_probabilities
+from cam.predict import by_shape, predict_probabilities
 from cam.registry import STUDY, Method, explain, selected
 
 Log = Callable[[str], None]
@@ -69,6 +69,7 @@ class EvaluationConfig:
         return "bfloat16" if fast_bfloat16() else "float32"
     methods: tuple[str, ...] = STUDY  # registry keys
     slow_n: int = 100  # at most this many maps per set for the slow methods (Score-CAM)
+    size: int | None = None  # short side of the input, each photo at its own aspect; None: the models' card size
 
     def limit(self, method: Method, count: int) -> int:
         """How many of ``count`` maps ``method`` is scored on."""
@@ -117,9 +118,11 @@ def _explain(
 def _maps(
     explained: Explanation, cam_classes: np.ndarray, methods: list[Method], models: dict[str, LoadedModel],
     images: np.ndarray, config: EvaluationConfig, cams: Explanation | None = None,
+    limits: dict[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Each method's native maps, the GAP model's explaining ``cam_classes`` (a lookup in the CAMs of every class
-    held by ``cams``, default ``explained``); a slow method's only for the first ``config.slow_n`` images."""
+    held by ``cams``, default ``explained``); a slow method's only for the first ``config.slow_n`` images, or for
+    the first ``limits[key]`` when given (fused methods' maps are all given)."""
     source = cams or explained
     explained.cams, explained.probabilities[GAP_MODEL] = source.cams, source.probabilities[GAP_MODEL]
     explained.explain_cam_class(cam_classes)
@@ -128,15 +131,15 @@ def _maps(
     for method in methods:
         if method.key in explained.maps:
             continue
-        parts = []
-        count = config.limit(method, len(images))
+        parts = [np.zeros((0, 0, 0), np.float32)]
+        count = min(len(images), limits[method.key]) if limits else config.limit(method, len(images))
         for start in range(0, count, config.batch_size):
             end = min(start + config.batch_size, count)
             part = Explanation(explained.probabilities, {role: c[start:end] for role, c in explained.classes.items()},
                                {}, {})
             explain(part, [method], keras_models, {role: images[start:end] for role in models}, layer)
             parts.append(part.maps[method.key])
-        explained.maps[method.key] = np.concatenate(parts)
+        explained.maps[method.key] = np.concatenate(parts[1:]) if count else parts[0]
     return {method.key: explained.maps[method.key] for method in methods}
 
 
@@ -157,41 +160,53 @@ def _faithfulness(
     config: EvaluationConfig, log: Log,
 ) -> tuple[list[pd.DataFrame], dict, dict, dict]:
     """Deletion/insertion, average drop/increase and effective grid of every method's map of the top prediction;
-    also the mean curves, the native map shapes and, per model, the largest |p| difference between the scoring
-    precision and float32 on the original images."""
-    x = sample.images.astype(np.float32)
-    size = x.shape[1:3]
-    explained = _explain(explainer, x, None, config.batch_size)
-    maps = _maps(explained, explained.cam_classes(), methods, models, x, config)
+    also the mean curves, the native map shapes (the most common, photos differing in shape) and, per model, the
+    largest |p| difference between the scoring precision and float32 on the original images. Images of one input
+    shape are scored together; a slow method's maps are the first ``config.slow_n`` over all shapes."""
     scorers = {role: with_precision(loaded.model, config.scoring_precision) for role, loaded in models.items()}
-    frames, curves, native, precision_gap = [], {}, {}, {}
+    frames, deletions, insertions, shapes, precision_gap = [], {}, {}, {}, {}
     rng = np.random.default_rng(config.seed)
-    for method in methods:
-        started = time.perf_counter()
-        key, role, count = method.key, method.role, len(maps[method.key])
-        loaded, scorer = models[role], scorers[role]
-        classes, probabilities = explained.classes[role][:count], explained.probabilities[role][:count]
-        native[key] = "x".join(map(str, maps[key].shape[1:3]))
-        full_maps = at_size(maps[key], size)
-        deletion, insertion = [], []
-        for start in range(0, count, config.batch_size):
-            part = slice(start, start + config.batch_size)
-            d, i = perturbation_curves(scorer, x[:count][part], full_maps[part], classes[part], config.steps, rng=rng)
-            deletion.append(d)
-            insertion.append(i)
-            log(f"  {method.label}: deletion/insertion {min(start + config.batch_size, count)}/{count} maps "
-                f"({time.perf_counter() - started:.0f} s)")
-        deletion, insertion = np.concatenate(deletion), np.concatenate(insertion)
-        masked = predict_probabilities(scorer, explanation_images(x[:count], full_maps))
-        drop, increase = drop_and_increase(deletion[:, 0], masked[np.arange(count), classes])
-        frames.append(_scores("test", items[:count], [loaded.classes[c] for c in classes], key, {
-            "deletion_auc": curve_area(deletion), "insertion_auc": curve_area(insertion),
-            "average_drop": drop, "increase": increase, "effective_grid": effective_grid(full_maps),
-            "min_max_ratio": min_max_ratio(maps[key]),
-        }))
-        curves[key] = {"deletion": deletion.mean(axis=0).tolist(), "insertion": insertion.mean(axis=0).tolist()}
-        gap = float(np.abs(deletion[:, 0] - probabilities[np.arange(count), classes]).max())
-        precision_gap[loaded.card["name"]] = max(gap, precision_gap.get(loaded.card["name"], 0.0))
+    budget = {method.key: config.limit(method, len(items)) for method in methods}
+    for indices in by_shape(list(sample.images)).values():
+        x = np.stack([sample.images[i] for i in indices]).astype(np.float32)
+        size = x.shape[1:3]
+        explained = _explain(explainer, x, None, config.batch_size)
+        maps = _maps(explained, explained.cam_classes(), methods, models, x, config, limits=budget)
+        for method in methods:
+            started = time.perf_counter()
+            key, role, count = method.key, method.role, len(maps[method.key])
+            budget[key] -= count
+            if not count:
+                continue
+            loaded, scorer = models[role], scorers[role]
+            classes, probabilities = explained.classes[role][:count], explained.probabilities[role][:count]
+            shapes.setdefault(key, Counter())["x".join(map(str, maps[key].shape[1:3]))] += count
+            full_maps = at_size(maps[key], size)
+            deletion, insertion = [], []
+            for start in range(0, count, config.batch_size):
+                part = slice(start, start + config.batch_size)
+                d, i = perturbation_curves(scorer, x[:count][part], full_maps[part], classes[part], config.steps,
+                                           rng=rng)
+                deletion.append(d)
+                insertion.append(i)
+                log(f"  {method.label}: deletion/insertion {min(start + config.batch_size, count)}/{count} maps of "
+                    f"{size[1]}x{size[0]} ({time.perf_counter() - started:.0f} s)")
+            deletion, insertion = np.concatenate(deletion), np.concatenate(insertion)
+            masked = predict_probabilities(scorer, explanation_images(x[:count], full_maps))
+            drop, increase = drop_and_increase(deletion[:, 0], masked[np.arange(count), classes])
+            frames.append(_scores("test", [items[i] for i in indices[:count]], [loaded.classes[c] for c in classes],
+                                  key, {
+                "deletion_auc": curve_area(deletion), "insertion_auc": curve_area(insertion),
+                "average_drop": drop, "increase": increase, "effective_grid": effective_grid(full_maps),
+                "min_max_ratio": min_max_ratio(maps[key]),
+            }))
+            deletions.setdefault(key, []).append(deletion)
+            insertions.setdefault(key, []).append(insertion)
+            gap = float(np.abs(deletion[:, 0] - probabilities[np.arange(count), classes]).max())
+            precision_gap[loaded.card["name"]] = max(gap, precision_gap.get(loaded.card["name"], 0.0))
+    curves = {key: {"deletion": np.concatenate(deletions[key]).mean(axis=0).tolist(),
+                    "insertion": np.concatenate(insertions[key]).mean(axis=0).tolist()} for key in deletions}
+    native = {key: counts.most_common(1)[0][0] for key, counts in shapes.items()}
     return frames, curves, native, precision_gap
 
 
@@ -223,10 +238,12 @@ def _mosaic_scores(
     explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], data: ImageSet,
     config: EvaluationConfig, skipped: Counter, log: Log,
 ) -> list[pd.DataFrame]:
-    """Localization on 2x2 mosaics: each tile's class explained in turn and compared with the tile's box."""
-    built, sources = mosaics(data.images, data.labels, config.mosaics, config.seed)
-    x = model_input(built, models["gradcam"].input_size)
-    boxes = tile_boxes(*data.images.shape[1:3])
+    """Localization on 2x2 mosaics: each tile's class explained in turn and compared with the tile's box. The tiles
+    are the middle squares of the test photos (nothing squashed); a mosaic is shown at the short side of the run."""
+    squares = np.stack([crop(image, view_box(*image.shape[:2], max_aspect=1.0)) for image in data.images])
+    built, sources = mosaics(squares, data.labels, config.mosaics, config.seed)
+    x = model_input(built, input_shape(*built.shape[1:3], _short_side(config, models)))
+    boxes = tile_boxes(*squares.shape[1:3])
     frames, cams = [], None
     for tile in range(4):
         started = time.perf_counter()
@@ -265,7 +282,10 @@ def _box_scores(
             why = "missing or unreadable" if image is None else "of another size than annotated"
             skipped[f"boxes: images {why}"] += 1
             continue
-        resized = model_input(image, models["gradcam"].input_size)[0]
+        if view_box(*image.shape[:2])[2:] != image.shape[:2]:
+            skipped["boxes: images longer than 2:1 (the networks would see only their middle)"] += 1
+            continue
+        resized = own_aspect(image, _short_side(config, models))
         for name in annotation.names:
             images.append(resized)
             targets.append(Target(f"{annotation.image}/{name}", name, annotation.boxes(name), image.shape[:2]))
@@ -275,11 +295,15 @@ def _box_scores(
     keep = np.flatnonzero((wanted["gradcam"] >= 0) | (wanted["cam"] >= 0))
     if not len(keep):
         return []
-    wanted = {role: indices[keep] for role, indices in wanted.items()}
-    x = np.stack(images)[keep]
-    explained = _explain(explainer, x, np.maximum(wanted[GRADCAM_MODEL], 0), config.batch_size)
-    maps = _maps(explained, np.maximum(wanted[GAP_MODEL], 0), methods, models, x, config)
-    return _localize("boxes", maps, methods, wanted, [targets[k] for k in keep], POINTING_TOLERANCE)
+    frames = []
+    for indices in by_shape([images[k] for k in keep]).values():
+        rows = keep[indices]
+        group = {role: values[rows] for role, values in wanted.items()}
+        x = np.stack([images[k] for k in rows]).astype(np.float32)
+        explained = _explain(explainer, x, np.maximum(group[GRADCAM_MODEL], 0), config.batch_size)
+        maps = _maps(explained, np.maximum(group[GAP_MODEL], 0), methods, models, x, config)
+        frames += _localize("boxes", maps, methods, group, [targets[k] for k in rows], POINTING_TOLERANCE)
+    return frames
 
 
 def _mask_scores(
@@ -296,17 +320,23 @@ def _mask_scores(
     items = [str(Path(data.paths[k]).relative_to(config.data)) for k in rows]
     log(f"  masks: {len(rows)} masked test photos")
     wanted = _known("masks", models, names, skipped)
-    x = data.images[rows].astype(np.float32)
-    explained = _explain(explainer, x, np.maximum(wanted[GRADCAM_MODEL], 0), config.batch_size)
-    maps = _maps(explained, np.maximum(wanted[GAP_MODEL], 0), methods, models, x, config)
     frames = []
-    for method in methods:
-        method_maps = maps[method.key]
-        kept = [i for i in range(len(method_maps)) if wanted[method.role][i] >= 0]
-        scores = [mask_scores(at_size(method_maps[i : i + 1], masks[rows[i]].shape)[0], masks[rows[i]]) for i in kept]
-        if scores:
-            values = {metric: [score[metric] for score in scores] for metric in scores[0]}
-            frames.append(_scores("masks", [items[i] for i in kept], [names[i] for i in kept], method.key, values))
+    for group in by_shape([data.images[k] for k in rows]).values():
+        x = np.stack([data.images[rows[i]] for i in group]).astype(np.float32)
+        known = {role: values[group] for role, values in wanted.items()}
+        explained = _explain(explainer, x, np.maximum(known[GRADCAM_MODEL], 0), config.batch_size)
+        maps = _maps(explained, np.maximum(known[GAP_MODEL], 0), methods, models, x, config)
+        for method in methods:
+            method_maps = maps[method.key]
+            kept = [i for i in range(len(method_maps)) if known[method.role][i] >= 0]
+            # The mask of the part of the photo the networks saw (all of it up to 2:1), at the photo's size.
+            seen = [crop(mask, view_box(*mask.shape)) for mask in (masks[rows[group[i]]] for i in kept)]
+            scores = [mask_scores(at_size(method_maps[i : i + 1], mask.shape)[0], mask)
+                      for i, mask in zip(kept, seen, strict=True)]
+            if scores:
+                values = {metric: [score[metric] for score in scores] for metric in scores[0]}
+                frames.append(_scores("masks", [items[group[i]] for i in kept], [names[group[i]] for i in kept],
+                                      method.key, values))
     return frames
 
 
@@ -317,26 +347,32 @@ def _sanity(
 ) -> list[pd.DataFrame]:
     """Cascading randomization on the sample, explaining each image's true class, with each method's own function
     (the Explainer compiles for one model, and every stage is a new clone)."""
-    x = sample.images.astype(np.float32)
-    size = x.shape[1:3]
     names = [sample.classes[label] for label in sample.labels]
     frames = []
     for role, loaded in models.items():
         layer = loaded.card["gradcam_layer"] if role == GRADCAM_MODEL else None
         indices = _indices(loaded, names)
-        rows = {m.key: np.flatnonzero(indices >= 0)[: config.limit(m, len(x))] for m in methods if m.role == role}
+        known = np.flatnonzero(indices >= 0)
+        rows = {m.key: known[: config.limit(m, len(known))] for m in methods if m.role == role}
         own = [method for method in methods if len(rows.get(method.key, ()))]
         if not own:
             continue
-        trained = {m.key: at_size(m.compute(loaded.model, x[rows[m.key]], indices[rows[m.key]], layer), size)
-                   for m in own}
         started = time.perf_counter()
-        for stage, clone in cascading_randomization(loaded.model, config.seed):
-            for m in own:
-                randomized = at_size(m.compute(clone, x[rows[m.key]], indices[rows[m.key]], layer), size)
-                frames.append(_scores("sanity", [items[k] for k in rows[m.key]], [names[k] for k in rows[m.key]],
-                                      m.key, {"spearman": rank_correlation(trained[m.key], randomized)}, stage))
-            log(f"  sanity: {loaded.card['name']} randomised down to {stage} ({time.perf_counter() - started:.0f} s)")
+        for group in by_shape([sample.images[k] for k in known]).values():
+            x = np.stack([sample.images[k] for k in known[group]]).astype(np.float32)
+            chosen = {m.key: [i for i, k in enumerate(known[group]) if k in set(rows[m.key])] for m in own}
+            trained = {m.key: at_size(m.compute(loaded.model, x[chosen[m.key]], indices[known[group]][chosen[m.key]],
+                                                layer), x.shape[1:3]) for m in own if chosen[m.key]}
+            for stage, clone in cascading_randomization(loaded.model, config.seed):
+                for m in own:
+                    if not chosen[m.key]:
+                        continue
+                    picked = known[group][chosen[m.key]]
+                    randomized = at_size(m.compute(clone, x[chosen[m.key]], indices[picked], layer), x.shape[1:3])
+                    frames.append(_scores("sanity", [items[k] for k in picked], [names[k] for k in picked], m.key,
+                                          {"spearman": rank_correlation(trained[m.key], randomized)}, stage))
+            log(f"  sanity: {loaded.card['name']}, {len(group)} images of one shape, randomised layer by layer "
+                f"({time.perf_counter() - started:.0f} s)")
     return frames
 
 
@@ -351,6 +387,11 @@ def _model_summary(role: str, loaded: LoadedModel, methods: list[Method], native
         "methods": [method.key for method in own], "native": {m.key: native.get(m.key) for m in own},
         "layers": {method.key: method.reads(loaded.model, layer) for method in own},
     }
+
+
+def _short_side(config: EvaluationConfig, models: dict[str, LoadedModel]) -> int:
+    """The short side of every input of the run: ``config.size``, else the size the models were trained at."""
+    return config.size or models[GRADCAM_MODEL].input_size
 
 
 def evaluate(
@@ -369,7 +410,7 @@ def evaluate(
     for loaded in models.values():
         if not loaded.trained:
             log(f"WARNING: {loaded.note}")
-    data = load_split(config.data, "test", gradcam_model.input_size)
+    data = load_split(config.data, "test", _short_side(config, models), squash=False)
     rng = np.random.default_rng(config.seed)
     # Random order, so that the first --sanity-n images are a random subset too (the folder is sorted by class).
     chosen = rng.choice(len(data.labels), min(config.n, len(data.labels)), replace=False)
@@ -410,6 +451,7 @@ def evaluate(
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 1), "timings": timings, "device": describe_device(),
             "data": str(config.data), "n_images": len(chosen), "n_mosaics": n_mosaics,
+            "input": f"own aspect ratio, short side {_short_side(config, models)}",
             "sanity_n": min(config.sanity_n, len(chosen)), "steps": config.steps, "seed": config.seed,
             "precision": config.scoring_precision, "precision_gap": precision_gap,
             "models": [_model_summary(role, loaded, methods, native) for role, loaded in models.items()],

@@ -14,7 +14,7 @@ import numpy as np
 
 from cam import render
 from cam.gallery import GalleryError, split_reference
-from cam.images import resize
+from cam.images import DETAIL_LEVELS, resize
 from cam.pipeline import Panel
 
 CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _'-]{0,59}$")
@@ -32,6 +32,7 @@ class View:
     opacity: float | None = None
     raw: bool = False
     image: str | None = None  # a gallery picture (cam.gallery.reference); uploads cannot travel in a link
+    detail: str | None = None  # a name of cam.images.DETAIL_LEVELS; None: standard
 
 
 def encode(view: View) -> dict[str, str]:
@@ -39,7 +40,7 @@ def encode(view: View) -> dict[str, str]:
     params = {
         "set": view.model_set, "class": view.class_name, "methods": ",".join(view.methods) or None,
         "colours": view.colormap, "opacity": None if view.opacity is None else f"{view.opacity:g}",
-        "raw": "1" if view.raw else None, "image": view.image,
+        "raw": "1" if view.raw else None, "image": view.image, "detail": view.detail,
     }
     return {key: value for key, value in params.items() if value}
 
@@ -48,8 +49,9 @@ def decode(
     params: Mapping[str, str], model_sets: Iterable[str], methods: Iterable[str], colormaps: Iterable[str],
     max_methods: int,
 ) -> tuple[View, list[str]]:
-    """The view a link asks for, keeping only what is valid (known model set, methods and colours, opacity in
-    [0, 1], a plain class name, a well-formed gallery picture name), and one plain sentence per value left out."""
+    """The view a link asks for, keeping only what is valid (known model set, methods, colours and detail level,
+    opacity in [0, 1], a plain class name, a well-formed gallery picture name), and one plain sentence per value
+    left out."""
     problems, known_methods = [], list(methods)
 
     def pick(key: str, allowed: Iterable[str], what: str) -> str | None:
@@ -84,7 +86,7 @@ def decode(
             problems.append("The link's picture is not in this page's gallery; the example is shown.")
             image = None
     view = View(pick("set", model_sets, "a model pair"), class_name, chosen, pick("colours", colormaps, "colours"),
-                opacity, params.get("raw") == "1", image)
+                opacity, params.get("raw") == "1", image, pick("detail", DETAIL_LEVELS, "a detail level"))
     return view, problems
 
 

@@ -91,10 +91,13 @@ def test_explain_writes_full_resolution_panels_and_native_maps(checkpoints, phot
         assert together_width >= 3 * width and together_height > height  # three panels abreast under titles
         for name in PNGS:
             assert str(out / f"{stem}_{name}.png") in printed.out
-        # Native resolutions: VGG16's block5_conv3 is 2x2 at a 32x32 input; the other two are at the input size.
-        assert np.load(out / f"{stem}_grad_cam.npy").shape == (2, 2)
-        assert np.load(out / f"{stem}_guided_grad_cam.npy").shape == (32, 32, 3)
-        assert np.load(out / f"{stem}_nopool_cam.npy").shape == (32, 32)
+        # Native resolutions at the photo's own aspect, short side 32 (the CIFAR pair's size), long side rounded to a
+        # multiple of 32: the 4:3 street is 32x32, the 2:3 logo 64x32 (h x w). VGG16's block5_conv3 is 1/16 of it;
+        # the other two are at the input's size.
+        input_shape = {"street": (32, 32), "logo": (64, 32)}[stem]
+        assert np.load(out / f"{stem}_grad_cam.npy").shape == (input_shape[0] // 16, input_shape[1] // 16)
+        assert np.load(out / f"{stem}_guided_grad_cam.npy").shape == (*input_shape, 3)
+        assert np.load(out / f"{stem}_nopool_cam.npy").shape == input_shape
 
 
 def test_explain_reports_a_bad_image_and_still_explains_the_good_one(checkpoints, photos, tmp_path, capsys) -> None:
@@ -205,8 +208,8 @@ def test_explain_writes_one_file_per_chosen_method(checkpoints, photos, tmp_path
     names = sorted(p.name for p in out.iterdir())
     assert names == ["logo_hires_cam.npy", "logo_hires_cam.png", "logo_layer_cam_fused.npy", "logo_layer_cam_fused.png",
                      "logo_side_by_side.png"]
-    assert np.load(out / "logo_hires_cam.npy").shape == (2, 2) and _size(out / "logo_hires_cam.png") == (64, 96)
-    assert np.load(out / "logo_layer_cam_fused.npy").shape == (32, 32)
+    assert np.load(out / "logo_hires_cam.npy").shape == (4, 2) and _size(out / "logo_hires_cam.png") == (64, 96)
+    assert np.load(out / "logo_layer_cam_fused.npy").shape == (64, 32)
     assert "Layer-CAM, 3 layers fused on VGG16: " in capsys.readouterr().out
 
 

@@ -50,3 +50,11 @@ def test_the_comparison_page_holds_everything_it_shows() -> None:
     for text in ("map of 2x2 cells", "no evidence for <em>cat</em>", "VGG16 found nothing", "horse</td><td>91%",
                  "Regions that raised the score."):
         assert text in page
+
+
+def test_the_detail_level_travels_in_the_link_and_only_known_ones() -> None:
+    view = share.View("photos", detail="finer")
+    assert share.encode(view) == {"set": "photos", "detail": "finer"} and decode(share.encode(view)) == (view, [])
+    kept, problems = decode({"detail": "ultra"})
+    assert kept.detail is None and problems == ["The link asks for a detail level this page does not have; the "
+                                                "default is shown."]
