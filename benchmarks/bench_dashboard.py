@@ -11,8 +11,11 @@
   figure), sending the figure, and preparing the downloads (PNGs and the web page, made after the panels are
   shown). The rest is Streamlit's messages and the browser drawing.
 
-Run: ``python -m benchmarks.bench_dashboard [--runs 5]``. It uses the checkpoints and settings of the
-environment, like a real start of the dashboard.
+Each detail level of ``--details`` (default: standard and finer, short side 128 and 256 for the photo pair) is
+measured in the same run and server, one after the other, so that their ratio holds on any machine.
+
+Run: ``python -m benchmarks.bench_dashboard [--runs 5] [--details standard,finer]``. It uses the checkpoints and
+settings of the environment, like a real start of the dashboard.
 """
 
 from __future__ import annotations
@@ -59,46 +62,68 @@ def server_steps(log: Path, key: str, timeout: float = 60) -> dict[str, float]:
     raise TimeoutError(f"no timings for {key} in the server's log")
 
 
+def upload_rows(page, url: str, photos: list[Path], log: Path) -> list[dict[str, float]]:
+    """Open ``url``, warm up with the first photo, then time the upload of each other photo (ms per step)."""
+    open_app(page, url)
+    upload_and_wait(page, photos[0])  # warm-up: the first upload also warms the caches of its size
+    rows = []
+    for picture in photos[1:]:
+        with page.expect_response(lambda response: "upload_file" in response.url) as sent:
+            began = time.time() * 1000  # the browser's clock is the machine's: same epoch
+            total = upload_and_wait(page, picture) - began
+        page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)  # the downloads are made after the panels
+        timing = sent.value.request.timing
+        steps = server_steps(log, "upload:" + hashlib.sha256(picture.read_bytes()).hexdigest())
+        before = {step: steps[step] for step in BEFORE_PANELS}
+        rows.append({
+            "upload -> 3 panels drawn": total, "upload request (browser)": timing["responseEnd"],
+            **before, "  of which network passes": steps[PASSES],
+            "Streamlit and browser (rest)": total - timing["responseEnd"] - sum(before.values()),
+            "downloads (after panels)": steps["downloads"],
+        })
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="uploads to time, each a different photo (default 5)")
+    parser.add_argument("--details", default="standard,finer", help="detail levels, comma-separated")
     args = parser.parse_args()
     executable = chromium()
     if executable is None:
         print("needs a chromium binary on PATH or at /usr/bin/chromium", file=sys.stderr)
         return 1
+    details = [name for name in args.details.split(",") if name]
+    results = {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        photos = [photo(folder / f"photo_{seed}.jpg", SIZE, seed) for seed in range(1, args.runs + 2)]
         log = folder / "streamlit.log"
         started = time.perf_counter()
         with streamlit_server(log) as url, browser_page(executable) as page:
             healthy = time.perf_counter()
             open_app(page, url)
             usable = time.perf_counter()
-            upload_and_wait(page, photos[0])  # warm-up: the first upload also warms the caches of its size
-            rows = []
-            for picture in photos[1:]:
-                with page.expect_response(lambda response: "upload_file" in response.url) as sent:
-                    began = time.time() * 1000  # the browser's clock is the machine's: same epoch
-                    total = upload_and_wait(page, picture) - began
-                page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)  # the downloads are made after the panels
-                timing = sent.value.request.timing
-                steps = server_steps(log, "upload:" + hashlib.sha256(picture.read_bytes()).hexdigest())
-                before = {step: steps[step] for step in BEFORE_PANELS}
-                rows.append({
-                    "upload -> 3 panels drawn": total, "upload request (browser)": timing["responseEnd"],
-                    **before, "  of which network passes": steps[PASSES],
-                    "Streamlit and browser (rest)": total - timing["responseEnd"] - sum(before.values()),
-                    "downloads (after panels)": steps["downloads"],
-                })
-    print(f"Dashboard benchmark: {args.runs} uploads of different {SIZE[0]}x{SIZE[1]} JPEGs, models warm, "
-          "1280x720 window\n")
-    print(f"{'step':<32}{'median ms':>12}{'min ms':>10}{'max ms':>10}")
-    for step in rows[0]:
-        values = [row[step] for row in rows]
-        print(f"{step:<32}{statistics.median(values):>12.0f}{min(values):>10.0f}{max(values):>10.0f}")
-    print(f"\ncold start: server healthy after {healthy - started:.1f} s, "
+            for index, detail in enumerate(details):  # different photos per level: no cache hits
+                photos = [photo(folder / f"photo_{index}_{seed}.jpg", SIZE, 100 * index + seed)
+                          for seed in range(1, args.runs + 2)]
+                results[detail] = upload_rows(page, f"{url}/?detail={detail}", photos, log)
+    print(f"Dashboard benchmark: {args.runs} uploads of different {SIZE[0]}x{SIZE[1]} JPEGs per detail level, "
+          "models warm, 1280x720 window\n")
+    for detail, rows in results.items():
+        print(f"detail {detail}")
+        print(f"{'step':<32}{'median ms':>12}{'min ms':>10}{'max ms':>10}")
+        for step in rows[0]:
+            values = [row[step] for row in rows]
+            print(f"{step:<32}{statistics.median(values):>12.0f}{min(values):>10.0f}{max(values):>10.0f}")
+        print()
+    first, *others = results
+    for other in others:
+        ratio = (statistics.median(row["upload -> 3 panels drawn"] for row in results[other])
+                 / statistics.median(row["upload -> 3 panels drawn"] for row in results[first]))
+        passes = (statistics.median(row["  of which network passes"] for row in results[other])
+                  / statistics.median(row["  of which network passes"] for row in results[first]))
+        print(f"{other} / {first}: upload to panels x{ratio:.2f}, network passes x{passes:.2f}")
+    print(f"cold start: server healthy after {healthy - started:.1f} s, "
           f"worked example shown after {usable - started:.1f} s")
     return 0
 

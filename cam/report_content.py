@@ -13,7 +13,7 @@ import matplotlib
 import numpy as np
 
 from cam.metrics import BLUR_SIGMA, MIN_IOU, POINTING_TOLERANCE, REGION_THRESHOLD, RESOLUTION_TOLERANCE, STEPS
-from cam.models import MODEL_SETS, REGISTRY
+from cam.models import MODEL_SETS, REGISTRY, checkpoint_path
 from cam.registry import ROLES
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "reports" / "latest"
@@ -326,6 +326,29 @@ def report_title(data: dict) -> str:
         if sorted(names) == sorted((model_set.gradcam, model_set.gap)):
             return model_set.title
     return " and ".join(REGISTRY[name].title if name in REGISTRY else name for name in names)
+
+
+def accuracy_by_size() -> dict[str, list[dict]]:
+    """Per network pair (its title), one row per network: its test accuracy with the photo squashed into the square
+    it was trained at, and at the photo's own aspect per short side, as its card records them
+    (``python -m cam evaluate --size S [--squash] --update-card``). Pairs whose cards hold none are left out."""
+    tables = {}
+    for model_set in MODEL_SETS.values():
+        rows = []
+        for name in (model_set.gradcam, model_set.gap):
+            path = checkpoint_path(name).with_suffix(".json")
+            try:
+                by_size = json.loads(path.read_text())["metrics"].get("test_by_size") or {}
+            except (OSError, ValueError, KeyError, AttributeError):  # no card, or not one this page can read
+                continue
+            ordered = sorted(by_size.items(), key=lambda item: ("squashed" not in item[0], int(item[0].split()[0])))
+            cells = {(f"{key.split()[0]} px, squashed" if "squashed" in key else f"{key} px"): f"{row['accuracy']:.1%}"
+                     for key, row in ordered}
+            if cells:
+                rows.append({"network": REGISTRY[name].title, **cells})
+        if rows:
+            tables[model_set.title] = rows
+    return tables
 
 
 def load_report(folder: Path) -> dict | None:

@@ -36,3 +36,13 @@ for tab, (folder, data) in zip(tabs, reports, strict=True):
             st.download_button(
                 "Per-map scores (scores.csv)", scores.read_bytes(), "scores.csv", "text/csv", key=f"{folder.name}-csv"
             )
+
+by_size = report.accuracy_by_size()
+if by_size:
+    st.subheader("How often the networks are right, by detail")
+    st.markdown("Share of the test photos each network names correctly, when it sees the photo at its own shape with "
+                "the short side this many pixels, and when the photo is squashed into the square it was trained on. "
+                "The dashboard's **Detail** control picks the size; the standard detail is the first own-shape column.")
+    for title, rows in by_size.items():
+        st.caption(title)
+        st.dataframe(rows, hide_index=True)

@@ -75,7 +75,8 @@ TITLES_AND_TOOLBARS = """() => { const box = e => { const r = e.getBoundingClien
         box).filter(r => r[2] > r[0] && r[3] > r[1]);
     return [titles, bars]; }"""
 ALL_IMAGES_LOADED = "() => Array.from(document.images).every(image => image.complete && image.naturalWidth > 0)"
-ANY_CAPTION = re.compile(r" — map of \d+x\d+ cells, shown at ")  # a panel's caption, whatever its words
+# A panel's caption, whatever its words.
+ANY_CAPTION = re.compile(r" — map of \d+x\d+ cells from a \d+x\d+ input, shown at ")
 TIMEOUT_MS = 900_000  # the first run builds VGG16 on a CPU that may be busy (7.5 minutes seen under load)
 SHOTS = ROOT / "test-output" / "browser"  # screenshots to look at (git-ignored)
 
@@ -197,8 +198,10 @@ def upload_and_wait(page: Page, photo: Path) -> float:
 
 
 def panel_caption(method: str, width: int, height: int) -> re.Pattern:
-    """A panel's caption, e.g. 'Grad-CAM on VGG16: cat, 72% — map of 2x2 cells, shown at 640x480'."""
-    return re.compile(rf"^{re.escape(method)} on [\w-]+: \w+, \d+% — map of \d+x\d+ cells, shown at {width}x{height}$")
+    """A panel's caption, e.g. 'Grad-CAM on VGG16: cat, 72% — map of 10x8 cells from a 160x128 input, shown at
+    640x480'."""
+    return re.compile(rf"^{re.escape(method)} on [\w-]+: \w+, \d+% — map of \d+x\d+ cells from a \d+x\d+ input, "
+                      rf"shown at {width}x{height}$")
 
 
 def captions(page: Page) -> list[str]:

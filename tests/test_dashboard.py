@@ -85,7 +85,8 @@ def assert_no_paths(at: AppTest, *folders: Path) -> None:
 
 
 def captions(at: AppTest) -> list[str]:
-    """The panels' captions, e.g. 'Grad-CAM on VGG16: cat, 72% — map of 2x2 cells, shown at 451x300'."""
+    """The panels' captions, e.g. 'Grad-CAM on VGG16: cat, 72% — map of 4x2 cells from a 64x32 input, shown at
+    451x300'."""
     return [block.value.strip("*") for block in at.markdown if " — map of " in block.value]
 
 
@@ -94,7 +95,8 @@ def assert_panels(at: AppTest, size: str, count: int = 3) -> None:
     shown = captions(at)
     assert len(shown) == count, shown
     for caption in shown:
-        assert re.fullmatch(rf"[\w+ ,-]+ on [\w-]+: \w+, \d+% — map of \d+x\d+ cells, shown at {size}", caption)
+        assert re.fullmatch(rf"[\w+ ,-]+ on [\w-]+: \w+, \d+% — map of \d+x\d+ cells from a \d+x\d+ input, shown at "
+                            rf"{size}", caption)
     assert len(at.get("plotly_chart")) == 1
     labels = [button.label for button in at.get("download_button")]
     assert "Download this comparison as a web page" in labels and len(labels) == count + 2
@@ -205,7 +207,8 @@ def test_empty_map_and_a_disagreement_with_its_button(setup: Path) -> None:
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error and not at.warning
     said = texts(at.markdown)
-    assert captions(at)[0].startswith("Grad-CAM on VGG16: cat, 100% — map of 2x2 cells")
+    # Chelsea (451x300) at the CIFAR pair's 32 px, own aspect: a 64x32 input, VGG16's last maps 4x2.
+    assert captions(at)[0].startswith("Grad-CAM on VGG16: cat, 100% — map of 4x2 cells from a 64x32 input")
     for method in ("Grad-CAM", "Guided Grad-CAM"):
         assert said.count(f"This map is empty: {method} found no part of the photo that raises VGG16's score for *cat*."
                           " This happens on some photos; compare the other panels or try another class.") == 1
@@ -238,6 +241,30 @@ def dataset(root: Path, classes: tuple[str, ...]) -> Path:
         for number in range(3):
             Image.fromarray(np.full((32, 40, 3), 60 * index + 20 * number, np.uint8)).save(folder / f"{number:04d}.png")
     return root
+
+
+def test_detail_level_changes_the_input_warns_where_less_accurate_and_travels(setup: Path) -> None:
+    checkpoints = setup / "checkpoints"
+    for name in ("vgg16", "nopool_gap"):
+        trained(name, checkpoints, {}, zero_kernel=False)
+    card = json.loads((checkpoints / "nopool_gap.json").read_text())
+    card["metrics"]["test_by_size"] = {"32": {"accuracy": 0.8}, "64": {"accuracy": 0.6}}
+    (checkpoints / "nopool_gap.json").write_text(json.dumps(card))
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert at.select_slider(key="detail").value == "standard" and "detail" not in at.query_params
+    assert "map of 64x32 cells from a 64x32 input" in captions(at)[2] and not at.warning
+    at.select_slider(key="detail").set_value("finer").run()
+    assert not at.exception and at.query_params["detail"] == "finer"
+    # Chelsea at short side 64: 451 / 300 * 64 = 96.2 -> 96; VGG16's block5 maps are 1/16 of it.
+    assert captions(at)[0].startswith("Grad-CAM on VGG16: ")
+    assert "map of 6x4 cells from a 96x64 input" in captions(at)[0]
+    assert "map of 96x64 cells from a 96x64 input" in captions(at)[2]
+    assert texts(at.warning) == ("NoPool-GAP was trained on 32-pixel photos: at this detail it is right on 60% of its "
+                                 "test photos, against 80% at the standard detail.")
+    again = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
+    again.query_params.update({"detail": "finer"})
+    again.run()
+    assert again.select_slider(key="detail").value == "finer" and captions(again) == captions(at)
 
 
 def test_links_carry_the_view_and_reach_only_the_gallery(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -275,9 +275,9 @@ def test_score_cam_masks_are_the_upsampled_activations_scaled_to_0_1():
 
 
 def test_score_cam_skips_constant_channels_and_gives_the_same_maps():
-    """Two of the five channels are zero everywhere (kernel 0, bias -1, ReLU), three vary: the authors' code skips such channels,
-    and so do we; a channel that is 0 everywhere adds s_k * 0 to the map, so the maps equal those of a pass over every
-    channel, computed here by hand from the masks."""
+    """Two of the five channels are zero everywhere (kernel 0, bias -1, ReLU), three vary: the authors' code skips
+    such channels, and so do we; a channel that is 0 everywhere adds s_k * 0 to the map, so the maps equal those of a
+    pass over every channel, computed here by hand from the masks."""
     model = pooled_model(2)
     kernel, bias = model.get_layer("last_conv").get_weights()
     kernel[..., :3], kernel[..., 3:], bias[3:] = np.abs(kernel[..., :3]), 0.0, -1.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -314,8 +315,9 @@ def test_photo_pair_stand_ins_give_an_8x8_grad_cam_and_a_full_resolution_cam() -
     assert vgg.input_size == gap.input_size == 128
     layer = default_gradcam_layer(vgg.model)
     assert layer == vgg.card["gradcam_layer"] == "block5_conv3"  # no BatchNorm after it: the maps the head reads
-    assert tuple(vgg.model.get_layer(layer).output.shape[1:3]) == (8, 8)
-    assert tuple(gap.model.get_layer("cam_features").output.shape[1:3]) == (128, 128)
+    x = np.zeros((1, 128, 128, 3), "float32")  # at the card's size: Grad-CAM 8x8, the CAM at full resolution
+    assert keras.Model(vgg.model.inputs, vgg.model.get_layer(layer).output)(x).shape[1:3] == (8, 8)
+    assert keras.Model(gap.model.inputs, gap.model.get_layer("cam_features").output)(x).shape[1:3] == (128, 128)
 
 
 def test_default_set_is_the_photo_pair_once_both_its_checkpoints_are_here(tmp_path: Path, monkeypatch) -> None:

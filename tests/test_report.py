@@ -13,6 +13,7 @@ from keras import layers
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+import cam.models
 from cam import cli, evaluation, registry, report, report_content
 from cam.device import fast_bfloat16
 from cam.methods import Explainer
@@ -238,3 +239,16 @@ def test_the_photo_report_names_both_winners_of_where_and_its_tab_names_the_pair
     assert report_content.report_title(data) == "Photos (128 px)"
     cifar = report_content.load_report(report_content.DEFAULT_OUT)
     assert report_content.report_title(cifar) == "CIFAR thumbnails (32 px)"
+
+
+def test_accuracy_by_size_reads_the_cards_squashed_first(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path)
+    accuracy_by_size = report_content.accuracy_by_size
+    by_size = {"256": {"accuracy": 0.9}, "128 squashed": {"accuracy": 0.8}, "128": {"accuracy": 0.933}}
+    (tmp_path / "vgg16_photos.json").write_text(json.dumps({"metrics": {"test_by_size": by_size}}))
+    (tmp_path / "nopool_gap_photos.json").write_text("{not json")  # unreadable: left out, never an error
+    (tmp_path / "vgg16.json").write_text(json.dumps({"metrics": {"test": {"accuracy": 0.9}}}))  # no sizes yet
+    assert accuracy_by_size() == {"Photos (128 px)": [
+        {"network": "VGG16 (ours, photos, 128 px)", "128 px, squashed": "80.0%", "128 px": "93.3%", "256 px": "90.0%"}
+    ]}
+    assert list(accuracy_by_size()["Photos (128 px)"][0]) == ["network", "128 px, squashed", "128 px", "256 px"]
