@@ -185,7 +185,12 @@ def pick_from_gallery(found: dict[str, gallery.Collection], shuffle: bool = Fals
     picture = st.session_state.get(f"picture:{collection.name}:{folder}", pictures[0])
     if shuffle:
         picture = st.session_state[f"picture:{collection.name}:{folder}"] = random.choice(pictures)
-    choose(gallery_choice(gallery.reference(collection.name, folder, picture)))
+    try:
+        choose(gallery_choice(gallery.reference(collection.name, folder, picture)))
+    except gallery.GalleryError:  # removed, or turned into a link leading out, since the list was drawn
+        log.warning("the gallery picture %r could not be opened", gallery.reference(collection.name, folder, picture))
+        st.session_state["gallery_problem"] = ("That picture is no longer in the gallery (it may have been moved or "
+                                               "removed); the photo shown is the previous one. Choose another.")
 
 
 def show_picture_in_gallery(name: str) -> None:
@@ -549,6 +554,8 @@ def main() -> None:
                "Choose a photo on the left; compare where each map looks and how sharp it is.")
     for problem in problems:
         st.info(problem, icon=":material/link_off:")
+    if "gallery_problem" in st.session_state:
+        st.warning(st.session_state.pop("gallery_problem"), icon=":material/image_not_supported:")
     untrained = [name for name in (gradcam_name, cam_name) if name and not served[name].loaded.trained]
     if untrained:
         st.warning(

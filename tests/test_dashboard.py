@@ -321,3 +321,47 @@ def test_each_network_fails_alone(setup: Path) -> None:
     assert_panels(at, CHELSEA, count=2)
     assert [c.split(" on ")[0] for c in captions(at)] == ["Grad-CAM", "Guided Grad-CAM"]
     assert_no_paths(at, setup)
+
+
+def test_gallery_and_card_problems_become_sentences(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A picture removed after the list was drawn, a link leading out of a dataset, a card with ``"metrics": null``
+    and a card naming a layer the network lacks: each becomes one plain sentence, never a traceback, and the rest of
+    the page works. The unknown layer is refused, never replaced by another one."""
+    checkpoints = setup / "checkpoints"
+    trained("nopool_gap", checkpoints, {}, zero_kernel=False)
+    card = checkpoints / "nopool_gap.json"
+    card.write_text(json.dumps({**json.loads(card.read_text()), "metrics": None}))
+    pets = dataset(setup / "pets", ("cat", "dog"))
+    outside = dataset(setup / "outside", ("cat",))
+    (pets / "test" / "dog" / "0009.png").symlink_to(outside / "test" / "cat" / "0000.png")
+    monkeypatch.setenv("CAM_DATA", str(pets))
+
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert texts(at.error) == ("NoPool-GAP (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its "
+                               "description (model card) gives its test results missing or in a form this tool "
+                               "cannot use.")
+    assert_panels(at, CHELSEA, count=2)
+    at.selectbox(key="collection").set_value("pets").run()
+    at.selectbox(key="folder:pets").set_value("test/dog").run()
+    assert at.selectbox(key="picture:pets:test/dog").options == ["0000.png", "0001.png", "0002.png"]  # no link out
+    (pets / "test" / "dog" / "0001.png").unlink()
+    at.selectbox(key="picture:pets:test/dog").set_value("0001.png").run()
+    assert not at.exception
+    assert texts(at.warning).startswith("That picture is no longer in the gallery")
+    assert "**pets: test/dog/0000.png (true class: dog)**" in texts(at.markdown)  # the previous picture stays
+    assert_panels(at, "40x32", count=2)
+    assert_no_paths(at, setup)
+
+    stand_in = cam.models.untrained_stand_in("vgg16")
+    cam.models.save_checkpoint(stand_in.model, {**stand_in.card, "gradcam_layer": "block9_conv9"}, checkpoints)
+    card.write_text(json.dumps({**json.loads(card.read_text()), "metrics": {}}))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert texts(at.error) == ("VGG16 (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its "
+                               "description (model card) gives the layer Grad-CAM reads missing or in a form this "
+                               "tool cannot use.")
+    assert [c.split(" on ")[0] for c in captions(at)] == ["NoPool-GAP CAM"]
+    assert_no_paths(at, setup)
