@@ -36,6 +36,7 @@ from cam.examples import EXAMPLES
 from cam.images import ImageError, load_image, resize
 from cam.methods import GRADCAM_MODEL, Explainer, Explanation, feature_layers
 from cam.models import MODEL_SETS, REGISTRY, LoadedModel, default_set, problem_in_words
+from cam.names import markdown_literal, shorten
 from cam.pipeline import ImageResult, Panel, explain_image, model_name, render_panels, side_by_side
 from cam.registry import METHODS, STUDY, selected
 
@@ -170,7 +171,7 @@ def use_upload() -> None:
     upload = st.session_state["upload"]
     if upload is not None:
         data = upload.getvalue()
-        choose(Choice(data, f"Uploaded photo “{upload.name}”", Path(upload.name).stem,
+        choose(Choice(data, f"Uploaded photo “{shorten(upload.name)}”", shorten(Path(upload.name).stem),
                       "upload:" + hashlib.sha256(data).hexdigest()))
 
 
@@ -210,7 +211,7 @@ def picture_picker() -> None:
     if len(names) > 1:
         name = st.selectbox(
             "Collection", names, key="collection", on_change=pick_from_gallery, args=(found,),
-            format_func=lambda n: "Built-in examples" if n == gallery.BUILT_IN else f"Dataset “{n}”",
+            format_func=lambda n: "Built-in examples" if n == gallery.BUILT_IN else f"Dataset “{shorten(n)}”",
         )
     else:
         name = names[0]
@@ -218,12 +219,12 @@ def picture_picker() -> None:
     if not collection.built_in:
         folders = collection.folders()
         folder = st.selectbox("Folder (split/class)", folders, key=f"folder:{name}", on_change=pick_from_gallery,
-                              args=(found,))
+                              args=(found,), format_func=shorten)
     pictures = collection.pictures(folder)
     if pictures:
         st.selectbox(
             "Picture", pictures, key=f"picture:{name}:{folder}", on_change=pick_from_gallery, args=(found,),
-            format_func=(lambda file: EXAMPLES.get(file, file)) if collection.built_in else str,
+            format_func=(lambda file: EXAMPLES.get(file, file)) if collection.built_in else shorten,
         )
     else:
         st.caption("This folder has no pictures.")
@@ -577,8 +578,8 @@ def main() -> None:
         image = decode(choice.key, choice.label, choice.source)
     except ImageError as error:
         pick_class(class_slot, gradcam or cam_model, None)
-        st.error(f":material/block: {error}. The result of the previous photo is hidden so that it is not mistaken "
-                 "for this one; choose another photo.")
+        st.error(f":material/block: {markdown_literal(str(error))}. The result of the previous photo is hidden so "
+                 "that it is not mistaken for this one; choose another photo.")
         return
     timings["start and decode"] = (time.perf_counter() - started) * 1000
     try:
@@ -606,7 +607,7 @@ def main() -> None:
     zoom = st.session_state.get("zoom", {}).get(choice.key)
     fig, scale = figure(panels, choice.key, zoom)
     timings["panels"] = (time.perf_counter() - begun) * 1000
-    st.markdown(f"**{choice.label}**")
+    st.markdown(f"**{markdown_literal(choice.label)}**")
     begun = time.perf_counter()
     st.plotly_chart(fig, key="panels", config={"displaylogo": False, "displayModeBar": False}, selection_mode="box",
                     on_select=functools.partial(keep_zoom, choice.key))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cam.examples import EXAMPLES, EXAMPLES_DIR
+from cam.names import shorten
 
 BUILT_IN = "examples"
 SPLITS = ("test", "train")
@@ -125,4 +126,4 @@ def describe(name: str) -> str:
     collection, folder, picture = split_reference(name)
     if collection == BUILT_IN:
         return f"{EXAMPLES.get(picture, picture)} (built-in example)"
-    return f"{collection}: {folder}/{picture} (true class: {folder.split('/')[1]})"
+    return f"{shorten(collection)}: {shorten(folder)}/{shorten(picture)} (true class: {shorten(folder.split('/')[1])})"

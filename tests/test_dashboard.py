@@ -35,6 +35,7 @@ TIMEOUT = 300  # seconds per run: the first one builds and compiles VGG16 on a b
 # An absolute path: a slash that starts a word and is followed by at least one folder (URLs match too).
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*")
 CHELSEA = "451x300"  # the built-in example's size
+MARKDOWN_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")  # a backslash-escaped ASCII punctuation character
 
 
 def _offline() -> cam.models.LoadedModel:
@@ -64,7 +65,8 @@ def encoded(width: int, height: int, format: str, seed: int = 0, **options) -> b
 
 
 def texts(elements) -> str:
-    return "\n".join(str(element.value) for element in elements)
+    """What the visitor reads of ``elements``: their Markdown with its backslash escapes resolved."""
+    return "\n".join(MARKDOWN_ESCAPE.sub(r"\1", str(element.value)) for element in elements)
 
 
 def everything_said(at: AppTest) -> str:
@@ -365,3 +367,38 @@ def test_gallery_and_card_problems_become_sentences(setup: Path, monkeypatch: py
                                "tool cannot use.")
     assert [c.split(" on ")[0] for c in captions(at)] == ["NoPool-GAP CAM"]
     assert_no_paths(at, setup)
+
+
+def test_names_are_shown_as_typed_and_long_ones_shortened(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name that is Markdown (an image that would make the browser fetch an address) shows as typed, in the label
+    above the results, in a refusal and in the gallery; a 3,000-character name is shortened, its photo shown."""
+    trap = "![p](https:127.0.0.1:8698)"
+    pets = dataset(setup / "pets", ("cat",))
+    (pets / "test" / "cat" / "0000.png").rename(pets / "test" / "cat" / f"{trap} *x*.png")
+    monkeypatch.setenv("CAM_DATA", str(pets))
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+
+    at.file_uploader(key="upload").set_value((f"{trap}.jpg", encoded(120, 90, "JPEG"), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    label = next(block.value for block in at.markdown if "Uploaded photo" in block.value)
+    assert label == r"**Uploaded photo “\!\[p\]\(https\:127\.0\.0\.1\:8698\)\.jpg”**"
+    assert_panels(at, "120x90")
+
+    long_name = "a" * 2996 + ".jpg"
+    at.file_uploader(key="upload").set_value((long_name, encoded(100, 80, "JPEG", seed=1), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    shown = next(text for text in texts(at.markdown).split("\n") if "Uploaded photo" in text)
+    assert shown == f"**Uploaded photo “{'a' * 39}…{'a' * 16}.jpg”**"
+    assert_panels(at, "100x80")
+    assert all(len(button.label) < 80 for button in at.get("download_button"))
+
+    at.file_uploader(key="upload").set_value((f"{trap}.png", b"not a picture", "image/png")).run()
+    assert not at.exception
+    assert at.error[0].value.startswith(r"Uploaded photo “\!\[p\]\(https\:127\.0\.0\.1\:8698\)\.png” is not a")
+
+    at.selectbox(key="collection").set_value("pets").run()
+    at.selectbox(key="folder:pets").set_value("test/cat").run()
+    at.selectbox(key="picture:pets:test/cat").set_value(f"{trap} *x*.png").run()
+    assert not at.exception and not at.error
+    label = next(block.value for block in at.markdown if "pets" in block.value)
+    assert label == r"**pets\: test\/cat\/\!\[p\]\(https\:127\.0\.0\.1\:8698\) \*x\*\.png \(true class\: cat\)**"

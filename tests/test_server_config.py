@@ -3,9 +3,11 @@ internals and keep the server from calling out at start."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11 and newer
 CONFIG = Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml"
 
 
