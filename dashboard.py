@@ -33,7 +33,7 @@ import navigation
 from cam import gallery, render, share
 from cam.device import describe_device
 from cam.examples import EXAMPLES
-from cam.images import ImageError, load_image, resize
+from cam.images import DECODE_MAX_SIDE, Decoded, ImageError, decode_image, resize
 from cam.methods import GRADCAM_MODEL, Explainer, Explanation, feature_layers
 from cam.models import MODEL_SETS, REGISTRY, LoadedModel, default_set, problem_in_words
 from cam.names import markdown_literal, shorten
@@ -134,10 +134,11 @@ def locks(*names: str | None) -> Iterator[None]:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def decode(key: str, label: str, _source: bytes | str) -> np.ndarray:
-    """The image as RGB uint8 at full resolution (raises ImageError with a message for the user naming
-    ``label``, not a server path); cached by ``key``."""
-    return load_image(_source, name=label)
+def decode(key: str, label: str, _source: bytes | str) -> Decoded:
+    """The image as RGB uint8, at most DECODE_MAX_SIDE pixels on its long side (so at most 12 MB an entry), with
+    its size as stored (raises ImageError with a message for the user naming ``label``, not a server path);
+    cached by ``key``."""
+    return decode_image(_source, name=label, max_side=DECODE_MAX_SIDE)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -439,7 +440,7 @@ def downloads(files: dict[str, bytes], panels: list[Panel], slots: list[DeltaGen
     )
 
 
-def details(result: ImageResult, scale: float, timings: dict[str, float]) -> None:
+def details(result: ImageResult, scale: float, timings: dict[str, float], decoded: Decoded) -> None:
     """Secondary content: how to read the methods, the networks' answers and the technical details."""
     st.markdown("**What the networks think it is**")
     for column, role in zip(st.columns(2), result.roles, strict=False):
@@ -465,6 +466,10 @@ def details(result: ImageResult, scale: float, timings: dict[str, float]) -> Non
             for method in result.methods
         ]
         lines.append("- " + ", ".join(f"{step} {ms:.0f} ms" for step, ms in timings.items()))
+        if decoded.reduced:
+            lines.append(f"- The photo is {decoded.original[1]}x{decoded.original[0]} pixels; it was read reduced to "
+                         f"{width}x{height} (at most {DECODE_MAX_SIDE} on its long side), which is more than the "
+                         "networks see and all the page shows. The maps and downloads have this size.")
         if scale > 1:
             lines.append(f"- The page shows a {round(width / scale)}x{round(height / scale)} copy of this "
                          f"{width}x{height} image; the downloads are full resolution.")
@@ -575,7 +580,8 @@ def main() -> None:
     chosen = selected(methods)
     timings: dict[str, float] = {}
     try:
-        image = decode(choice.key, choice.label, choice.source)
+        decoded = decode(choice.key, choice.label, choice.source)
+        image = decoded.pixels
     except ImageError as error:
         pick_class(class_slot, gradcam or cam_model, None)
         st.error(f":material/block: {markdown_literal(str(error))}. The result of the previous photo is hidden so "
@@ -629,7 +635,7 @@ def main() -> None:
                    "to share this result, download it as a web page.")
     else:
         st.caption(":material/link: Copy this page's address to share this view.")
-    details(result, scale, timings)
+    details(result, scale, timings, decoded)
     timings["script"] = (time.perf_counter() - started) * 1000
     log.info("view of %s: %s", choice.key[:24], ", ".join(f"{step} {ms:.0f} ms" for step, ms in timings.items()))
 

@@ -369,7 +369,7 @@ def test_gallery_and_card_problems_become_sentences(setup: Path, monkeypatch: py
     assert_no_paths(at, setup)
 
 
-def test_names_are_shown_as_typed_and_long_ones_shortened(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_names_shown_as_typed_long_ones_shortened_and_large_photos_reduced(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A name that is Markdown (an image that would make the browser fetch an address) shows as typed, in the label
     above the results, in a refusal and in the gallery; a 3,000-character name is shortened, its photo shown."""
     trap = "![p](https:127.0.0.1:8698)"
@@ -383,6 +383,15 @@ def test_names_are_shown_as_typed_and_long_ones_shortened(setup: Path, monkeypat
     label = next(block.value for block in at.markdown if "Uploaded photo" in block.value)
     assert label == r"**Uploaded photo “\!\[p\]\(https\:127\.0\.0\.1\:8698\)\.jpg”**"
     assert_panels(at, "120x90")
+
+    large = Image.fromarray(np.linspace(0, 255, 4096 * 3).astype(np.uint8).reshape(1, 4096, 3).repeat(1024, 0))
+    buffer = io.BytesIO()
+    large.save(buffer, "JPEG")  # 4096x1024: read at 2048x512, the page says so
+    at.file_uploader(key="upload").set_value(("wide.jpg", buffer.getvalue(), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    assert_panels(at, "2048x512")
+    assert ("The photo is 4096x1024 pixels; it was read reduced to 2048x512 (at most 2048 on its long side)"
+            in texts(at.markdown))
 
     long_name = "a" * 2996 + ".jpg"
     at.file_uploader(key="upload").set_value((long_name, encoded(100, 80, "JPEG", seed=1), "image/jpeg")).run()
