@@ -369,7 +369,9 @@ def test_gallery_and_card_problems_become_sentences(setup: Path, monkeypatch: py
     assert_no_paths(at, setup)
 
 
-def test_names_shown_as_typed_long_ones_shortened_and_large_photos_reduced(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_names_shown_as_typed_long_ones_shortened_and_large_photos_reduced(
+    setup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A name that is Markdown (an image that would make the browser fetch an address) shows as typed, in the label
     above the results, in a refusal and in the gallery; a 3,000-character name is shortened, its photo shown."""
     trap = "![p](https:127.0.0.1:8698)"
