@@ -15,7 +15,6 @@ import gc
 import hashlib
 import random
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,18 +26,20 @@ import streamlit as st
 from plotly.subplots import make_subplots
 from streamlit.delta_generator import DeltaGenerator
 from streamlit.logger import get_logger
+from streamlit.runtime import Runtime
+from streamlit.runtime.runtime import RuntimeState
 from streamlit.runtime.scriptrunner import script_runner
 
 import navigation
-from cam import gallery, render, share
+from cam import gallery, render, serving, share
 from cam.device import describe_device
 from cam.examples import EXAMPLES
-from cam.images import DECODE_MAX_SIDE, Decoded, ImageError, decode_image, resize
-from cam.methods import GRADCAM_MODEL, Explainer, Explanation, feature_layers
+from cam.images import DECODE_MAX_SIDE, Decoded, ImageError, decode_image, model_input, resize
+from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, feature_layers, in_steps
 from cam.models import MODEL_SETS, REGISTRY, LoadedModel, default_set, problem_in_words
 from cam.names import markdown_literal, shorten
 from cam.pipeline import ImageResult, Panel, explain_image, model_name, render_panels, side_by_side
-from cam.registry import METHODS, STUDY, selected
+from cam.registry import METHODS, STUDY, Method, selected
 
 log = get_logger(__name__)
 IMAGENET_MODEL = "vgg16_imagenet"  # offered as the Grad-CAM model of every set (downloaded on first use)
@@ -54,6 +55,10 @@ TITLE_HEIGHT = 24
 PANELS_PER_ROW = 3
 MAX_EXTRA_METHODS = 3  # at most six panels: two rows of three stay readable
 FALLBACK = "layer_cam"  # offered when Grad-CAM's map is empty
+# Score-CAM's masked photos per batch here (256 in the library): between batches other visitors' fast passes go
+# first, so they wait at most one batch (about a second for the photo VGG16 on 2 CPU cores).
+SLOW_BATCH = 16
+SLOW_CACHE_MB = 64
 PAGE_STYLE = (
     "<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:3rem}"  # results above the fold
     # Half a second into a rerun Streamlit fades the whole page out over a second; drawing those frames took 40% of a
@@ -80,8 +85,8 @@ class Served:
     name: str
     loaded: LoadedModel | None
     problem: str
-    # TensorFlow calls on one model run one at a time, whichever session makes them.
-    lock: threading.Lock
+    # TensorFlow calls on one model run one at a time, whichever session makes them; fast passes go first.
+    lock: serving.ModelGate
 
 
 # ------------------------------------------------------------------------------------------------ caches
@@ -93,9 +98,9 @@ def serve(name: str) -> Served:
         loaded = REGISTRY[name].load()
     except Exception as error:  # any failure removes this model's panels only
         log.warning("model %s could not be loaded: %s: %s", name, type(error).__name__, error)
-        return Served(name, None, problem_in_words(error), threading.Lock())
+        return Served(name, None, problem_in_words(error), serving.ModelGate())
     settle_heap()
-    return Served(name, loaded, "", threading.Lock())
+    return Served(name, loaded, "", serving.ModelGate())
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -113,6 +118,17 @@ def explainer_for(gradcam_name: str | None, layer: str | None, cam_name: str | N
     return explainer
 
 
+@st.cache_resource(show_spinner=False)
+def exit_promptly_on_stop() -> bool:
+    """Once per server process: end it within seconds of Streamlit's stop (SIGTERM), even while a map computes;
+    see ``cam.serving.exit_promptly_when_stopped`` for why. Not under AppTest, whose runtime is a stand-in (its
+    state is no RuntimeState) and whose process is pytest's."""
+    if not Runtime.exists() or not isinstance(Runtime.instance().state, RuntimeState):
+        return False
+    return serving.exit_promptly_when_stopped(
+        lambda: Runtime.instance().state in (RuntimeState.STOPPING, RuntimeState.STOPPED))
+
+
 def settle_heap() -> None:
     """Collect garbage, then exempt every object alive now (the models and TensorFlow's traced graphs, kept for the
     server's life) from later collections. Streamlit collects after every run and Python on its own; each full
@@ -125,11 +141,11 @@ def settle_heap() -> None:
 
 @contextlib.contextmanager
 def locks(*names: str | None) -> Iterator[None]:
-    """Hold the locks of the named models (None: no model) while TensorFlow runs them."""
+    """Hold the locks of the named models (None: no model) for a fast pass, ahead of any slow method."""
     with contextlib.ExitStack() as stack:
         for name in names:
             if name:
-                stack.enter_context(serve(name).lock)
+                stack.enter_context(serve(name).lock.fast())
         yield
 
 
@@ -153,6 +169,68 @@ def explanation_of(
     cam = serve(cam_name).loaded if cam_name else None
     with locks(gradcam_name, cam_name):
         return explain_image(_image, explainer, gradcam, cam, class_name, selected(methods)).explanation
+
+
+@st.cache_resource(show_spinner=False)
+def slow_maps() -> serving.BoundedCache:
+    """The maps of slow methods (Score-CAM), shared by all sessions: at most SLOW_CACHE_MB and 64 views."""
+    return serving.BoundedCache(SLOW_CACHE_MB << 20, 64)
+
+
+def explained(
+    key: str, gradcam_name: str | None, cam_name: str | None, layer: str | None, class_name: str | None,
+    methods: tuple[str, ...], image: np.ndarray,
+) -> Explanation:
+    """``explanation_of`` the fast methods, plus the maps of the slow ones (registry ``slow``), each computed
+    with a progress bar and a button to cancel it, one visitor at a time, stepping aside between batches for the
+    fast passes of other visitors."""
+    explanation = explanation_of(key, gradcam_name, cam_name, layer, class_name,
+                                 tuple(k for k in methods if not METHODS[k].slow), image)
+    names = {GRADCAM_MODEL: gradcam_name, GAP_MODEL: cam_name}
+    for method in selected(methods):
+        name = names[method.role]
+        if not method.slow or name is None:
+            continue
+        method_layer = layer if method.role == GRADCAM_MODEL else None
+        found = (key, name, method_layer, int(explanation.classes[method.role][0]), method.key)
+        if slow_maps().get(found) is None:
+            slow_maps().put(found, slow_map(method, serve(name), method_layer, explanation.classes[method.role], image))
+        explanation.maps[method.key], explanation.seconds[method.key] = slow_maps().get(found)
+    return explanation
+
+
+def slow_map(method: Method, served: Served, layer: str | None, classes: np.ndarray,
+             image: np.ndarray) -> tuple[np.ndarray, float]:
+    """The maps of one slow method and their seconds, with a progress bar and a cancel button while they last."""
+    shown = st.empty()
+    with shown.container():
+        progress = st.progress(0.0, text=f"{method.label}: waiting for its turn (another visitor's is running)…")
+        st.button(f"Cancel {method.label}", key=f"cancel:{method.key}", on_click=drop_method, args=(method.key,),
+                  icon=":material/cancel:", help=f"Removes the {method.label} panel; the other panels stay.")
+    x = model_input(image, served.loaded.input_size)
+    # Every Streamlit call below is also where a click on "Cancel" (a rerun) stops the computation.
+    with served.lock.slow(waiting=lambda: progress.progress(0.0, text=progress_text(method, 0, 0))) as step_aside:
+
+        def between_batches(done: int, total: int) -> None:
+            progress.progress(done / total, text=progress_text(method, done, total))
+            step_aside()
+
+        started = time.perf_counter()
+        with in_steps(between_batches, SLOW_BATCH):
+            maps = method.compute(served.loaded.model, x, classes, layer)
+    shown.empty()
+    return maps, time.perf_counter() - started
+
+
+def progress_text(method: Method, done: int, total: int) -> str:
+    if not total:
+        return f"{method.label}: waiting for its turn (another visitor's is running)…"
+    return f"{method.label}: {done} of {total} passes through the network…"
+
+
+def drop_method(key: str) -> None:
+    """The cancel button's callback: remove method ``key``'s panel (the rerun this click makes stops it)."""
+    st.session_state["extra_methods"] = [k for k in st.session_state.get("extra_methods", []) if k != key]
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -502,6 +580,7 @@ def main() -> None:
     st.set_page_config(page_title="Where does the network look?", page_icon=":material/search:", layout="wide")
     st.markdown(PAGE_STYLE, unsafe_allow_html=True)
     navigation.links()
+    exit_promptly_on_stop()
     problems = apply_link() if "image" not in st.session_state else []
 
     with st.sidebar:
@@ -592,11 +671,11 @@ def main() -> None:
         with st.spinner("Looking at the photo…"):
             begun = time.perf_counter()
             top = ImageResult(image, gradcam, cam_model,
-                              explanation_of(choice.key, gradcam_name, cam_name, layer, None, methods, image), chosen)
+                              explained(choice.key, gradcam_name, cam_name, layer, None, methods, image), chosen)
             wanted = pick_class(class_slot, gradcam or cam_model, top)
             result = top if wanted == TOP else ImageResult(
                 image, gradcam, cam_model,
-                explanation_of(choice.key, gradcam_name, cam_name, layer, wanted, methods, image), chosen,
+                explained(choice.key, gradcam_name, cam_name, layer, wanted, methods, image), chosen,
             )
             result.methods = [method for method in chosen if result.model(method.role) is not None]
             timings["networks"] = (time.perf_counter() - begun) * 1000

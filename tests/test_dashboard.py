@@ -395,6 +395,13 @@ def test_names_shown_as_typed_long_ones_shortened_and_large_photos_reduced(
     assert ("The photo is 4096x1024 pixels; it was read reduced to 2048x512 (at most 2048 on its long side)"
             in texts(at.markdown))
 
+    at.multiselect(key="extra_methods").set_value(["score_cam"]).run()  # slow: computed apart, in batches
+    assert not at.exception and not at.error
+    assert_panels(at, "2048x512", count=4)
+    assert captions(at)[3].startswith("Score-CAM on VGG16: ")
+    assert not [button for button in at.button if button.key.startswith("cancel:")]  # gone once computed
+    at.multiselect(key="extra_methods").set_value([]).run()
+
     long_name = "a" * 2996 + ".jpg"
     at.file_uploader(key="upload").set_value((long_name, encoded(100, 80, "JPEG", seed=1), "image/jpeg")).run()
     assert not at.exception and not at.error
