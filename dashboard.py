@@ -311,7 +311,8 @@ def picture_picker() -> None:
         st.button("Random picture", icon=":material/casino:", on_click=pick_from_gallery, args=(found, True))
     st.file_uploader(
         "Or upload your own photo", key="upload", on_change=use_upload,
-        help="JPEG, PNG, WebP, BMP, GIF (the first frame) or TIFF, up to 50 MB and 50 megapixels.",
+        help=f"JPEG, PNG, WebP, BMP, GIF (the first frame) or TIFF, up to 50 MB and 50 megapixels; a larger photo "
+             f"is read at {DECODE_MAX_SIDE} pixels on its long side.",
     )
 
 
