@@ -59,11 +59,14 @@ FALLBACK = "layer_cam"  # offered when Grad-CAM's map is empty
 # first, so they wait at most one batch (about a second for the photo VGG16 on 2 CPU cores).
 SLOW_BATCH = 16
 SLOW_CACHE_MB = 64
+TRIM_EVERY_S = 20  # how often the server hands freed memory back to the system (see cam.serving)
+KEPT_DOWNLOADS = "kept_downloads"  # the hidden container of keep_offered_downloads
 PAGE_STYLE = (
     "<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:3rem}"  # results above the fold
     # Half a second into a rerun Streamlit fades the whole page out over a second; drawing those frames took 40% of a
     # core from the networks' pass on a small machine (Chrome trace). The page now turns faded in one step.
-    "*{transition-duration:0s!important}</style>"
+    "*{transition-duration:0s!important}"
+    f".st-key-{KEPT_DOWNLOADS}{{display:none}}</style>"  # see keep_offered_downloads
 )
 
 
@@ -120,11 +123,12 @@ def explainer_for(gradcam_name: str | None, layer: str | None, cam_name: str | N
 
 @st.cache_resource(show_spinner=False)
 def exit_promptly_on_stop() -> bool:
-    """Once per server process: end it within seconds of Streamlit's stop (SIGTERM), even while a map computes;
-    see ``cam.serving.exit_promptly_when_stopped`` for why. Not under AppTest, whose runtime is a stand-in (its
-    state is no RuntimeState) and whose process is pytest's."""
+    """Once per server process: end it within seconds of Streamlit's stop (SIGTERM), even while a map computes,
+    and return freed memory to the system now and then; see ``cam.serving`` for why. Not under AppTest, whose
+    runtime is a stand-in (its state is no RuntimeState) and whose process is pytest's."""
     if not Runtime.exists() or not isinstance(Runtime.instance().state, RuntimeState):
         return False
+    serving.return_free_memory_every(TRIM_EVERY_S)
     return serving.exit_promptly_when_stopped(
         lambda: Runtime.instance().state in (RuntimeState.STOPPING, RuntimeState.STOPPED))
 
@@ -193,9 +197,11 @@ def explained(
             continue
         method_layer = layer if method.role == GRADCAM_MODEL else None
         found = (key, name, method_layer, int(explanation.classes[method.role][0]), method.key)
-        if slow_maps().get(found) is None:
-            slow_maps().put(found, slow_map(method, serve(name), method_layer, explanation.classes[method.role], image))
-        explanation.maps[method.key], explanation.seconds[method.key] = slow_maps().get(found)
+        kept = slow_maps().get(found)
+        if kept is None:
+            kept = slow_map(method, serve(name), method_layer, explanation.classes[method.role], image)
+            slow_maps().put(found, kept)
+        explanation.maps[method.key], explanation.seconds[method.key] = kept
     return explanation
 
 
@@ -500,23 +506,37 @@ def prepared_files(signature: tuple, panels: list[Panel], result: ImageResult, c
 
 def downloads(files: dict[str, bytes], panels: list[Panel], slots: list[DeltaGenerator], choice: Choice,
               size: tuple[int, int]) -> None:
-    """The download buttons: each panel's PNG in its slot, then the comparison as a web page and all side by side."""
+    """The download buttons: each panel's PNG in its slot, then the comparison as a web page and all side by side.
+    What they offer is kept in the session for ``keep_offered_downloads``."""
+    offered = []
+
+    def offer(slot: DeltaGenerator, label: str, data: bytes, name: str, mime: str, **options) -> None:
+        slot.download_button(label, data, name, mime, on_click="ignore", icon=":material/download:", **options)
+        offered.append((data, name, mime))
+
     for slot, panel in zip(slots, panels, strict=True):
-        slot.download_button(
-            f"{panel.title} (PNG)", files[panel.key], f"{choice.stem}_{panel.key}.png", "image/png",
-            key=f"download:{panel.key}", on_click="ignore", icon=":material/download:",
-            help=f"This panel at the photo's full resolution, {size[1]}x{size[0]} pixels.",
-        )
+        offer(slot, f"{panel.title} (PNG)", files[panel.key], f"{choice.stem}_{panel.key}.png", "image/png",
+              key=f"download:{panel.key}",
+              help=f"This panel at the photo's full resolution, {size[1]}x{size[0]} pixels.")
     page, together, _ = st.columns([3, 2, 3])
-    page.download_button(
-        "Download this comparison as a web page", files["page"], f"{choice.stem}_comparison.html", "text/html",
-        key="download:page", on_click="ignore", icon=":material/download:",
-        help="One file with the photo, the maps, their captions and both networks' answers; opens offline.",
-    )
-    together.download_button(
-        "All side by side (PNG)", files["side_by_side"], f"{choice.stem}_side_by_side.png", "image/png",
-        key="download:all", on_click="ignore", icon=":material/download:",
-    )
+    offer(page, "Download this comparison as a web page", files["page"], f"{choice.stem}_comparison.html", "text/html",
+          key="download:page",
+          help="One file with the photo, the maps, their captions and both networks' answers; opens offline.")
+    offer(together, "All side by side (PNG)", files["side_by_side"], f"{choice.stem}_side_by_side.png", "image/png",
+          key="download:all")
+    st.session_state["offered"] = offered
+
+
+def keep_offered_downloads() -> None:
+    """Offer the previous run's files again, in a hidden container, at the start of every run.
+
+    While a new run computes, the page still shows the previous run's download buttons, and Streamlit deletes a
+    file once two runs have finished without offering it; in a rapid series of uploads the uploader's own short
+    reruns finish meanwhile, and a click then got a 404 (28 of 30 in issue 20). Streamlit names a file by its bytes,
+    name and type, so offering the same ones here keeps every visible button's file until new files replace them."""
+    with st.container(key=KEPT_DOWNLOADS):
+        for index, (data, name, mime) in enumerate(st.session_state.get("offered", [])):
+            st.download_button(name, data, name, mime, key=f"kept:{index}", on_click="ignore")
 
 
 def details(result: ImageResult, scale: float, timings: dict[str, float], decoded: Decoded) -> None:
@@ -582,6 +602,7 @@ def main() -> None:
     st.markdown(PAGE_STYLE, unsafe_allow_html=True)
     navigation.links()
     exit_promptly_on_stop()
+    keep_offered_downloads()
     problems = apply_link() if "image" not in st.session_state else []
 
     with st.sidebar:

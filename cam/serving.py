@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import logging
 import os
 import sys
@@ -145,6 +146,34 @@ class BoundedCache:
         """(entries, bytes) held now."""
         with self._lock:
             return len(self._items), self._bytes
+
+
+_trim_started = threading.Event()
+
+
+def return_free_memory_every(seconds: float) -> bool:
+    """Start (once per process) a daemon thread that hands the C heap's free pages back to the system every
+    ``seconds`` (glibc's ``malloc_trim(0)``); returns whether it started one now (False elsewhere than glibc).
+
+    Why: a photo's view allocates and frees a few hundred MB of arrays (decoding, panels, PNGs); glibc keeps the
+    freed pages of its heaps for reuse, so after three visitors of a large photo had left, the server stayed 12%
+    above its idle size for good. A trim costs milliseconds and frees nothing in use."""
+    if _trim_started.is_set() or not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return False
+    _trim_started.set()
+    log.info("returning the C heap's free memory to the system every %.0f s (malloc_trim)", seconds)
+
+    def run() -> None:
+        while True:
+            time.sleep(seconds)
+            trim(0)
+
+    threading.Thread(target=run, name="malloc-trim", daemon=True).start()
+    return True
 
 
 _exit_installed = threading.Event()
