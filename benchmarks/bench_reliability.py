@@ -10,7 +10,8 @@
   browsers. The server's RSS is sampled every 0.1 s: idle (one page showing the example), the peak and the RSS
   after each step, and the RSS for ``--settle`` seconds (default 150) after the three sessions closed.
 - Bad files: a corpus of broken, odd and extreme files (empty, not a picture, cut short, decompression bomb,
-  16-bit, CMYK, animated GIF, transparency, EXIF rotation, TIFF, 1x1, 4000x40), uploaded one at a time. For each:
+  16-bit, CMYK, animated GIF, transparency, EXIF rotation, TIFF, 1x1, 4000x40, MPO, AVIF, ICO), uploaded one at a
+  time. For each:
   what the page shows (the message, or the captions), whether the page leaks a traceback, an exception class or a
   server path, and whether that matches what ``cam.images.load_image`` says of the file. At the end: whether the
   server's log holds a traceback.
@@ -50,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cam.examples import EXAMPLES, EXAMPLES_DIR, example_photo  # noqa: E402
 from cam.gallery import IMAGE_SUFFIXES  # noqa: E402
-from cam.images import ImageError, load_image  # noqa: E402
+from cam.images import DECODE_MAX_SIDE, ImageError, load_image  # noqa: E402
 from tests.test_browser import (  # noqa: E402
     ANY_CAPTION,
     PANEL_METHODS,
@@ -468,6 +469,12 @@ def sixteen_bit(size: tuple[int, int]) -> bytes:
     return encoded(Image.fromarray(grey), "PNG")
 
 
+def two_frame_mpo(size: tuple[int, int]) -> bytes:
+    """An MPO (as some cameras write): the cat, then the cat mirrored as a second frame."""
+    first = cat(size)
+    return encoded(first, "MPO", save_all=True, append_images=[first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+
+
 # File name -> (what it is, how to make its bytes). Accepted pictures get distinct sizes: their captions tell them
 # apart. No underscores in names: the page's Markdown could take them for emphasis.
 BAD_FILES: dict[str, tuple[str, Callable[[], bytes]]] = {
@@ -488,14 +495,17 @@ BAD_FILES: dict[str, tuple[str, Callable[[], bytes]]] = {
     "rotated.jpg": ("JPEG 640x400 with EXIF orientation 6 (shows as 400x640)", lambda: rotated_jpeg((640, 400))),
     "photo.tif": ("TIFF, 520x390", lambda: encoded(cat((520, 390)), "TIFF", compression="tiff_lzw")),
     "one-pixel.png": ("1x1 PNG", lambda: encoded(Image.new("RGB", (1, 1), (200, 40, 40)), "PNG")),
-    "wide.jpg": ("very wide JPEG, 4000x40", lambda: encoded(cat((4000, 40)), "JPEG")),
+    "wide.jpg": ("very wide JPEG, 4000x40 (read at 2048x20)", lambda: encoded(cat((4000, 40)), "JPEG")),
+    "camera.jpg": ("MPO (a camera's JPEG with 2 frames), 600x400", lambda: two_frame_mpo((600, 400))),
+    "picture.avif": ("AVIF, 300x200 (refused: an AVIF)", lambda: encoded(cat((300, 200)), "AVIF")),
+    "icon.ico": ("ICO, 64x64 (refused: an ICO)", lambda: encoded(cat((64, 64)), "ICO")),
 }
 
 
 def expectation(path: Path) -> str:
     """What the dashboard should do with ``path``, from ``load_image``: 'shown at WxH' or 'refused: <why>'."""
     try:
-        image = load_image(path.read_bytes(), name=label(path))
+        image = load_image(path.read_bytes(), name=label(path), max_side=DECODE_MAX_SIDE)
     except ImageError as error:
         return f"refused: {error}"
     return f"shown at {image.shape[1]}x{image.shape[0]}"

@@ -309,8 +309,8 @@ def test_each_network_fails_alone(setup: Path) -> None:
 
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception
-    assert texts(at.error) == ("VGG16 (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its saved "
-                               "file is missing, damaged or does not match its description.")
+    assert texts(at.error) == ("VGG16 (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its "
+                               "description (model card) gives its name missing or in a form this tool cannot use.")
     assert "NoPool-GAP (ours, CIFAR, 32 px)**: trained, right on 50% of its test images." in texts(at.sidebar.caption)
     assert_panels(at, CHELSEA, count=1)
     assert captions(at)[0].startswith("NoPool-GAP CAM on NoPool-GAP: ")
