@@ -437,3 +437,20 @@ def test_downloads_keep_working_through_a_rapid_series_of_uploads(served: tuple[
                 delivered.append(type(error).__name__)
             page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
     assert delivered == ["PNG"] * RAPID_TRIES, delivered
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_score_cam_shows_progress_and_can_be_cancelled(tmp_path: Path) -> None:
+    """A link asking for Score-CAM on the photo networks (a minute and more of passes on a CPU): the page shows a
+    progress bar and a button that cancels it; after the click the three panels of the study stand alone and the
+    link no longer asks for Score-CAM."""
+    env = {**offline_env(tmp_path), "CAM_CHECKPOINTS": str(ROOT / "checkpoints")}
+    with running_server(tmp_path / "cancel.log", env) as (server, url), browser_page(require_browser()) as page:
+        page.goto(f"{url}/?set=photos&methods=score_cam")
+        page.locator('[data-testid="stProgress"]').wait_for(timeout=TIMEOUT_MS)
+        page.get_by_role("button", name="Cancel Score-CAM").click()
+        page.wait_for_function("() => !document.querySelector('[data-testid=\"stProgress\"]')", timeout=TIMEOUT_MS)
+        page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
+        assert [caption.split(" on ")[0] for caption in captions(page)] == list(PANEL_METHODS)
+        assert "score_cam" not in page.url
