@@ -15,7 +15,6 @@ import gc
 import hashlib
 import random
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,26 +26,31 @@ import streamlit as st
 from plotly.subplots import make_subplots
 from streamlit.delta_generator import DeltaGenerator
 from streamlit.logger import get_logger
+from streamlit.runtime import Runtime
+from streamlit.runtime.runtime import RuntimeState
 from streamlit.runtime.scriptrunner import script_runner
 
 import navigation
-from cam import gallery, render, share
+from cam import gallery, render, serving, share
 from cam.device import describe_device
 from cam.examples import EXAMPLES
-from cam.images import ImageError, crop, detail_sizes, load_image, resize
-from cam.methods import GRADCAM_MODEL, Explainer, Explanation, feature_layers
+from cam.images import DECODE_MAX_SIDE, Decoded, ImageError, crop, decode_image, detail_sizes, resize
+from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, feature_layers, in_steps
 from cam.models import MODEL_SETS, REGISTRY, LoadedModel, default_set, problem_in_words
+from cam.names import markdown_literal, shorten
 from cam.pipeline import (
     ImageResult,
     Panel,
+    PhotoView,
     explain_image,
+    model_inputs,
     model_name,
     photo_view,
     render_panels,
     side_by_side,
     trained_size,
 )
-from cam.registry import METHODS, STUDY, selected
+from cam.registry import METHODS, STUDY, Method, selected
 
 log = get_logger(__name__)
 IMAGENET_MODEL = "vgg16_imagenet"  # offered as the Grad-CAM model of every set (downloaded on first use)
@@ -63,11 +67,18 @@ PANELS_PER_ROW = 3
 MAX_EXTRA_METHODS = 3  # at most six panels: two rows of three stay readable
 FALLBACK = "layer_cam"  # offered when Grad-CAM's map is empty
 DEFAULT_DETAIL = "standard"
+# Score-CAM's masked photos per batch here (256 in the library): between batches other visitors' fast passes go
+# first, so they wait at most one batch (about a second for the photo VGG16 on 2 CPU cores).
+SLOW_BATCH = 16
+SLOW_CACHE_MB = 64
+TRIM_EVERY_S = 20  # how often the server hands freed memory back to the system (see cam.serving)
+KEPT_DOWNLOADS = "kept_downloads"  # the hidden container of keep_offered_downloads
 PAGE_STYLE = (
     "<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:3rem}"  # results above the fold
     # Half a second into a rerun Streamlit fades the whole page out over a second; drawing those frames took 40% of a
     # core from the networks' pass on a small machine (Chrome trace). The page now turns faded in one step.
-    "*{transition-duration:0s!important}</style>"
+    "*{transition-duration:0s!important}"
+    f".st-key-{KEPT_DOWNLOADS}{{display:none}}</style>"  # see keep_offered_downloads
 )
 
 
@@ -89,8 +100,8 @@ class Served:
     name: str
     loaded: LoadedModel | None
     problem: str
-    # TensorFlow calls on one model run one at a time, whichever session makes them.
-    lock: threading.Lock
+    # TensorFlow calls on one model run one at a time, whichever session makes them; fast passes go first.
+    lock: serving.ModelGate
 
 
 # ------------------------------------------------------------------------------------------------ caches
@@ -102,9 +113,9 @@ def serve(name: str) -> Served:
         loaded = REGISTRY[name].load()
     except Exception as error:  # any failure removes this model's panels only
         log.warning("model %s could not be loaded: %s: %s", name, type(error).__name__, error)
-        return Served(name, None, problem_in_words(error), threading.Lock())
+        return Served(name, None, problem_in_words(error), serving.ModelGate())
     settle_heap()
-    return Served(name, loaded, "", threading.Lock())
+    return Served(name, loaded, "", serving.ModelGate())
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -122,6 +133,18 @@ def explainer_for(gradcam_name: str | None, layer: str | None, cam_name: str | N
     return explainer
 
 
+@st.cache_resource(show_spinner=False)
+def exit_promptly_on_stop() -> bool:
+    """Once per server process: end it within seconds of Streamlit's stop (SIGTERM), even while a map computes,
+    and return freed memory to the system now and then; see ``cam.serving`` for why. Not under AppTest, whose
+    runtime is a stand-in (its state is no RuntimeState) and whose process is pytest's."""
+    if not Runtime.exists() or not isinstance(Runtime.instance().state, RuntimeState):
+        return False
+    serving.return_free_memory_every(TRIM_EVERY_S)
+    return serving.exit_promptly_when_stopped(
+        lambda: Runtime.instance().state in (RuntimeState.STOPPING, RuntimeState.STOPPED))
+
+
 def settle_heap() -> None:
     """Collect garbage, then exempt every object alive now (the models and TensorFlow's traced graphs, kept for the
     server's life) from later collections. Streamlit collects after every run and Python on its own; each full
@@ -134,19 +157,20 @@ def settle_heap() -> None:
 
 @contextlib.contextmanager
 def locks(*names: str | None) -> Iterator[None]:
-    """Hold the locks of the named models (None: no model) while TensorFlow runs them."""
+    """Hold the locks of the named models (None: no model) for a fast pass, ahead of any slow method."""
     with contextlib.ExitStack() as stack:
         for name in names:
             if name:
-                stack.enter_context(serve(name).lock)
+                stack.enter_context(serve(name).lock.fast())
         yield
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def decode(key: str, label: str, _source: bytes | str) -> np.ndarray:
-    """The image as RGB uint8 at full resolution (raises ImageError with a message for the user naming
-    ``label``, not a server path); cached by ``key``."""
-    return load_image(_source, name=label)
+def decode(key: str, label: str, _source: bytes | str) -> Decoded:
+    """The image as RGB uint8, at most DECODE_MAX_SIDE pixels on its long side (so at most 12 MB an entry), with
+    its size as stored (raises ImageError with a message for the user naming ``label``, not a server path);
+    cached by ``key``."""
+    return decode_image(_source, name=label, max_side=DECODE_MAX_SIDE)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -161,6 +185,71 @@ def explanation_of(
     cam = serve(cam_name).loaded if cam_name else None
     with locks(gradcam_name, cam_name):
         return explain_image(_image, explainer, gradcam, cam, class_name, selected(methods), short_side).explanation
+
+
+@st.cache_resource(show_spinner=False)
+def slow_maps() -> serving.BoundedCache:
+    """The maps of slow methods (Score-CAM), shared by all sessions: at most SLOW_CACHE_MB and 64 views."""
+    return serving.BoundedCache(SLOW_CACHE_MB << 20, 64)
+
+
+def explained(
+    key: str, gradcam_name: str | None, cam_name: str | None, layer: str | None, class_name: str | None,
+    methods: tuple[str, ...], view: PhotoView, image: np.ndarray,
+) -> Explanation:
+    """``explanation_of`` the fast methods, plus the maps of the slow ones (registry ``slow``), each computed
+    with a progress bar and a button to cancel it, one visitor at a time, stepping aside between batches for the
+    fast passes of other visitors."""
+    explanation = explanation_of(key, gradcam_name, cam_name, layer, class_name,
+                                 tuple(k for k in methods if not METHODS[k].slow), view.short_side, image)
+    names = {GRADCAM_MODEL: gradcam_name, GAP_MODEL: cam_name}
+    for method in selected(methods):
+        name = names[method.role]
+        if not method.slow or name is None:
+            continue
+        method_layer = layer if method.role == GRADCAM_MODEL else None
+        found = (key, name, method_layer, int(explanation.classes[method.role][0]), method.key, view.short_side)
+        kept = slow_maps().get(found)
+        if kept is None:
+            x = model_inputs(image, view)[method.role]
+            kept = slow_map(method, serve(name), method_layer, explanation.classes[method.role], x)
+            slow_maps().put(found, kept)
+        explanation.maps[method.key], explanation.seconds[method.key] = kept
+    return explanation
+
+
+def slow_map(method: Method, served: Served, layer: str | None, classes: np.ndarray,
+             x: np.ndarray) -> tuple[np.ndarray, float]:
+    """The maps of one slow method on the model input ``x`` and their seconds, with a progress bar and a cancel
+    button while they last."""
+    shown = st.empty()
+    with shown.container():
+        progress = st.progress(0.0, text=f"{method.label}: waiting for its turn (another visitor's is running)…")
+        st.button(f"Cancel {method.label}", key=f"cancel:{method.key}", on_click=drop_method, args=(method.key,),
+                  icon=":material/cancel:", help=f"Removes the {method.label} panel; the other panels stay.")
+    # Every Streamlit call below is also where a click on "Cancel" (a rerun) stops the computation.
+    with served.lock.slow(waiting=lambda: progress.progress(0.0, text=progress_text(method, 0, 0))) as step_aside:
+
+        def between_batches(done: int, total: int) -> None:
+            progress.progress(done / total, text=progress_text(method, done, total))
+            step_aside()
+
+        started = time.perf_counter()
+        with in_steps(between_batches, SLOW_BATCH):
+            maps = method.compute(served.loaded.model, x, classes, layer)
+    shown.empty()
+    return maps, time.perf_counter() - started
+
+
+def progress_text(method: Method, done: int, total: int) -> str:
+    if not total:
+        return f"{method.label}: waiting for its turn (another visitor's is running)…"
+    return f"{method.label}: {done} of {total} passes through the network…"
+
+
+def drop_method(key: str) -> None:
+    """The cancel button's callback: remove method ``key``'s panel (the rerun this click makes stops it)."""
+    st.session_state["extra_methods"] = [k for k in st.session_state.get("extra_methods", []) if k != key]
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -180,7 +269,7 @@ def use_upload() -> None:
     upload = st.session_state["upload"]
     if upload is not None:
         data = upload.getvalue()
-        choose(Choice(data, f"Uploaded photo “{upload.name}”", Path(upload.name).stem,
+        choose(Choice(data, f"Uploaded photo “{shorten(upload.name)}”", shorten(Path(upload.name).stem),
                       "upload:" + hashlib.sha256(data).hexdigest()))
 
 
@@ -195,7 +284,12 @@ def pick_from_gallery(found: dict[str, gallery.Collection], shuffle: bool = Fals
     picture = st.session_state.get(f"picture:{collection.name}:{folder}", pictures[0])
     if shuffle:
         picture = st.session_state[f"picture:{collection.name}:{folder}"] = random.choice(pictures)
-    choose(gallery_choice(gallery.reference(collection.name, folder, picture)))
+    try:
+        choose(gallery_choice(gallery.reference(collection.name, folder, picture)))
+    except gallery.GalleryError:  # removed, or turned into a link leading out, since the list was drawn
+        log.warning("the gallery picture %r could not be opened", gallery.reference(collection.name, folder, picture))
+        st.session_state["gallery_problem"] = ("That picture is no longer in the gallery (it may have been moved or "
+                                               "removed); the photo shown is the previous one. Choose another.")
 
 
 def show_picture_in_gallery(name: str) -> None:
@@ -215,7 +309,7 @@ def picture_picker() -> None:
     if len(names) > 1:
         name = st.selectbox(
             "Collection", names, key="collection", on_change=pick_from_gallery, args=(found,),
-            format_func=lambda n: "Built-in examples" if n == gallery.BUILT_IN else f"Dataset “{n}”",
+            format_func=lambda n: "Built-in examples" if n == gallery.BUILT_IN else f"Dataset “{shorten(n)}”",
         )
     else:
         name = names[0]
@@ -223,12 +317,12 @@ def picture_picker() -> None:
     if not collection.built_in:
         folders = collection.folders()
         folder = st.selectbox("Folder (split/class)", folders, key=f"folder:{name}", on_change=pick_from_gallery,
-                              args=(found,))
+                              args=(found,), format_func=shorten)
     pictures = collection.pictures(folder)
     if pictures:
         st.selectbox(
             "Picture", pictures, key=f"picture:{name}:{folder}", on_change=pick_from_gallery, args=(found,),
-            format_func=(lambda file: EXAMPLES.get(file, file)) if collection.built_in else str,
+            format_func=(lambda file: EXAMPLES.get(file, file)) if collection.built_in else shorten,
         )
     else:
         st.caption("This folder has no pictures.")
@@ -236,7 +330,8 @@ def picture_picker() -> None:
         st.button("Random picture", icon=":material/casino:", on_click=pick_from_gallery, args=(found, True))
     st.file_uploader(
         "Or upload your own photo", key="upload", on_change=use_upload,
-        help="JPEG, PNG, WebP, BMP, GIF (the first frame) or TIFF, up to 50 MB and 50 megapixels.",
+        help=f"JPEG, PNG, WebP, BMP, GIF (the first frame) or TIFF, up to 50 MB and 50 megapixels; a larger photo "
+             f"is read at {DECODE_MAX_SIDE} pixels on its long side.",
     )
 
 
@@ -452,26 +547,40 @@ def prepared_files(signature: tuple, panels: list[Panel], result: ImageResult, c
 
 def downloads(files: dict[str, bytes], panels: list[Panel], slots: list[DeltaGenerator], choice: Choice,
               size: tuple[int, int]) -> None:
-    """The download buttons: each panel's PNG in its slot, then the comparison as a web page and all side by side."""
+    """The download buttons: each panel's PNG in its slot, then the comparison as a web page and all side by side.
+    What they offer is kept in the session for ``keep_offered_downloads``."""
+    offered = []
+
+    def offer(slot: DeltaGenerator, label: str, data: bytes, name: str, mime: str, **options) -> None:
+        slot.download_button(label, data, name, mime, on_click="ignore", icon=":material/download:", **options)
+        offered.append((data, name, mime))
+
     for slot, panel in zip(slots, panels, strict=True):
-        slot.download_button(
-            f"{panel.title} (PNG)", files[panel.key], f"{choice.stem}_{panel.key}.png", "image/png",
-            key=f"download:{panel.key}", on_click="ignore", icon=":material/download:",
-            help=f"This panel at the photo's full resolution, {size[1]}x{size[0]} pixels.",
-        )
+        offer(slot, f"{panel.title} (PNG)", files[panel.key], f"{choice.stem}_{panel.key}.png", "image/png",
+              key=f"download:{panel.key}",
+              help=f"This panel at the photo's full resolution, {size[1]}x{size[0]} pixels.")
     page, together, _ = st.columns([3, 2, 3])
-    page.download_button(
-        "Download this comparison as a web page", files["page"], f"{choice.stem}_comparison.html", "text/html",
-        key="download:page", on_click="ignore", icon=":material/download:",
-        help="One file with the photo, the maps, their captions and both networks' answers; opens offline.",
-    )
-    together.download_button(
-        "All side by side (PNG)", files["side_by_side"], f"{choice.stem}_side_by_side.png", "image/png",
-        key="download:all", on_click="ignore", icon=":material/download:",
-    )
+    offer(page, "Download this comparison as a web page", files["page"], f"{choice.stem}_comparison.html", "text/html",
+          key="download:page",
+          help="One file with the photo, the maps, their captions and both networks' answers; opens offline.")
+    offer(together, "All side by side (PNG)", files["side_by_side"], f"{choice.stem}_side_by_side.png", "image/png",
+          key="download:all")
+    st.session_state["offered"] = offered
 
 
-def details(result: ImageResult, scale: float, timings: dict[str, float]) -> None:
+def keep_offered_downloads() -> None:
+    """Offer the previous run's files again, in a hidden container, at the start of every run.
+
+    While a new run computes, the page still shows the previous run's download buttons, and Streamlit deletes a
+    file once two runs have finished without offering it; in a rapid series of uploads the uploader's own short
+    reruns finish meanwhile, and a click then got a 404 (28 of 30 in issue 20). Streamlit names a file by its bytes,
+    name and type, so offering the same ones here keeps every visible button's file until new files replace them."""
+    with st.container(key=KEPT_DOWNLOADS):
+        for index, (data, name, mime) in enumerate(st.session_state.get("offered", [])):
+            st.download_button(name, data, name, mime, key=f"kept:{index}", on_click="ignore")
+
+
+def details(result: ImageResult, scale: float, timings: dict[str, float], decoded: Decoded) -> None:
     """Secondary content: how to read the methods, the networks' answers and the technical details."""
     st.markdown("**What the networks think it is**")
     for column, role in zip(st.columns(2), result.roles, strict=False):
@@ -503,6 +612,10 @@ def details(result: ImageResult, scale: float, timings: dict[str, float]) -> Non
             lines.append(f"- `{result.model(role).card['name']}` saw the photo as {shape[1]}x{shape[0]} pixels "
                          f"({how})")
         lines.append("- " + ", ".join(f"{step} {ms:.0f} ms" for step, ms in timings.items()))
+        if decoded.reduced:
+            lines.append(f"- The photo is {decoded.original[1]}x{decoded.original[0]} pixels; it was read reduced to "
+                         f"{width}x{height} (at most {DECODE_MAX_SIDE} on its long side), which is more than the "
+                         "networks see and all the page shows. The maps and downloads have this size.")
         if scale > 1:
             lines.append(f"- The page shows a {round(width / scale)}x{round(height / scale)} copy of this "
                          f"{width}x{height} image; the downloads are full resolution.")
@@ -535,6 +648,8 @@ def main() -> None:
     st.set_page_config(page_title="Where does the network look?", page_icon=":material/search:", layout="wide")
     st.markdown(PAGE_STYLE, unsafe_allow_html=True)
     navigation.links()
+    exit_promptly_on_stop()
+    keep_offered_downloads()
     problems = apply_link() if "image" not in st.session_state else []
 
     with st.sidebar:
@@ -595,6 +710,8 @@ def main() -> None:
                "Choose a photo on the left; compare where each map looks and how sharp it is.")
     for problem in problems:
         st.info(problem, icon=":material/link_off:")
+    if "gallery_problem" in st.session_state:
+        st.warning(st.session_state.pop("gallery_problem"), icon=":material/image_not_supported:")
     untrained = [name for name in (gradcam_name, cam_name) if name and not served[name].loaded.trained]
     if untrained:
         st.warning(
@@ -616,11 +733,12 @@ def main() -> None:
     chosen = selected(methods)
     timings: dict[str, float] = {}
     try:
-        image = decode(choice.key, choice.label, choice.source)
+        decoded = decode(choice.key, choice.label, choice.source)
+        image = decoded.pixels
     except ImageError as error:
         pick_class(class_slot, gradcam or cam_model, None)
-        st.error(f":material/block: {error}. The result of the previous photo is hidden so that it is not mistaken "
-                 "for this one; choose another photo.")
+        st.error(f":material/block: {markdown_literal(str(error))}. The result of the previous photo is hidden so "
+                 "that it is not mistaken for this one; choose another photo.")
         return
     timings["start and decode"] = (time.perf_counter() - started) * 1000
     try:
@@ -629,12 +747,12 @@ def main() -> None:
             view = photo_view(image.shape[:2], gradcam, cam_model, size)
             seen = crop(image, view.box)  # the part of the photo the networks see: all of it up to 2:1
             top = ImageResult(seen, gradcam, cam_model,
-                              explanation_of(choice.key, gradcam_name, cam_name, layer, None, methods, size, image),
+                              explained(choice.key, gradcam_name, cam_name, layer, None, methods, view, image),
                               chosen, view)
             wanted = pick_class(class_slot, gradcam or cam_model, top)
             result = top if wanted == TOP else ImageResult(
                 seen, gradcam, cam_model,
-                explanation_of(choice.key, gradcam_name, cam_name, layer, wanted, methods, size, image), chosen, view,
+                explained(choice.key, gradcam_name, cam_name, layer, wanted, methods, view, image), chosen, view,
             )
             result.methods = [method for method in chosen if result.model(method.role) is not None]
             timings["networks"] = (time.perf_counter() - begun) * 1000
@@ -651,7 +769,7 @@ def main() -> None:
     zoom = st.session_state.get("zoom", {}).get(choice.key)
     fig, scale = figure(panels, choice.key, zoom)
     timings["panels"] = (time.perf_counter() - begun) * 1000
-    st.markdown(f"**{choice.label}**")
+    st.markdown(f"**{markdown_literal(choice.label)}**")
     if view.cropped:
         st.caption(view.sentence())
     begun = time.perf_counter()
@@ -676,7 +794,7 @@ def main() -> None:
                    "to share this result, download it as a web page.")
     else:
         st.caption(":material/link: Copy this page's address to share this view.")
-    details(result, scale, timings)
+    details(result, scale, timings, decoded)
     timings["script"] = (time.perf_counter() - started) * 1000
     log.info("view of %s: %s", choice.key[:24], ", ".join(f"{step} {ms:.0f} ms" for step, ms in timings.items()))
 

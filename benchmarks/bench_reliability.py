@@ -6,8 +6,12 @@
 - Memory: one visitor uploads many different 1024x768 photos (50 by default), one after another; after each, the
   resident memory (VmRSS) of the server process and its children is read from /proc. Reported: the RSS after
   uploads 1, 10, 25 and 50, the maximum, and the least-squares slope in MB per upload over uploads 10-50.
+- Large photo: one visitor uploads a 7000x7000 JPEG, then three visitors upload it at once and close their
+  browsers. The server's RSS is sampled every 0.1 s: idle (one page showing the example), the peak and the RSS
+  after each step, and the RSS for ``--settle`` seconds (default 150) after the three sessions closed.
 - Bad files: a corpus of broken, odd and extreme files (empty, not a picture, cut short, decompression bomb,
-  16-bit, CMYK, animated GIF, transparency, EXIF rotation, TIFF, 1x1, 4000x40), uploaded one at a time. For each:
+  16-bit, CMYK, animated GIF, transparency, EXIF rotation, TIFF, 1x1, 4000x40, MPO, AVIF, ICO), uploaded one at a
+  time. For each:
   what the page shows (the message, or the captions), whether the page leaks a traceback, an exception class or a
   server path, and whether that matches what ``cam.images.load_image`` says of the file. At the end: whether the
   server's log holds a traceback.
@@ -16,7 +20,8 @@ All three run against one ``streamlit run dashboard.py`` with the checkpoints an
 Photos come from ``--data`` (one folder per class; default ../shared/data/photos4/test) or, without it, from the
 built-in gallery, cropped to distinct sizes with a seeded bit of noise so that no two uploads are the same.
 
-Run: ``python -m benchmarks.bench_reliability [--sessions 4] [--uploads 50] [--skip memory,sessions,bad]``.
+Run: ``python -m benchmarks.bench_reliability [--sessions 4] [--uploads 50] [--skip sessions,memory,large,bad]``;
+``--server-root`` serves another checkout's dashboard (e.g. an export of the previous commit, for a before/after).
 Prints tables and writes them as JSON to ``--out`` (default test-output/reliability.json), with the server's log
 beside it. Exit code 1 when a session showed another photo's results or a bad file leaked a traceback, an exception
 class or a server path onto the page; else 0.
@@ -46,14 +51,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cam.examples import EXAMPLES, EXAMPLES_DIR, example_photo  # noqa: E402
 from cam.gallery import IMAGE_SUFFIXES  # noqa: E402
-from cam.images import ImageError, load_image  # noqa: E402
+from cam.images import DECODE_MAX_SIDE, ImageError, load_image  # noqa: E402
 from tests.test_browser import (  # noqa: E402
     ANY_CAPTION,
     PANEL_METHODS,
+    PANEL_SOURCES,
     ROOT,
     SCRIPT_IDLE,
     TIMEOUT_MS,
     UPLOAD_INPUT,
+    WATCH_FOR_PANELS,
     browser_page,
     captions,
     chromium,
@@ -65,7 +72,7 @@ from tests.test_browser import (  # noqa: E402
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-PARTS = ("sessions", "memory", "bad")
+PARTS = ("sessions", "memory", "large", "bad")
 SESSION_SIZES = [(640, 480), (600, 600), (480, 640), (800, 450), (720, 540), (500, 700), (900, 600), (560, 420)]
 MEMORY_SIZE = (1024, 768)
 MEMORY_MARKS = (1, 10, 25, 50)
@@ -76,6 +83,9 @@ CAPTION = re.compile(r"^(?P<method>.+?) on [\w-]+: (?P<name>\w+), (?P<percent>\d
 LEAKS = re.compile(r"Traceback|\b[A-Z]\w*(?:Error|Exception|Warning)\b|\bError\b|/work/|/tmp/|/root|/home/|"
                    r"site-packages|\.py\b")
 TRIES = 12  # candidate photos per session when looking for one whose top class differs from the others'
+LARGE_SIZE = (7000, 7000)
+LARGE_SESSIONS = 3
+SAMPLE_S = 0.1  # how often the large-photo check reads the server's RSS
 CAPTION_WAIT_MS = 120_000  # once the script is idle the captions are drawn within moments
 FAILED = "Something went wrong"  # the start of the dashboard's message when explaining a photo fails
 
@@ -313,6 +323,99 @@ def run_memory(executable: str, url: str, photos: list[Path], pid: int) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------------ large photo
+class Sampler:
+    """Reads a process tree's RSS every SAMPLE_S seconds in a thread while in use; ``peak`` is the largest."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mb(self.pid))
+            self._stop.wait(SAMPLE_S)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb(self.pid))
+
+
+def large_photo(path: Path, size: tuple[int, int] = LARGE_SIZE) -> Path:
+    """The built-in cat enlarged to ``size`` with a little noise, as a JPEG (about 2 MB at 7000x7000)."""
+    big = np.asarray(cat(size), np.int16) + np.random.default_rng(7).integers(-3, 4, (size[1], size[0], 3))
+    Image.fromarray(big.clip(0, 255).astype(np.uint8)).save(path, quality=75)
+    return path
+
+
+def upload_any_size(page: Page, photo: Path) -> None:
+    """Upload ``photo`` and wait until three fresh panels are captioned (whatever size the page shows) and the
+    run is over."""
+    page.evaluate(WATCH_FOR_PANELS, [label(photo), page.evaluate(PANEL_SOURCES), [ANY_CAPTION.pattern],
+                                     len(PANEL_METHODS), TIMEOUT_MS])
+    page.locator(UPLOAD_INPUT).set_input_files(photo)
+    page.evaluate("() => window.panelsDrawn")
+    page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
+
+
+def large_visitor(executable: str, url: str, photo: Path, start: threading.Barrier, done: threading.Barrier,
+                  errors: list[str]) -> None:
+    """One of the visitors who upload the large photo at the same moment; closes its browser once all have it."""
+    try:
+        with browser_page(executable) as page:
+            open_app(page, url)
+            start.wait()
+            upload_any_size(page, photo)
+            done.wait()
+    except Exception as error:  # a failed visitor is a finding to report
+        errors.append(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
+        start.abort()
+        done.abort()
+
+
+def run_large(executable: str, url: str, pid: int, photo: Path, settle: float) -> dict:
+    """RSS idle, peak and after one upload of ``photo``, then peak and after LARGE_SESSIONS visitors at once, then
+    every 5 s for ``settle`` seconds after they closed."""
+    report: dict = {"photo": f"{LARGE_SIZE[0]}x{LARGE_SIZE[1]} JPEG, {photo.stat().st_size / 1e6:.1f} MB"}
+    with browser_page(executable) as page:
+        open_app(page, url)
+        time.sleep(2)
+        report["idle_mb"] = rss_mb(pid)
+        with Sampler(pid) as one:
+            began = time.perf_counter()
+            upload_any_size(page, photo)
+            report["one_seconds"] = time.perf_counter() - began
+        report["one_peak_mb"], report["one_after_mb"] = one.peak, rss_mb(pid)
+        report["one_captions"] = captions(page)
+    print(f"  large: one upload {report['one_seconds']:.0f} s, peak {one.peak:.0f} MB", file=sys.stderr, flush=True)
+    errors: list[str] = []
+    start, done = threading.Barrier(LARGE_SESSIONS), threading.Barrier(LARGE_SESSIONS)
+    threads = [threading.Thread(target=large_visitor, args=(executable, url, photo, start, done, errors))
+               for _ in range(LARGE_SESSIONS)]
+    with Sampler(pid) as three:
+        began = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        report["three_seconds"] = time.perf_counter() - began
+    closed = time.perf_counter()
+    report["three_peak_mb"], report["three_errors"] = three.peak, errors
+    settled = []
+    while (waited := time.perf_counter() - closed) < settle:
+        settled.append({"seconds": round(waited, 1), "rss_mb": rss_mb(pid)})
+        time.sleep(5)
+    settled.append({"seconds": round(time.perf_counter() - closed, 1), "rss_mb": rss_mb(pid)})
+    report["settled"] = settled
+    report["settled_mb"] = settled[-1]["rss_mb"]
+    return report
+
+
 # ------------------------------------------------------------------------------------------------ bad files
 def cat(size: tuple[int, int]) -> Image.Image:
     """The built-in cat at ``size`` (width, height), RGB."""
@@ -366,6 +469,12 @@ def sixteen_bit(size: tuple[int, int]) -> bytes:
     return encoded(Image.fromarray(grey), "PNG")
 
 
+def two_frame_mpo(size: tuple[int, int]) -> bytes:
+    """An MPO (as some cameras write): the cat, then the cat mirrored as a second frame."""
+    first = cat(size)
+    return encoded(first, "MPO", save_all=True, append_images=[first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+
+
 # File name -> (what it is, how to make its bytes). Accepted pictures get distinct sizes: their captions tell them
 # apart. No underscores in names: the page's Markdown could take them for emphasis.
 BAD_FILES: dict[str, tuple[str, Callable[[], bytes]]] = {
@@ -386,14 +495,17 @@ BAD_FILES: dict[str, tuple[str, Callable[[], bytes]]] = {
     "rotated.jpg": ("JPEG 640x400 with EXIF orientation 6 (shows as 400x640)", lambda: rotated_jpeg((640, 400))),
     "photo.tif": ("TIFF, 520x390", lambda: encoded(cat((520, 390)), "TIFF", compression="tiff_lzw")),
     "one-pixel.png": ("1x1 PNG", lambda: encoded(Image.new("RGB", (1, 1), (200, 40, 40)), "PNG")),
-    "wide.jpg": ("very wide JPEG, 4000x40", lambda: encoded(cat((4000, 40)), "JPEG")),
+    "wide.jpg": ("very wide JPEG, 4000x40 (read at 2048x20)", lambda: encoded(cat((4000, 40)), "JPEG")),
+    "camera.jpg": ("MPO (a camera's JPEG with 2 frames), 600x400", lambda: two_frame_mpo((600, 400))),
+    "picture.avif": ("AVIF, 300x200 (refused: an AVIF)", lambda: encoded(cat((300, 200)), "AVIF")),
+    "icon.ico": ("ICO, 64x64 (refused: an ICO)", lambda: encoded(cat((64, 64)), "ICO")),
 }
 
 
 def expectation(path: Path) -> str:
     """What the dashboard should do with ``path``, from ``load_image``: 'shown at WxH' or 'refused: <why>'."""
     try:
-        image = load_image(path.read_bytes(), name=label(path))
+        image = load_image(path.read_bytes(), name=label(path), max_side=DECODE_MAX_SIDE)
     except ImageError as error:
         return f"refused: {error}"
     return f"shown at {image.shape[1]}x{image.shape[0]}"
@@ -473,6 +585,19 @@ def print_memory(memory: dict) -> None:
     print(f"least-squares slope over uploads {memory['slope_over_uploads']}: {slope_text}")
 
 
+def print_large(large: dict) -> None:
+    idle = large["idle_mb"]
+    print(f"\nlarge photo ({large['photo']}), server RSS; idle {idle:.0f} MB")
+    print(f"one upload: {large['one_seconds']:.0f} s, peak {large['one_peak_mb']:.0f} MB "
+          f"(+{large['one_peak_mb'] - idle:.0f} above idle), after {large['one_after_mb']:.0f} MB")
+    errors = "; errors: " + "; ".join(large["three_errors"]) if large["three_errors"] else ""
+    print(f"{LARGE_SESSIONS} sessions at once: {large['three_seconds']:.0f} s, peak {large['three_peak_mb']:.0f} MB "
+          f"(+{large['three_peak_mb'] - idle:.0f}){errors}")
+    marks = ", ".join(f"+{row['seconds']:.0f} s: {row['rss_mb']:.0f} MB" for row in large["settled"][::6])
+    print(f"after they closed: {marks}; last {large['settled_mb']:.0f} MB "
+          f"({(large['settled_mb'] - idle) / idle:+.1%} of idle)")
+
+
 def print_bad_files(rows: list[dict]) -> None:
     print(f"\nbad-file corpus, {len(rows)} files, one session")
     print(f"{'file':<21}{'what':<60}{'as expected':<13}{'leaks':<10}{'log tb':>7}")
@@ -484,8 +609,10 @@ def print_bad_files(rows: list[dict]) -> None:
             print(f"{'':<21}expected: {row['expected']}")
 
 
-def measure(parts: set[str], executable: str, pictures: list[Path], sessions: int, uploads: int, out: Path) -> dict:
-    """Run the chosen ``parts`` against one server; returns the report (the server's log is copied beside ``out``)."""
+def measure(parts: set[str], executable: str, pictures: list[Path], sessions: int, uploads: int, out: Path,
+            server_root: Path = ROOT, settle: float = 150) -> dict:
+    """Run the chosen ``parts`` against one server of ``server_root``; returns the report (the server's log is
+    copied beside ``out``)."""
     report: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -497,7 +624,7 @@ def measure(parts: set[str], executable: str, pictures: list[Path], sessions: in
             visitors, expected = pick_visitors(pictures, folder, sessions)
         log = folder / "streamlit.log"
         started = time.perf_counter()
-        with streamlit_server(log) as url:
+        with streamlit_server(log, root=server_root) as url:
             print(f"server healthy after {time.perf_counter() - started:.0f} s at {url}", file=sys.stderr, flush=True)
             if "sessions" in parts:
                 done = run_sessions(executable, url, visitors, expected)
@@ -506,6 +633,10 @@ def measure(parts: set[str], executable: str, pictures: list[Path], sessions: in
             if "memory" in parts:
                 report["memory"] = run_memory(executable, url, series, server_pid(int(url.rsplit(":", 1)[1])))
                 print_memory(report["memory"])
+            if "large" in parts:
+                report["large"] = run_large(executable, url, server_pid(int(url.rsplit(":", 1)[1])),
+                                            large_photo(folder / "large.jpg"), settle)
+                print_large(report["large"])
             if "bad" in parts:
                 (folder / "bad").mkdir()
                 report["bad_files"] = run_bad_files(executable, url, folder / "bad", log)
@@ -524,6 +655,10 @@ def main() -> int:
                              "(default ../shared/data/photos4/test; missing: the built-in pictures)")
     parser.add_argument("--out", default="test-output/reliability.json", help="where to write the JSON")
     parser.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {', '.join(PARTS)}")
+    parser.add_argument("--settle", type=float, default=150,
+                        help="seconds to follow the server's memory after the large photo's sessions closed")
+    parser.add_argument("--server-root", default=str(ROOT),
+                        help="the checkout whose dashboard is served (default: this one)")
     args = parser.parse_args()
     skip = {part.strip() for part in args.skip.split(",") if part.strip()}
     if skip - set(PARTS):
@@ -537,8 +672,9 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     pictures = sources(data)
     report = {"photos_from": "built-in gallery" if pictures[0].parent == EXAMPLES_DIR else str(data),
-              "skipped": sorted(skip), **measure(set(PARTS) - skip, executable, pictures, args.sessions, args.uploads,
-                                                 out)}
+              "server_root": args.server_root, "skipped": sorted(skip),
+              **measure(set(PARTS) - skip, executable, pictures, args.sessions, args.uploads, out,
+                        Path(args.server_root).resolve(), args.settle)}
     wrong = [s["photo"] for s in report.get("sessions", []) if not s["correct"]]
     leaking = [row["file"] for row in report.get("bad_files", []) if row["leaks"]]
     report["ok"] = not wrong and not leaking

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cam.examples import EXAMPLES, EXAMPLES_DIR
+from cam.names import shorten
 
 BUILT_IN = "examples"
 SPLITS = ("test", "train")
@@ -33,8 +34,7 @@ class Collection:
         """The dataset's ``split/class`` folders that hold pictures ("" for the built-in gallery's one folder)."""
         if self.built_in:
             return [""]
-        return [f"{split}/{entry.name}" for split in SPLITS if (self.root / split).is_dir()
-                for entry in sorted(os.scandir(self.root / split), key=lambda e: e.name) if entry.is_dir()]
+        return [f"{split}/{name}" for split in SPLITS for name in self._entries(split, directories=True)]
 
     def pictures(self, folder: str) -> list[str]:
         """File names of the pictures of ``folder`` (one of ``folders()``), sorted."""
@@ -42,8 +42,28 @@ class Collection:
             return [name for name in EXAMPLES if (self.root / name).is_file()]
         if folder not in self.folders():
             return []
-        return sorted(entry.name for entry in os.scandir(self.root / folder)
-                      if entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES))
+        return [name for name in self._entries(folder, directories=False) if name.lower().endswith(IMAGE_SUFFIXES)]
+
+    def _entries(self, folder: str, directories: bool) -> list[str]:
+        """Sorted names of the real folders (or files) in ``root/folder`` that lie inside the root once every
+        symbolic link is followed: a link leading out of the collection is not listed. A folder that cannot be
+        read (removed meanwhile, no permission) has no entries."""
+        root = self.root.resolve()
+        try:
+            entries = list(os.scandir(root / folder))
+        except OSError:
+            return []
+        found = []
+        for entry in entries:
+            try:
+                if not (entry.is_dir() if directories else entry.is_file()):
+                    continue
+                inside = Path(entry.path).resolve(strict=True).is_relative_to(root)
+            except (OSError, RuntimeError):  # vanished, unreadable, or a loop of links
+                continue
+            if inside:
+                found.append(entry.name)
+        return sorted(found)
 
 
 def configured_roots(value: str | None = None) -> list[Path]:
@@ -106,4 +126,4 @@ def describe(name: str) -> str:
     collection, folder, picture = split_reference(name)
     if collection == BUILT_IN:
         return f"{EXAMPLES.get(picture, picture)} (built-in example)"
-    return f"{collection}: {folder}/{picture} (true class: {folder.split('/')[1]})"
+    return f"{shorten(collection)}: {shorten(folder)}/{shorten(picture)} (true class: {shorten(folder.split('/')[1])})"

@@ -1,9 +1,11 @@
-"""Safe image decoding (files or uploaded bytes) and resizing to a model's input."""
+"""Safe image decoding (files or uploaded bytes), at a bounded size, and resizing to a model's input."""
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +14,54 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Refuse images above this many pixels (a decompression bomb is a tiny file that decodes to gigapixels).
 MAX_PIXELS = 50_000_000
 MIN_SIDE = 8
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# The dashboard reads photos at most this many pixels on their long side: the page shows at most that much, the
+# networks see at most a short side of 320, and a 7000x7000 photo read whole took 4 to 6 GB on the way to its panels.
+# A JPEG is decoded straight at a reduced scale (Pillow's draft mode), any other format reduced once decoded.
+DECODE_MAX_SIDE = 2048
+# MPO is a JPEG holding several frames (some cameras write a second view): its first frame is the photo.
+SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 READABLE = "it reads JPEG, PNG, WebP, BMP, GIF (the first frame) and TIFF pictures"
+# Format names read as words rather than letter by letter; the others take "an" when their first letter's name
+# starts with a vowel sound (an MPO, an SVG, a PPM).
+_SAID_AS_WORDS = {"AVIF": "an", "ICO": "an", "HEIF": "a", "HEIC": "a", "SPIDER": "a", "FITS": "a", "QOI": "a"}
 
 
 class ImageError(ValueError):
     """An input that cannot be used as an image; the message says why, in words for a user."""
 
 
-def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
-    """Decode a file path or raw bytes into an RGB uint8 array (H, W, 3), EXIF orientation applied; a GIF gives its
-    first frame.
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded picture: its pixels, perhaps reduced, and the size it has as stored (EXIF orientation applied)."""
+
+    pixels: np.ndarray  # RGB uint8 (H, W, 3)
+    original: tuple[int, int]  # (height, width)
+
+    @property
+    def reduced(self) -> bool:
+        return self.pixels.shape[:2] != self.original
+
+
+def article(word: str) -> str:
+    """'a' or 'an' before ``word`` as it is said: an AVIF, an ICO, an MPO, a PPM, a HEIF, an image."""
+    if word.upper() in _SAID_AS_WORDS:
+        return _SAID_AS_WORDS[word.upper()]
+    if word.isupper():  # read letter by letter
+        return "an" if word[0] in "AEFHILMNORSX" else "a"
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None,
+               max_side: int | None = None) -> np.ndarray:
+    """Decode a file path or raw bytes into an RGB uint8 array (H, W, 3), EXIF orientation applied, at most
+    ``max_side`` pixels on its long side (None: full size); see ``decode_image``."""
+    return decode_image(source, max_pixels, name, max_side).pixels
+
+
+def decode_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None,
+                 max_side: int | None = DECODE_MAX_SIDE) -> Decoded:
+    """Decode a file path or raw bytes into RGB uint8 pixels, EXIF orientation applied, reduced (aspect kept) to at
+    most ``max_side`` pixels on the long side (None: full size); a GIF or MPO gives its first frame.
 
     Any mode (grayscale, palette, RGBA, 16-bit, CMYK...) becomes RGB; transparency is composited on white.
     Raises ImageError, in plain words, for missing, empty, corrupt, non-image, too small or too large inputs; the
@@ -50,9 +89,14 @@ def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, name: s
                     f"the limit is {max_pixels / 1e6:.0f} megapixels"
                 )
             if image.format not in SUPPORTED_FORMATS:
-                raise ImageError(f"{name} is a {image.format} image; {READABLE}")
+                raise ImageError(f"{name} is {article(image.format)} {image.format} image; {READABLE}")
+            if max_side and image.format in ("JPEG", "MPO") and max(width, height) > max_side:
+                # Decoded at 1/2, 1/4 or 1/8 scale, the smallest still at least the reduced size.
+                image.draft(image.mode, reduced_size((width, height), max_side))
+            stored = image
             image.load()
             image = ImageOps.exif_transpose(image)
+            turned = image.size != stored.size  # EXIF said: turn a quarter (drafted sizes are turned alike)
     except UnidentifiedImageError as error:
         raise ImageError(f"{name} is not a picture this tool can read; {READABLE}") from error
     except Image.DecompressionBombError as error:
@@ -61,9 +105,19 @@ def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, name: s
         if isinstance(error, ImageError):
             raise
         raise ImageError(f"{name} is damaged or cut short (corrupt or truncated), so it cannot be shown") from error
-    if min(image.size) < MIN_SIDE:
-        raise ImageError(f"{name} is {image.size[0]}x{image.size[1]}; both sides must be at least {MIN_SIDE} pixels")
-    return to_rgb(image)
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"{name} is {width}x{height}; both sides must be at least {MIN_SIDE} pixels")
+    pixels = to_rgb(image)
+    if max_side and max(pixels.shape[:2]) > max_side:
+        size = reduced_size((pixels.shape[1], pixels.shape[0]), max_side)
+        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0))
+    return Decoded(pixels, (width, height) if turned else (height, width))
+
+
+def reduced_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) of ``size`` scaled so that its long side is ``max_side``, aspect kept, each side at least 1."""
+    scale = max_side / max(size)
+    return tuple(max(1, math.floor(side * scale + 0.5)) for side in size)
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

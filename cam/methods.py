@@ -11,8 +11,10 @@ y_c the pre-softmax score of class c and g_k = dy_c/dA_k. ``cam.registry`` lists
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import keras
@@ -28,6 +30,21 @@ Classes = int | Sequence[int] | np.ndarray | None
 
 class ExplanationError(ValueError):
     """A method asked for something the model cannot give (unknown layer, bad class, no GAP head)."""
+
+
+# A slow method (Score-CAM) run inside ``in_steps`` computes in batches of that size and calls its hook with
+# (passes done, passes in all) after each: a server shows progress, lets other work go first, or cancels by raising.
+_STEPS: ContextVar[tuple[Callable[[int, int], None], int] | None] = ContextVar("steps", default=None)
+
+
+@contextlib.contextmanager
+def in_steps(hook: Callable[[int, int], None], batch_size: int) -> Iterator[None]:
+    """Within this block (this thread), slow methods run ``batch_size`` passes at a time and call ``hook`` between."""
+    token = _STEPS.set((hook, batch_size))
+    try:
+        yield
+    finally:
+        _STEPS.reset(token)
 
 
 # ---------------------------------------------------------------------------------------------- model anatomy
@@ -243,12 +260,15 @@ def score_cam(
     channel_maps = tf.reshape(tf.transpose(features, (0, 3, 1, 2)), (-1, *features.shape[1:3], 1))
     varying = varying_channels(features)
     scores = np.zeros(count * channels, np.float32)
+    hook, batch_size = _STEPS.get() or (None, batch_size)
     for start in range(0, len(varying), batch_size):
         pairs = varying[start : start + batch_size]
         image = pairs // channels
         masks = score_cam_masks(tf.gather(channel_maps, pairs), x.shape[1:3])[:, 0]
         probabilities = model(tf.gather(x, image) * masks[..., None], training=False)
         scores[pairs] = tf.gather(probabilities, tf.gather(chosen, image), batch_dims=1).numpy()
+        if hook:
+            hook(count + start + len(pairs), count + len(varying))
     weights = tf.constant(scores.reshape(count, 1, 1, channels))
     return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
 

@@ -49,6 +49,37 @@ class CheckpointError(RuntimeError):
     """A checkpoint or its card is missing, truncated, foreign or inconsistent."""
 
 
+class CardError(CheckpointError):
+    """A model card with a missing or unusable entry; ``entry`` names the first one."""
+
+    def __init__(self, message: str, entry: str) -> None:
+        super().__init__(message)
+        self.entry = entry
+
+
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+# What each entry of a card must be (checked by read_card): the dashboard and the command line read them unguarded.
+CARD_CHECKS: dict[str, Callable[[object], bool]] = {
+    "name": _is_name,
+    "architecture": _is_name,
+    "classes": lambda value: isinstance(value, list) and len(value) > 1 and all(_is_name(v) for v in value),
+    "input_size": lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 8,
+    "preprocessing": lambda value: isinstance(value, str),
+    "gradcam_layer": _is_name,
+    "training": lambda value: isinstance(value, dict),
+    "metrics": lambda value: isinstance(value, dict),
+}
+# The entries of a card in words, for the sentence a visitor reads when one is wrong.
+CARD_FIELDS_IN_WORDS = {
+    "name": "its name", "architecture": "its architecture", "classes": "its list of classes",
+    "input_size": "its input size", "preprocessing": "its preprocessing", "gradcam_layer": "the layer Grad-CAM reads",
+    "training": "how it was trained", "metrics": "its test results",
+}
+
+
 class WeightsUnavailable(RuntimeError):
     """Pretrained weights could not be downloaded (offline) and are not in Keras's cache."""
 
@@ -334,9 +365,13 @@ def read_card(path: str | Path) -> dict:
         card = json.loads(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"Model card {card_path} is not valid JSON: {error}") from error
-    missing = [key for key in CARD_KEYS if key not in card]
+    missing = [key for key in CARD_KEYS if key not in card] if isinstance(card, dict) else list(CARD_KEYS)
     if missing:
-        raise CheckpointError(f"Model card {card_path} lacks {', '.join(missing)}")
+        raise CardError(f"Model card {card_path} lacks {', '.join(missing)}", missing[0])
+    wrong = [key for key, valid in CARD_CHECKS.items() if not valid(card[key])]
+    if wrong:
+        raise CardError(f"Model card {card_path} has an unusable {', '.join(wrong)}: "
+                        f"{', '.join(repr(card[key])[:80] for key in wrong)}", wrong[0])
     return card
 
 
@@ -358,6 +393,10 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
             f"{path} does not match its card: model has {outputs} classes at {size}px, "
             f"card says {len(card['classes'])} classes at {card['input_size']}px"
         )
+    layers_4d = [layer.name for layer in model.layers if len(layer.output.shape) == 4]
+    if card["gradcam_layer"] not in layers_4d:  # refused here: the page must never put another layer in its place
+        raise CardError(f"{path}: its card's gradcam_layer {card['gradcam_layer']!r} is not one of the model's "
+                        f"4-D layers ({', '.join(layers_4d)})", "gradcam_layer")
     return LoadedModel(any_input_size(model), card)
 
 
@@ -543,6 +582,9 @@ def problem_in_words(error: Exception) -> str:
     """Why a model could not be loaded, in words for a visitor (no path, no exception text: log those)."""
     if isinstance(error, WeightsUnavailable):
         return "its weights could not be downloaded (this server may have no internet connection)"
+    if isinstance(error, CardError):
+        return (f"its description (model card) gives {CARD_FIELDS_IN_WORDS.get(error.entry, error.entry)} missing or "
+                "in a form this tool cannot use")
     if isinstance(error, CheckpointError):
         return "its saved file is missing, damaged or does not match its description"
     return "it could not be loaded"

@@ -166,6 +166,12 @@ def gradcam_index(loaded: LoadedModel, probabilities: np.ndarray, name: str) -> 
     return int(members[probabilities[members].argmax()])
 
 
+def model_inputs(image: np.ndarray, view: PhotoView) -> dict[str, np.ndarray]:
+    """Per model role of ``view``, the photo as that network gets it: a batch of one, float RGB 0..255."""
+    seen = crop(image, view.box)
+    return {role: model_input(seen, shape) for role, shape in view.shapes.items()}
+
+
 def explain_image(
     image: np.ndarray,
     explainer: Explainer,
@@ -180,9 +186,8 @@ def explain_image(
     own aspect ratio with short side ``short_side`` (``photo_view``). One class drives both: the GAP model explains
     the same class when it knows it, else its own top prediction. The result's image is the part the networks saw."""
     view = photo_view(image.shape[:2], gradcam_model, cam_model, short_side)
-    seen = crop(image, view.box)
-    x = None if gradcam_model is None else model_input(seen, view.shapes[GRADCAM_MODEL])
-    cam_x = None if cam_model is None else model_input(seen, view.shapes[GAP_MODEL])
+    inputs = model_inputs(image, view)
+    x, cam_x = inputs.get(GRADCAM_MODEL), inputs.get(GAP_MODEL)
     explanation = explainer(x, cam_images=cam_x)  # top prediction first: one pass, and the probabilities
     name = class_name
     if gradcam_model is not None:
@@ -200,7 +205,7 @@ def explain_image(
     methods = [method for method in (methods or selected()) if here[method.role] is not None]
     models = {role: loaded.model for role, loaded in here.items() if loaded is not None}
     explain(explanation, methods, models, {GRADCAM_MODEL: x, GAP_MODEL: cam_x}, explainer.layer)
-    return ImageResult(seen, gradcam_model, cam_model, explanation, methods, view)
+    return ImageResult(crop(image, view.box), gradcam_model, cam_model, explanation, methods, view)
 
 
 def flat(native: np.ndarray) -> bool:

@@ -351,10 +351,32 @@ def accuracy_by_size() -> dict[str, list[dict]]:
     return tables
 
 
+class ReportError(ValueError):
+    """A report.json that cannot be read; the message is one sentence for a visitor (no server path)."""
+
+
+REPORT_KEYS = ("meta", "summary")  # what every part of the page reads
+
+
 def load_report(folder: Path) -> dict | None:
-    """The content of ``folder/report.json``, or None when there is no report there."""
+    """The content of ``folder/report.json``, or None when there is no report there; raises ReportError when the
+    file is cut short, not JSON or lacks ``REPORT_KEYS``."""
     path = Path(folder) / "report.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReportError(UNREADABLE_REPORT) from error
+    if not isinstance(data, dict) or any(key not in data for key in REPORT_KEYS):
+        raise ReportError(UNREADABLE_REPORT)
+    return data
+
+
+UNREADABLE_REPORT = ("This report's file is damaged or cut short, so it cannot be shown; whoever runs this server can "
+                     "write it again with `python -m cam report`.")
+UNSHOWABLE_REPORT = ("This report could not be shown; the server's log has the details. The other reports are not "
+                     "affected.")
 
 
 # ---------------------------------------------------------------------------------------------------- figures

@@ -120,18 +120,29 @@ def offline_env(folder: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def streamlit_server(log: Path, env: dict[str, str] | None = None, timeout: float = 300) -> Iterator[str]:
-    """``streamlit run dashboard.py`` on a free port; yields its URL once healthy and always terminates it."""
+def streamlit_server(log: Path, env: dict[str, str] | None = None, timeout: float = 300,
+                     root: Path = ROOT) -> Iterator[str]:
+    """``streamlit run dashboard.py`` of ``root`` (default: this checkout) on a free port; yields its URL once
+    healthy and always terminates it."""
+    with running_server(log, env, timeout, root) as (server, url):
+        yield url
+
+
+@contextlib.contextmanager
+def running_server(log: Path, env: dict[str, str] | None = None, timeout: float = 300,
+                   root: Path = ROOT) -> Iterator[tuple[subprocess.Popen, str]]:
+    """As ``streamlit_server``, yielding the process too; it is terminated (killed after 15 s) unless it has
+    ended already."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
                "--server.headless", "true"]
     with open(log, "wb") as output:
-        server = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=output,
+        server = subprocess.Popen(command, cwd=root, env={**os.environ, **(env or {})}, stdout=output,
                                   stderr=subprocess.STDOUT)
         try:
             _wait_healthy(url, server, log, timeout)
-            yield url
+            yield server, url
         finally:
             server.terminate()
             try:
@@ -370,3 +381,79 @@ def test_a_link_and_the_web_page_reproduce_the_comparison(served: tuple[str, Pat
             assert caption in body
         assert "What the networks think it is" in body and "How to read each method" in body
         shoot(offline, "6_exported_web_page")
+
+
+STOP_TRIES = 10
+STOP_WITHIN_S = 15  # a hang detector, not a timing target: a clean stop takes 1 to 3 s
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_sigterm_during_a_computation_always_ends_the_server(tmp_path: Path) -> None:
+    """Ten times: a server computing a visitor's first view with the shipped photo networks (loading them, their
+    passes, then a minute of Score-CAM) gets SIGTERM at a different moment each time and must exit by itself.
+    Without the dashboard's exit at stop, TensorFlow's thread pools hung the process at exit in 2 of 5 tries, with
+    the port already closed."""
+    env = {**offline_env(tmp_path), "CAM_CHECKPOINTS": str(ROOT / "checkpoints")}
+    ended = []
+    with browser_page(require_browser()) as page:
+        for attempt in range(STOP_TRIES):
+            with running_server(tmp_path / f"stop{attempt}.log", env) as (server, url):
+                page.goto(f"{url}/?set=photos&methods=score_cam")
+                page.wait_for_selector(SCRIPT_RUNNING, timeout=TIMEOUT_MS)
+                time.sleep(8 + 3 * (attempt % 5))  # from the networks' passes well into Score-CAM
+                server.terminate()
+                try:
+                    server.wait(STOP_WITHIN_S)
+                    ended.append(server.returncode)
+                except subprocess.TimeoutExpired:
+                    ended.append("hung")
+    assert ended == [0] * STOP_TRIES, ended
+
+
+RAPID_TRIES = 6
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_downloads_keep_working_through_a_rapid_series_of_uploads(served: tuple[str, Path, Path]) -> None:
+    """Issue 20's sequence: a photo shown, then two more uploaded 0.4 s apart, and a download clicked on the button
+    still on screen while the page computes. Each click must deliver a PNG (it got a 404 in 28 of 30 tries)."""
+    url, log, folder = served
+    photos = [photo(folder / f"rapid{n}.jpg", (320 + 16 * n, 240), seed=40 + n) for n in range(3)]
+    delivered = []
+    with browser_page(require_browser()) as page:
+        open_app(page, url)
+        upload_and_wait(page, photos[0])
+        page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
+        for attempt in range(RAPID_TRIES):
+            second, third = (photos[1], photos[2]) if attempt % 2 == 0 else (photos[2], photos[0])
+            page.locator(UPLOAD_INPUT).set_input_files(second)
+            time.sleep(0.4)
+            page.locator(UPLOAD_INPUT).set_input_files(third)
+            with page.expect_download(timeout=60_000) as download:
+                page.get_by_role("button", name="Grad-CAM (PNG)", exact=True).click()
+            try:
+                with Image.open(download.value.path()) as png:
+                    delivered.append(png.format)
+            except Exception as error:  # a failed download ("canceled": the server answered 404)
+                delivered.append(type(error).__name__)
+            page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
+    assert delivered == ["PNG"] * RAPID_TRIES, delivered
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_score_cam_shows_progress_and_can_be_cancelled(tmp_path: Path) -> None:
+    """A link asking for Score-CAM on the photo networks (a minute and more of passes on a CPU): the page shows a
+    progress bar and a button that cancels it; after the click the three panels of the study stand alone and the
+    link no longer asks for Score-CAM."""
+    env = {**offline_env(tmp_path), "CAM_CHECKPOINTS": str(ROOT / "checkpoints")}
+    with running_server(tmp_path / "cancel.log", env) as (server, url), browser_page(require_browser()) as page:
+        page.goto(f"{url}/?set=photos&methods=score_cam")
+        page.locator('[data-testid="stProgress"]').wait_for(timeout=TIMEOUT_MS)
+        page.get_by_role("button", name="Cancel Score-CAM").click()
+        page.wait_for_function("() => !document.querySelector('[data-testid=\"stProgress\"]')", timeout=TIMEOUT_MS)
+        page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
+        assert [caption.split(" on ")[0] for caption in captions(page)] == list(PANEL_METHODS)
+        assert "score_cam" not in page.url

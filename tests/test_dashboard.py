@@ -35,6 +35,7 @@ TIMEOUT = 300  # seconds per run: the first one builds and compiles VGG16 on a b
 # An absolute path: a slash that starts a word and is followed by at least one folder (URLs match too).
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*")
 CHELSEA = "451x300"  # the built-in example's size
+MARKDOWN_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")  # a backslash-escaped ASCII punctuation character
 
 
 def _offline() -> cam.models.LoadedModel:
@@ -64,7 +65,8 @@ def encoded(width: int, height: int, format: str, seed: int = 0, **options) -> b
 
 
 def texts(elements) -> str:
-    return "\n".join(str(element.value) for element in elements)
+    """What the visitor reads of ``elements``: their Markdown with its backslash escapes resolved."""
+    return "\n".join(MARKDOWN_ESCAPE.sub(r"\1", str(element.value)) for element in elements)
 
 
 def everything_said(at: AppTest) -> str:
@@ -84,6 +86,11 @@ def assert_no_paths(at: AppTest, *folders: Path) -> None:
         assert str(folder) not in said
 
 
+def visible_downloads(at: AppTest) -> list:
+    """The download buttons a visitor sees, not those the dashboard keeps offering, hidden, from an earlier run."""
+    return [button for button in at.get("download_button") if "-kept:" not in button.proto.id]
+
+
 def captions(at: AppTest) -> list[str]:
     """The panels' captions, e.g. 'Grad-CAM on VGG16: cat, 72% — map of 4x2 cells from a 64x32 input, shown at
     451x300'."""
@@ -98,7 +105,7 @@ def assert_panels(at: AppTest, size: str, count: int = 3) -> None:
         assert re.fullmatch(rf"[\w+ ,-]+ on [\w-]+: \w+, \d+% — map of \d+x\d+ cells from a \d+x\d+ input, shown at "
                             rf"{size}", caption)
     assert len(at.get("plotly_chart")) == 1
-    labels = [button.label for button in at.get("download_button")]
+    labels = [button.label for button in visible_downloads(at)]
     assert "Download this comparison as a web page" in labels and len(labels) == count + 2
     assert sum("strongest evidence" in text or "Grey: no influence" in text for text in texts(at.caption).split("\n"))
 
@@ -157,7 +164,7 @@ def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypat
     at.file_uploader(key="upload").set_value(("broken.jpg", b"\xff\xd8\xff not really a jpeg", "image/jpeg")).run()
     assert not at.exception
     assert "“broken.jpg”" in texts(at.error) and "previous photo is hidden" in texts(at.error)
-    assert not at.get("plotly_chart") and not captions(at) and not at.get("download_button")
+    assert not at.get("plotly_chart") and not captions(at) and not visible_downloads(at)
 
     huge = io.BytesIO()
     Image.new("1", (8000, 7000)).save(huge, format="PNG")  # 56 megapixels in a few kilobytes
@@ -329,8 +336,8 @@ def test_each_network_fails_alone(setup: Path) -> None:
 
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception
-    assert texts(at.error) == ("VGG16 (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its saved "
-                               "file is missing, damaged or does not match its description.")
+    assert texts(at.error) == ("VGG16 (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its "
+                               "description (model card) gives its name missing or in a form this tool cannot use.")
     assert "NoPool-GAP (ours, CIFAR, 32 px)**: trained, right on 50% of its test images." in texts(at.sidebar.caption)
     assert_panels(at, CHELSEA, count=1)
     assert captions(at)[0].startswith("NoPool-GAP CAM on NoPool-GAP: ")
@@ -348,3 +355,100 @@ def test_each_network_fails_alone(setup: Path) -> None:
     assert_panels(at, CHELSEA, count=2)
     assert [c.split(" on ")[0] for c in captions(at)] == ["Grad-CAM", "Guided Grad-CAM"]
     assert_no_paths(at, setup)
+
+
+def test_gallery_and_card_problems_become_sentences(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A picture removed after the list was drawn, a link leading out of a dataset, a card with ``"metrics": null``
+    and a card naming a layer the network lacks: each becomes one plain sentence, never a traceback, and the rest of
+    the page works. The unknown layer is refused, never replaced by another one."""
+    checkpoints = setup / "checkpoints"
+    trained("nopool_gap", checkpoints, {}, zero_kernel=False)
+    card = checkpoints / "nopool_gap.json"
+    card.write_text(json.dumps({**json.loads(card.read_text()), "metrics": None}))
+    pets = dataset(setup / "pets", ("cat", "dog"))
+    outside = dataset(setup / "outside", ("cat",))
+    (pets / "test" / "dog" / "0009.png").symlink_to(outside / "test" / "cat" / "0000.png")
+    monkeypatch.setenv("CAM_DATA", str(pets))
+
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert texts(at.error) == ("NoPool-GAP (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its "
+                               "description (model card) gives its test results missing or in a form this tool "
+                               "cannot use.")
+    assert_panels(at, CHELSEA, count=2)
+    at.selectbox(key="collection").set_value("pets").run()
+    at.selectbox(key="folder:pets").set_value("test/dog").run()
+    assert at.selectbox(key="picture:pets:test/dog").options == ["0000.png", "0001.png", "0002.png"]  # no link out
+    (pets / "test" / "dog" / "0001.png").unlink()
+    at.selectbox(key="picture:pets:test/dog").set_value("0001.png").run()
+    assert not at.exception
+    assert texts(at.warning).startswith("That picture is no longer in the gallery")
+    assert "**pets: test/dog/0000.png (true class: dog)**" in texts(at.markdown)  # the previous picture stays
+    assert_panels(at, "40x32", count=2)
+    assert_no_paths(at, setup)
+
+    stand_in = cam.models.untrained_stand_in("vgg16")
+    cam.models.save_checkpoint(stand_in.model, {**stand_in.card, "gradcam_layer": "block9_conv9"}, checkpoints)
+    card.write_text(json.dumps({**json.loads(card.read_text()), "metrics": {}}))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert texts(at.error) == ("VGG16 (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its "
+                               "description (model card) gives the layer Grad-CAM reads missing or in a form this "
+                               "tool cannot use.")
+    assert [c.split(" on ")[0] for c in captions(at)] == ["NoPool-GAP CAM"]
+    assert_no_paths(at, setup)
+
+
+def test_names_shown_as_typed_long_ones_shortened_and_large_photos_reduced(
+    setup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name that is Markdown (an image that would make the browser fetch an address) shows as typed, in the label
+    above the results, in a refusal and in the gallery; a 3,000-character name is shortened, its photo shown."""
+    trap = "![p](https:127.0.0.1:8698)"
+    pets = dataset(setup / "pets", ("cat",))
+    (pets / "test" / "cat" / "0000.png").rename(pets / "test" / "cat" / f"{trap} *x*.png")
+    monkeypatch.setenv("CAM_DATA", str(pets))
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+
+    at.file_uploader(key="upload").set_value((f"{trap}.jpg", encoded(120, 90, "JPEG"), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    label = next(block.value for block in at.markdown if "Uploaded photo" in block.value)
+    assert label == r"**Uploaded photo “\!\[p\]\(https\:127\.0\.0\.1\:8698\)\.jpg”**"
+    assert_panels(at, "120x90")
+
+    large = Image.fromarray(np.linspace(0, 255, 4096 * 3).astype(np.uint8).reshape(1, 4096, 3).repeat(1024, 0))
+    buffer = io.BytesIO()
+    large.save(buffer, "JPEG")  # 4096x1024: read at 2048x512, the page says so
+    at.file_uploader(key="upload").set_value(("wide.jpg", buffer.getvalue(), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    assert_panels(at, "2048x512")
+    assert ("The photo is 4096x1024 pixels; it was read reduced to 2048x512 (at most 2048 on its long side)"
+            in texts(at.markdown))
+
+    at.multiselect(key="extra_methods").set_value(["score_cam"]).run()  # slow: computed apart, in batches
+    assert not at.exception and not at.error
+    assert_panels(at, "2048x512", count=4)
+    assert captions(at)[3].startswith("Score-CAM on VGG16: ")
+    assert not [button for button in at.button if button.key.startswith("cancel:")]  # gone once computed
+    at.multiselect(key="extra_methods").set_value([]).run()
+
+    long_name = "a" * 2996 + ".jpg"
+    at.file_uploader(key="upload").set_value((long_name, encoded(100, 80, "JPEG", seed=1), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    shown = next(text for text in texts(at.markdown).split("\n") if "Uploaded photo" in text)
+    assert shown == f"**Uploaded photo “{'a' * 39}…{'a' * 16}.jpg”**"
+    assert_panels(at, "100x80")
+    assert all(len(button.label) < 80 for button in at.get("download_button"))  # the hidden ones too
+
+    at.file_uploader(key="upload").set_value((f"{trap}.png", b"not a picture", "image/png")).run()
+    assert not at.exception
+    assert at.error[0].value.startswith(r"Uploaded photo “\!\[p\]\(https\:127\.0\.0\.1\:8698\)\.png” is not a")
+
+    at.selectbox(key="collection").set_value("pets").run()
+    at.selectbox(key="folder:pets").set_value("test/cat").run()
+    at.selectbox(key="picture:pets:test/cat").set_value(f"{trap} *x*.png").run()
+    assert not at.exception and not at.error
+    label = next(block.value for block in at.markdown if "pets" in block.value)
+    assert label == r"**pets\: test\/cat\/\!\[p\]\(https\:127\.0\.0\.1\:8698\) \*x\*\.png \(true class\: cat\)**"

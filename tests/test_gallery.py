@@ -63,9 +63,27 @@ def test_names_outside_the_allowed_pictures_are_refused(roots: str, tmp_path: Pa
     assert str(tmp_path) not in str(refused.value) and "/" not in str(refused.value)
 
 
-def test_a_symbolic_link_out_of_a_dataset_is_refused(roots: str, tmp_path: Path) -> None:
-    target = tmp_path / "secret" / "test" / "cat" / "0001.png"
-    (tmp_path / "a" / "pets" / "test" / "cat" / "0003.png").symlink_to(target)
-    assert "0003.png" in gallery.collections(roots)["pets"].pictures("test/cat")
+def test_a_symbolic_link_out_of_a_dataset_is_neither_listed_nor_opened(roots: str, tmp_path: Path) -> None:
+    pets = tmp_path / "a" / "pets"
+    (pets / "test" / "cat" / "0003.png").symlink_to(tmp_path / "secret" / "test" / "cat" / "0001.png")
+    (pets / "test" / "cat" / "0004.png").symlink_to(pets / "test" / "cat" / "0001.png")  # inside: a real picture
+    (pets / "test" / "cat" / "0005.png").symlink_to(pets / "test" / "cat" / "0005.png")  # a loop
+    (pets / "test" / "cat" / "0006.png").symlink_to(tmp_path / "nowhere.png")  # dangling
+    (pets / "test" / "secret").symlink_to(tmp_path / "secret" / "test" / "cat", target_is_directory=True)
+    collection = gallery.collections(roots)["pets"]
+    assert collection.pictures("test/cat") == ["0001.png", "0004.png"]
+    assert collection.folders() == ["test/cat", "train/dog"]
+    assert collection.pictures("test/secret") == []
+    for name in ("pets/test/cat/0003.png", "pets/test/secret/0001.png", "pets/test/cat/0006.png"):
+        with pytest.raises(gallery.GalleryError):
+            gallery.resolve(name, roots)
+    assert gallery.resolve("pets/test/cat/0004.png", roots) == pets.resolve() / "test" / "cat" / "0001.png"
+
+
+def test_a_collection_whose_folder_vanished_has_nothing(roots: str, tmp_path: Path) -> None:
+    collection = gallery.collections(roots)["pets"]
+    (tmp_path / "a" / "pets" / "test" / "cat" / "0001.png").unlink()
+    (tmp_path / "a" / "pets" / "test" / "cat").rmdir()
+    assert collection.pictures("test/cat") == [] and collection.folders() == ["train/dog"]
     with pytest.raises(gallery.GalleryError):
-        gallery.resolve("pets/test/cat/0003.png", roots)
+        gallery.resolve("pets/test/cat/0001.png", roots)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam.images import ImageError, load_image, model_input, resize
+from cam.images import ImageError, article, decode_image, load_image, model_input, resize
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -195,3 +195,56 @@ def test_model_input_stacks_float_batches_without_rescaling() -> None:
     assert single.max() == 255.0
     batch = model_input([white, np.zeros((64, 20, 3), dtype=np.uint8)], 32)
     assert batch.shape == (2, 32, 32, 3) and batch.dtype == np.float32
+
+
+# --- large photos, more formats ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, kind", [("RGB", "JPEG"), ("CMYK", "JPEG"), ("L", "JPEG"), ("RGB", "PNG"),
+                                        ("RGB", "WEBP")])
+def test_large_photos_are_decoded_reduced_to_the_cap(mode: str, kind: str) -> None:
+    left, right = (200, 30, 30), (30, 30, 200)
+    image = Image.new("RGB", (3000, 1000), left)
+    image.paste(right, (1500, 0, 3000, 1000))
+    buffer = io.BytesIO()
+    image.convert(mode).save(buffer, kind)
+    decoded = decode_image(buffer.getvalue(), max_side=600)
+    assert decoded.pixels.shape == (200, 600, 3) and decoded.original == (1000, 3000) and decoded.reduced
+    tolerance = 40 if mode != "RGB" else 12  # JPEG's colours, and CMYK / grey round trips
+    if mode == "L":
+        left = right = (int(np.mean(left)),) * 3
+    _assert_close(decoded.pixels[100, 100], left, tolerance)
+    _assert_close(decoded.pixels[100, 500], right, tolerance)
+    assert load_image(buffer.getvalue()).shape == (1000, 3000, 3)  # the library's default: full size
+
+
+def test_a_turned_jpeg_reports_its_turned_size_and_small_ones_stay_whole(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to show
+    path = _save(Image.new("RGB", (4000, 1000), RED), tmp_path / "turned.jpg", exif=exif.tobytes())
+    decoded = decode_image(path, max_side=1000)
+    assert decoded.original == (4000, 1000) and decoded.pixels.shape == (1000, 250, 3)
+    small = decode_image(_save(Image.new("RGB", (300, 200), RED), tmp_path / "small.png"), max_side=1000)
+    assert small.pixels.shape == (200, 300, 3) and not small.reduced
+
+
+def test_an_mpo_gives_its_first_frame(tmp_path: Path) -> None:
+    path = tmp_path / "camera.jpg"
+    Image.new("RGB", (64, 48), RED).save(path, "MPO", save_all=True, append_images=[Image.new("RGB", (64, 48), BLUE)])
+    assert Image.open(path).format == "MPO" and Image.open(path).n_frames == 2
+    pixels = load_image(path)
+    assert pixels.shape == (48, 64, 3)
+    _assert_close(pixels[10, 10], RED, 8)
+
+
+@pytest.mark.parametrize("kind, words", [("ICO", "is an ICO image"), ("AVIF", "is an AVIF image"),
+                                         ("PPM", "is a PPM image"),
+                                         ("SGI", "is an SGI image"), ("TGA", "is a TGA image")])
+def test_refusals_say_a_or_an_as_the_format_is_said(tmp_path: Path, kind: str, words: str) -> None:
+    if kind not in Image.SAVE:
+        pytest.skip(f"this Pillow cannot write {kind}")
+    path = _save(Image.new("RGB", (16, 16)), tmp_path / f"picture.{kind.lower()}", format=kind)
+    with pytest.raises(ImageError, match=words):
+        load_image(path)
+    assert article("AVIF") == article("ICO") == article("MPO") == article("image") == "an"
+    assert article("HEIF") == article("PPM") == article("JPEG") == "a"

@@ -94,6 +94,24 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("entry, value", [
+    ("metrics", None), ("metrics", []), ("classes", None), ("classes", "cat"), ("input_size", "32"),
+    ("input_size", None), ("gradcam_layer", None), ("gradcam_layer", ""), ("training", None), ("name", 7),
+    ("gradcam_layer", "no_such_layer"), ("gradcam_layer", "logits"),  # unknown, and a layer without 4-D maps
+])
+def test_a_card_with_an_unusable_entry_is_refused_with_its_own_sentence(tmp_path, entry, value):
+    loaded = untrained_stand_in("nopool_gap")
+    path = save_checkpoint(loaded.model, loaded.card, tmp_path)
+    path.with_suffix(".json").write_text(json.dumps({**loaded.card, entry: value}))
+    with pytest.raises(models.CardError) as refused:
+        load_checkpoint(path)
+    assert refused.value.entry == entry
+    words = models.problem_in_words(refused.value)
+    assert words == (f"its description (model card) gives {models.CARD_FIELDS_IN_WORDS[entry]} missing or in a form "
+                     "this tool cannot use")
+    assert "/" not in words and repr(value) not in words
+
+
 def test_registry_falls_back_to_untrained_stand_in(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "CHECKPOINTS", tmp_path)
     loaded = models.load_model("nopool_gap")

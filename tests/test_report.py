@@ -209,6 +209,25 @@ def test_page_shows_each_report_in_its_own_tab(produced, tmp_path, monkeypatch):
     assert len(page.get("plotly_chart")) == 2 * len(report_content.FIGURES)
 
 
+def test_a_damaged_report_says_so_in_its_tab_and_the_others_still_work(tmp_path, monkeypatch):
+    good, cut, odd = tmp_path / "good", tmp_path / "cut", tmp_path / "odd"
+    shutil.copytree(report_content.DEFAULT_OUT, good)
+    text = (good / "report.json").read_text()
+    cut.mkdir()
+    (cut / "report.json").write_text(text[: len(text) // 2])  # truncated mid-way
+    odd.mkdir()
+    (odd / "report.json").write_text(json.dumps({**json.loads(text), "summary": [{"set": "x"}]}))  # valid JSON
+    monkeypatch.setenv("CAM_REPORT_DIR", os.pathsep.join(str(folder) for folder in (cut, good, odd)))
+    page = evaluation_page().run()
+    assert not page.exception
+    assert [tab.label for tab in page.tabs] == ["Report “cut”", "CIFAR thumbnails (32 px)", "CIFAR thumbnails (32 px)"]
+    assert [error.value for error in page.tabs[0].error] == [report_content.UNREADABLE_REPORT]
+    assert [error.value for error in page.tabs[2].error] == [report_content.UNSHOWABLE_REPORT]
+    assert not page.tabs[1].error and len(page.tabs[1].get("plotly_chart")) == len(report_content.FIGURES)
+    said = "\n".join(str(element.value) for kind in ("markdown", "error", "caption") for element in page.get(kind))
+    assert str(tmp_path) not in said and "Traceback" not in said and "JSONDecodeError" not in said
+
+
 def test_page_without_a_report_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.setenv("CAM_REPORT_DIR", str(tmp_path))
     page = evaluation_page().run()

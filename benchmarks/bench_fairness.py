@@ -1,0 +1,130 @@
+"""Whether one visitor's slow method stalls another visitor: figures, not asserts.
+
+Visitor A uploads 1024x768 photos (each one new) and the time to its three panels is measured (the first frame
+painted with them, as in ``bench_dashboard``): ``--runs`` times alone, then ``--runs`` times while visitor B's page
+computes a link with Score-CAM, fused Layer-CAM and gradient x input (the link of issue 20, about 100 s of CPU for
+one picture on the photo VGG16). Each of A's uploads during B's computation starts once B's script has run for
+``--head-start`` seconds; B opens the link again (another picture) whenever its run is over. Reported: A's times
+alone and beside B (median, all), their ratio, and how long B's views took.
+
+Run: ``python -m benchmarks.bench_fairness [--runs 3] [--server-root PATH]`` (``--server-root``: another checkout's
+dashboard, e.g. an export of the previous commit, for a before/after). Writes JSON to ``--out`` (default
+test-output/fairness.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_reliability import MEMORY_SIZE, sources, variant  # noqa: E402
+from cam.examples import EXAMPLES  # noqa: E402
+from tests.test_browser import (  # noqa: E402
+    ROOT,
+    SCRIPT_IDLE,
+    SCRIPT_RUNNING,
+    TIMEOUT_MS,
+    browser_page,
+    chromium,
+    open_app,
+    streamlit_server,
+    upload_and_wait,
+)
+
+SLOW_LINK = "methods=score_cam,layer_cam_fused,gradient_x_input"
+
+
+def slow_visitor(executable: str, url: str, running: threading.Event, stop: threading.Event, views: list) -> None:
+    """Visitor B: opens the slow link on each built-in picture in turn until ``stop``; ``running`` is set while its
+    script computes a view."""
+    with browser_page(executable) as page:
+        pictures = list(EXAMPLES)
+        number = 0
+        while not stop.is_set():
+            picture = pictures[(number + 1) % len(pictures)]  # not the example, which A's first visit computed
+            began = time.perf_counter()
+            page.goto(f"{url}/?{SLOW_LINK}&image=examples%2F{picture}")
+            page.wait_for_selector(SCRIPT_RUNNING, timeout=TIMEOUT_MS)
+            running.set()
+            page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
+            running.clear()
+            views.append(time.perf_counter() - began)
+            print(f"  B: slow view {number + 1} took {views[-1]:.0f} s", file=sys.stderr, flush=True)
+            number += 1
+
+
+def measure(executable: str, photos: list[Path], runs: int, head_start: float, server_root: Path) -> dict:
+    alone, beside, views = [], [], []
+    with tempfile.TemporaryDirectory() as folder, streamlit_server(Path(folder) / "server.log",
+                                                                   root=server_root) as url:
+        with browser_page(executable) as page:
+            open_app(page, url)
+            for photo in photos[:runs]:
+                began = time.time() * 1000
+                alone.append((upload_and_wait(page, photo) - began) / 1000)
+                page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
+                print(f"  A alone: {alone[-1]:.2f} s", file=sys.stderr, flush=True)
+            running, stop = threading.Event(), threading.Event()
+            other = threading.Thread(target=slow_visitor, args=(executable, url, running, stop, views))
+            other.start()
+            try:
+                for photo in photos[runs : 2 * runs]:
+                    running.wait()
+                    time.sleep(head_start)
+                    began = time.time() * 1000
+                    beside.append((upload_and_wait(page, photo) - began) / 1000)
+                    page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
+                    print(f"  A beside B: {beside[-1]:.2f} s (B running: {running.is_set()})", file=sys.stderr,
+                          flush=True)
+            finally:
+                stop.set()
+                other.join()
+    return {
+        "alone_s": alone, "beside_slow_s": beside, "slow_views_s": views,
+        "alone_median_s": statistics.median(alone), "beside_median_s": statistics.median(beside),
+        "ratio": statistics.median(beside) / statistics.median(alone),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="A's uploads alone, and as many beside B (default 3)")
+    parser.add_argument("--head-start", type=float, default=8.0,
+                        help="seconds B's view runs before A uploads (default 8: Score-CAM is under way)")
+    parser.add_argument("--data", default="../shared/data/photos4/test", help="photos to upload (as bench_reliability)")
+    parser.add_argument("--server-root", default=str(ROOT), help="the checkout whose dashboard is served")
+    parser.add_argument("--out", default="test-output/fairness.json")
+    args = parser.parse_args()
+    executable = chromium()
+    if executable is None:
+        print("needs a chromium binary on PATH or at /usr/bin/chromium", file=sys.stderr)
+        return 1
+    data = Path(args.data) if Path(args.data).is_absolute() else ROOT / args.data
+    out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pictures = sources(data.resolve())
+    with tempfile.TemporaryDirectory() as folder:
+        photos = [variant(pictures[i % len(pictures)], Path(folder) / f"a{i:02d}.jpg", MEMORY_SIZE, 300 + i)
+                  for i in range(2 * args.runs)]
+        report = {"server_root": args.server_root,
+                  **measure(executable, photos, args.runs, args.head_start, Path(args.server_root).resolve())}
+    print(f"\nA's upload to three panels: alone {report['alone_median_s']:.2f} s median "
+          f"({', '.join(f'{s:.2f}' for s in report['alone_s'])}); beside B's slow view "
+          f"{report['beside_median_s']:.2f} s median ({', '.join(f'{s:.2f}' for s in report['beside_slow_s'])}); "
+          f"ratio {report['ratio']:.2f}")
+    print(f"B's slow views: {', '.join(f'{s:.0f} s' for s in report['slow_views_s'])}")
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
