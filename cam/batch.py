@@ -129,19 +129,21 @@ def map_figures(native: np.ndarray, input_size: int) -> dict[str, object]:
 
 
 def image_row(item: str, result=None, error: str = "") -> dict[str, object]:
-    """One image's row: ``item``, ``error`` ("" when explained), ``height``, ``width``, ``explained`` (the class
-    the maps explain); per network role (``gradcam``, ``cam``) its model's name and top classes
-    ``<role>_class_<k>`` with probabilities ``<role>_p_<k>``; per method key ``<key>_<figure>`` for each of
-    ``map_figures``. ``result`` is a ``cam.pipeline.ImageResult``; None for a file that failed (``error``)."""
+    """One image's row: ``item``, ``error`` ("" when explained), ``height``, ``width``; per network role
+    (``gradcam``, ``cam``) its model's name, top classes ``<role>_class_<k>`` with probabilities ``<role>_p_<k>``,
+    the class its maps explain ``<role>_explained`` and all its probabilities ``<role>_probabilities``; per
+    method key ``<key>_<figure>`` for each of ``map_figures``. ``result`` is a ``cam.pipeline.ImageResult``;
+    None for a file that failed (``error``)."""
     row: dict[str, object] = {"item": item, "error": error}
     if result is None:
         return row
-    row |= {"height": int(result.image.shape[0]), "width": int(result.image.shape[1]),
-            "explained": result.class_name()}
+    row |= {"height": int(result.image.shape[0]), "width": int(result.image.shape[1])}
     for role in result.roles:
         row[f"{role}_model"] = result.model(role).card["name"]
         for k, (name, p) in enumerate(result.top_predictions(role, TOP_K), start=1):
             row[f"{role}_class_{k}"], row[f"{role}_p_{k}"] = name, p
+        row[f"{role}_explained"] = result.class_name(role)
+        row[f"{role}_probabilities"] = result.explanation.probabilities[role][0].astype(float).tolist()
     for method in result.methods:
         native = result.explanation.maps[method.key][0]
         size = result.model(method.role).input_size
@@ -182,6 +184,52 @@ def read_table(out: str | Path) -> pd.DataFrame:
     return pd.read_parquet(Path(out) / TABLE)
 
 
+def recorded(out: str | Path) -> dict:
+    """What OUT/batch.json records: the settings, the source folder (``root``) and, once a worker started, the
+    models' cards (``models``: name and classes per role)."""
+    return json.loads((Path(out) / SETTINGS).read_text())
+
+
+def rebuilt_result(out: str | Path, row: dict, image: np.ndarray):
+    """The ``cam.pipeline.ImageResult`` of an explained row, from its saved maps and probabilities, for
+    ``cam.pipeline.render_panels`` (the page shows a batch's photo as it shows a photo explained there). Its
+    models carry their cards only: nothing is computed again."""
+    from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explanation
+    from cam.models import LoadedModel
+    from cam.pipeline import ImageResult
+    from cam.registry import selected
+
+    settings = recorded(out)
+    cards = settings["models"]
+    loaded = {role: LoadedModel(None, cards[role]) for role in (GRADCAM_MODEL, GAP_MODEL)}
+    methods = selected(settings["methods"])
+    explanation = Explanation(
+        {role: np.asarray([row[f"{role}_probabilities"]], np.float32) for role in loaded},
+        {role: np.asarray([loaded[role].classes.index(row[f"{role}_explained"])]) for role in loaded},
+        {method.key: np.load(map_path(out, row["item"], method.key))[None] for method in methods}, {},
+    )
+    return ImageResult(image, loaded[GRADCAM_MODEL], loaded[GAP_MODEL], explanation, methods)
+
+
+def batch_folders(value: str | None = None) -> dict[str, Path]:
+    """The finished batches a page may show, by name: every folder with a table named in ``value`` (default:
+    ``$CAM_BATCHES``, folders separated by ``os.pathsep``) and every such folder directly inside one (the folder's
+    own name, numbered when two are alike). Visitors choose among these names; no path comes from them."""
+    from cam.gallery import configured_roots
+
+    value = os.environ.get("CAM_BATCHES", "") if value is None else value
+    found: dict[str, Path] = {}
+    for root in configured_roots(value):
+        candidates = [root] if (root / TABLE).is_file() else sorted(
+            path for path in (root.iterdir() if root.is_dir() else ()) if (path / TABLE).is_file())
+        for folder in candidates:
+            name, number = folder.resolve().name, 2
+            while name in found:
+                name, number = f"{folder.resolve().name} ({number})", number + 1
+            found[name] = folder
+    return found
+
+
 # ---------------------------------------------------------------------------------------------------- worker
 def limit_threads(threads: int) -> None:
     """TensorFlow's thread pools for a worker: ``threads`` per operation, one operation at a time (several
@@ -201,7 +249,7 @@ class ImageWorker:
 
     def __init__(self, settings: BatchSettings, out: str):
         limit_threads(settings.threads)
-        from cam.methods import Explainer
+        from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer
         from cam.models import load_model
         from cam.registry import selected
 
@@ -209,6 +257,11 @@ class ImageWorker:
         self.gradcam, self.cam_model = load_model(settings.gradcam), load_model(settings.gap)
         self.methods = selected(settings.methods)
         self.explainer = Explainer(self.gradcam.model, self.gradcam.card["gradcam_layer"], self.cam_model.model)
+        cards = {role: {"name": loaded.card["name"], "classes": loaded.classes}
+                 for role, loaded in ((GRADCAM_MODEL, self.gradcam), (GAP_MODEL, self.cam_model))}
+        record = recorded(self.out)
+        if record.get("models") != cards:  # every worker loads the same models: the first one writes them down
+            write_atomically(self.out / SETTINGS, json.dumps(record | {"models": cards}, indent=1).encode())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = [self.explain_file(Path(path), str(item)) for path, item in zip(batch["path"], batch["item"],
@@ -317,7 +370,7 @@ def local_results(
 
 
 # ----------------------------------------------------------------------------------------------------- a run
-def prepare_out(out: Path, settings: BatchSettings) -> None:
+def prepare_out(out: Path, settings: BatchSettings, root: Path) -> None:
     """Make OUT (checked writable) and record the settings; refuse a folder that holds another batch's rows. A
     table left by an earlier run is removed until this run completes it."""
     try:
@@ -327,14 +380,16 @@ def prepare_out(out: Path, settings: BatchSettings) -> None:
         probe.unlink()
     except OSError as error:
         raise BatchError(f"cannot write to the output folder {out} ({error.strerror or error})") from error
-    recorded = out / SETTINGS
-    if recorded.is_file():
-        fields = json.loads(recorded.read_text())
+    record = {}
+    if (out / SETTINGS).is_file():
+        record = recorded(out)
+        fields = {name: record[name] for name in BatchSettings.__dataclass_fields__}
         earlier = BatchSettings(**{**fields, "methods": tuple(fields["methods"])})
         if not earlier.same_output(settings):
             raise BatchError(f"{out} holds a batch made with other models or methods ({earlier.gradcam}, "
                              f"{earlier.gap}: {', '.join(earlier.methods)}); choose another --out")
-    write_atomically(recorded, json.dumps(asdict(settings), indent=1).encode())
+    record |= asdict(settings) | {"root": str(Path(root).resolve())}
+    write_atomically(out / SETTINGS, json.dumps(record, indent=1).encode())
     (out / TABLE).unlink(missing_ok=True)
 
 
@@ -365,7 +420,7 @@ def run(
     items = [(path, item_of(path, root)) for path in files]
     if address and workers:
         check_reachable(address)  # before OUT is touched: a run that cannot start leaves nothing behind
-    prepare_out(out, settings)
+    prepare_out(out, settings, root)
     todo = [(path, item) for path, item in items if not (item_folder(out, item) / ROW).is_file()]
     skipped = len(items) - len(todo)
     todo = todo[:limit] if limit is not None else todo

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from conftest import write_image_folder
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from cam import batch, cli
 from cam.images import ImageError, load_image
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.slow  # Ray starts worker processes that each import Te
 CIFAR = MODEL_SETS["cifar"]
 SETTINGS = batch.BatchSettings(CIFAR.gradcam, CIFAR.gap, STUDY)
 BROKEN = ("test/cat/001.png", "test/dog/002.png")
+DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
+PAGE = "pages/2_Batches.py"
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +126,7 @@ def test_refusals(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(batch.BatchError, match="holds no pictures"):
         batch.run(tmp_path, tmp_path / "out", SETTINGS, workers=0)
     out = tmp_path / "other"
-    batch.prepare_out(out, batch.BatchSettings("vgg16_photos", "nopool_gap_photos", STUDY))
+    batch.prepare_out(out, batch.BatchSettings("vgg16_photos", "nopool_gap_photos", STUDY), folder)
     with pytest.raises(batch.BatchError, match="other models or methods"):
         batch.run(folder, out, SETTINGS, workers=0)
 
@@ -134,3 +137,37 @@ def test_a_file_list_names_files_relative_to_itself(folder: Path, tmp_path: Path
     root, files = batch.list_images(listing)
     assert root == folder.resolve()
     assert [batch.item_of(path, root) for path in files] == ["test/bird/000.png", "test/cat/002.png", "missing.jpg"]
+
+
+def test_the_page_lists_configured_batches_sorts_and_shows_a_photos_panels(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAM_BATCHES", str(tmp_path / "nothing-here"))
+    empty = AppTest.from_file(DASHBOARD, default_timeout=120).switch_page(PAGE).run()
+    assert not empty.exception
+    assert "No folder of explained photos here yet" in empty.info[0].value
+
+    out = tmp_path / "batches" / "cifar-run"
+    batch.run(folder, out, SETTINGS, workers=0, progress=False)  # in this process: no Ray needed for the page
+    monkeypatch.setenv("CAM_BATCHES", str(tmp_path / "batches"))
+    at = AppTest.from_file(DASHBOARD, default_timeout=120).switch_page(PAGE).run()
+    assert not at.exception
+    assert at.selectbox[0].options == ["cifar-run"]
+    shown = at.dataframe[0].value
+    assert len(shown) == 12 and list(shown.columns[:3]) == ["Photo", "vgg16: class", "vgg16: confidence"]
+    assert shown.set_index("Photo").loc[BROKEN[0], "Problem"].endswith("is not a picture this tool can read; it "
+                                                                      "reads JPEG, PNG, WebP, BMP, GIF (the first "
+                                                                      "frame) and TIFF pictures")
+    photo = at.selectbox(key="photo")
+    assert photo.value == "test/bird/000.png" and len(at.get("image")) == 3
+    at = photo.set_value("test/horse/000.png").run()  # the 48x40 one
+    assert not at.exception
+    captions = [caption.value for caption in at.caption]
+    assert any(text.startswith("Grad-CAM on VGG16: ") and text.endswith("shown at 48x40") for text in captions)
+    row = batch.read_table(out).set_index("item").loc["test/horse/000.png"]
+    assert any(f"{row['gradcam_explained']}, {row['gradcam_p_1']:.0%}" in text for text in captions)
+    at = at.selectbox(key="photo").set_value(BROKEN[1]).run()
+    assert "damaged or cut short" in at.warning[0].value and not at.get("image")
+    said = "\n".join(str(element.value) for kind in ("markdown", "caption", "info", "warning")
+                     for element in getattr(at, kind))
+    assert str(tmp_path) not in said and str(folder) not in said
