@@ -310,15 +310,24 @@ def check_reachable(address: str, timeout: float = CONNECT_SECONDS) -> None:
                          "`ray start --head`, or leave out --address to run on this machine") from error
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: ``address``, else ``$RAY_ADDRESS``; None: start Ray here."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, cpus: int) -> Iterator[None]:
-    """Ray for the duration of a batch: the session already open in this process if any, else the cluster at
-    ``address``, else a local Ray in this process with ``cpus`` CPUs and a small object store. Workers get this
-    project on their path and its checkpoints folder. Shuts down only what it started."""
+    """Ray for the duration of a run: the session already open in this process if any, else the cluster at
+    ``cluster_address(address)`` (checked reachable), else a local Ray in this process with ``cpus`` CPUs and a
+    small object store. Workers get this project on their path and its checkpoints folder. Shuts down only what it
+    started."""
     import ray
 
     from cam.models import CHECKPOINTS
 
+    address = cluster_address(address)
+    if address:
+        check_reachable(address)
     if ray.is_initialized():
         yield
         return
@@ -369,6 +378,50 @@ def local_results(
         yield worker({"path": np.asarray([str(p) for p, _ in part]), "item": np.asarray([i for _, i in part])})
 
 
+class PartWorker:
+    """A Ray actor of ``RayParts``: the models (from the object store) and an Explainer, built once."""
+
+    def __init__(self, shared: list, methods: Sequence[str], threads: int):
+        import ray
+
+        limit_threads(threads)  # before the models arrive: unpacking them is TensorFlow's first work here
+        from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer
+        from cam.registry import selected
+
+        self.models = ray.get(shared[0])
+        gradcam, cam_model = self.models[GRADCAM_MODEL], self.models[GAP_MODEL]
+        self.methods = selected(methods)
+        self.explainer = Explainer(gradcam.model, gradcam.card["gradcam_layer"], cam_model.model)
+
+    def faithfulness(self, *job) -> dict:
+        from cam.evaluation import faithfulness_part
+
+        return faithfulness_part(self.explainer, self.models, self.methods, *job)
+
+
+class RayParts:
+    """``cam.evaluation``'s faithfulness parts on a pool of ``workers`` Ray actors (inside ``ray_session``), one GPU
+    each where the cluster has GPUs: the models travel once through the object store, each actor builds its own
+    Explainer, and the results come back in the jobs' order."""
+
+    def __init__(self, models: dict, methods: Sequence[str], workers: int, threads: int = 1):
+        import ray
+        from ray.util import ActorPool
+
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        actor = ray.remote(num_cpus=1, num_gpus=gpus)(PartWorker)
+        shared = [ray.put(models)]  # in a list, so that each actor unpacks it after limiting its threads
+        self.pool = ActorPool([actor.remote(shared, list(methods), threads) for _ in range(workers)])
+
+    def __call__(self, jobs: list[tuple]) -> list[dict]:
+        return list(self.pool.map(lambda worker, job: worker.faithfulness.remote(*job), jobs))
+
+
+def worker_threads(workers: int) -> int:
+    """TensorFlow threads per worker: this machine's cores shared among the workers."""
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+
 # ----------------------------------------------------------------------------------------------------- a run
 def prepare_out(out: Path, settings: BatchSettings, root: Path) -> None:
     """Make OUT (checked writable) and record the settings; refuse a folder that holds another batch's rows. A
@@ -416,7 +469,7 @@ def run(
 
     out = Path(out)
     root, files = list_images(source)
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = cluster_address(address)
     items = [(path, item_of(path, root)) for path in files]
     if address and workers:
         check_reachable(address)  # before OUT is touched: a run that cannot start leaves nothing behind
@@ -445,10 +498,9 @@ def command(args, models: tuple[str, str]) -> int:
     rows with an error (the table is written all the same)."""
     from cam.registry import selected
 
-    workers = args.workers
-    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
-    settings = BatchSettings(*models, tuple(m.key for m in selected(args.methods)), args.png, args.colormap, threads)
-    summary = run(args.source, args.out, settings, workers, args.address)
+    settings = BatchSettings(*models, tuple(m.key for m in selected(args.methods)), args.png, args.colormap,
+                             worker_threads(args.workers))
+    summary = run(args.source, args.out, settings, args.workers, args.address)
     print(f"{summary.done} images explained now, {summary.skipped} done before, {summary.failed} could not be "
           f"read or explained; table: {Path(args.out) / TABLE}")
     return 1 if summary.failed else 0

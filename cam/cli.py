@@ -259,7 +259,8 @@ def report(args: argparse.Namespace) -> int:
     from cam.report import DEFAULT_OUT, run
 
     gradcam_name, cam_name = models_of(args)
-    return run(report_config(args), Path(args.out or DEFAULT_OUT), (load_model(gradcam_name), load_model(cam_name)))
+    return run(report_config(args), Path(args.out or DEFAULT_OUT), (load_model(gradcam_name), load_model(cam_name)),
+               workers=args.workers, address=args.address)
 
 
 def batch(args: argparse.Namespace) -> int:
@@ -355,6 +356,10 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
         "bfloat16 where it is fast, 3-7x on CPUs with AMX, else float32); the report states how far its "
         "probabilities are from float32",
     )
+    parser.add_argument("--workers", type=_at_least(0), default=0, metavar="N",
+                        help="score faithfulness on N Ray actors (same numbers; default 0: in this process)")
+    parser.add_argument("--address", metavar="HOST:PORT",
+                        help="with --workers: a running Ray cluster (default: $RAY_ADDRESS, else Ray started here)")
     parser.set_defaults(run=report)
 
 
