@@ -66,15 +66,17 @@ class BatchSettings:
 
 
 # ---------------------------------------------------------------------------------------------------- images
-def list_images(source: str | Path) -> tuple[Path, list[Path]]:
+def list_images(source: str | Path, skip: str | Path | None = None) -> tuple[Path, list[Path]]:
     """(root, files): every picture under a folder (by suffix, ``cam.gallery.IMAGE_SUFFIXES``, sorted), or every
     file named by a text file, one per line (relative to the list's folder; blank lines and ``#`` comments
     skipped), whatever its suffix: a file that is no picture becomes a row with the reason. ``root`` is the folder,
-    or the folder the listed files share. Raises BatchError when there is nothing to explain."""
+    or the folder the listed files share; a folder's files under ``skip`` (a batch's output folder inside it, with
+    its PNGs) are left out. Raises BatchError when there is nothing to explain."""
     source = Path(source)
     if source.is_dir():
-        files = sorted(path for path in source.rglob("*")
-                       if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and ITEMS not in path.parts)
+        skip = Path(skip).resolve() if skip else None
+        files = sorted(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+                       and not (skip and path.resolve().is_relative_to(skip)))
         root = source
     elif source.is_file():
         try:
@@ -335,7 +337,12 @@ def ray_session(address: str | None, cpus: int) -> Iterator[None]:
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "CAM_CHECKPOINTS": str(CHECKPOINTS.resolve()),
                                 "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        except (ConnectionError, ray.exceptions.RayError) as error:
+            raise BatchError(f"could not join the Ray cluster at {address} ({str(error).splitlines()[0]}); a cluster "
+                             "with token authentication (Ray's default) needs RAY_AUTH_MODE=token and its token "
+                             "here too (~/.ray/auth_token or $RAY_AUTH_TOKEN)") from error
     else:
         # log_to_driver=False: the workers' TensorFlow start-up lines would bury the progress bar; their failures
         # still come back as exceptions.
@@ -468,7 +475,7 @@ def run(
     from tqdm import tqdm
 
     out = Path(out)
-    root, files = list_images(source)
+    root, files = list_images(source, skip=out)
     address = cluster_address(address)
     items = [(path, item_of(path, root)) for path in files]
     if address and workers:

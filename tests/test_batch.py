@@ -54,6 +54,9 @@ def in_process() -> tuple:
 
 
 def same(a: object, b: object) -> bool:
+    """Equal, NaN equal to NaN, and a list (all of a network's probabilities) equal to the array Parquet gives."""
+    if isinstance(b, list):
+        return np.array_equal(np.asarray(a), np.asarray(b))
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return a == b
@@ -129,6 +132,15 @@ def test_refusals(folder: Path, tmp_path: Path) -> None:
     batch.prepare_out(out, batch.BatchSettings("vgg16_photos", "nopool_gap_photos", STUDY), folder)
     with pytest.raises(batch.BatchError, match="other models or methods"):
         batch.run(folder, out, SETTINGS, workers=0)
+
+
+def test_a_batch_inside_its_folder_is_not_read_as_pictures(tmp_path: Path) -> None:
+    source = write_image_folder(tmp_path / "items", {"test": 1})  # "items" like a batch's own sub-folder
+    (source / "out" / batch.ITEMS / "test/cat/000.png").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(source / "out" / batch.ITEMS / "test/cat/000.png/grad_cam.png")
+    root, files = batch.list_images(source, skip=source / "out")
+    assert [batch.item_of(path, root) for path in files] == [f"test/{name}/000.png" for name in
+                                                             ("bird", "cat", "dog", "horse")]
 
 
 def test_a_file_list_names_files_relative_to_itself(folder: Path, tmp_path: Path) -> None:
