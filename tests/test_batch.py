@@ -20,7 +20,7 @@ from cam.models import MODEL_SETS, load_model
 from cam.pipeline import explain_image
 from cam.registry import STUDY, selected
 
-pytestmark = pytest.mark.slow  # Ray starts worker processes that each import TensorFlow
+SLOW = pytest.mark.slow  # Ray starts worker processes that each import TensorFlow; the page loads the dashboard
 CIFAR = MODEL_SETS["cifar"]
 SETTINGS = batch.BatchSettings(CIFAR.gradcam, CIFAR.gap, STUDY)
 BROKEN = ("test/cat/001.png", "test/dog/002.png")
@@ -62,6 +62,7 @@ def same(a: object, b: object) -> bool:
     return a == b
 
 
+@SLOW
 def test_batch_on_two_ray_workers_equals_the_in_process_path(ray_local, folder: Path, in_process, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
@@ -91,6 +92,7 @@ def test_batch_on_two_ray_workers_equals_the_in_process_path(ray_local, folder: 
                 assert png.size == (image.shape[1], image.shape[0])
 
 
+@SLOW
 def test_an_interrupted_batch_resumes_and_every_row_appears_once(ray_local, folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = batch.run(folder, out, SETTINGS, workers=2, limit=5, progress=False)
@@ -151,6 +153,7 @@ def test_a_file_list_names_files_relative_to_itself(folder: Path, tmp_path: Path
     assert [batch.item_of(path, root) for path in files] == ["test/bird/000.png", "test/cat/002.png", "missing.jpg"]
 
 
+@SLOW
 def test_the_page_lists_configured_batches_sorts_and_shows_a_photos_panels(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,6 +188,7 @@ def test_the_page_lists_configured_batches_sorts_and_shows_a_photos_panels(
     assert str(tmp_path) not in said and str(folder) not in said
 
 
+@SLOW
 def test_the_report_scored_on_two_ray_workers_equals_the_single_process_run(ray_local, tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", {"test": 3})
     config = evaluation.EvaluationConfig(data, n=10, mosaics=0, sanity_n=0, steps=4, batch_size=4, seed=3)
