@@ -1,4 +1,4 @@
-"""The command line, ``python -m cam explain|train|evaluate|data|models|methods|report``.
+"""The command line, ``python -m cam explain|train|evaluate|data|models|methods|report|batch``.
 
 TensorFlow-heavy modules are imported inside the commands, so that ``--help`` answers at once. An expected failure
 (unreadable image, missing checkpoint, weights unavailable offline, unusable dataset, impossible explanation, bad
@@ -276,7 +276,15 @@ def report(args: argparse.Namespace) -> int:
     from cam.report import DEFAULT_OUT, run
 
     gradcam_name, cam_name = models_of(args)
-    return run(report_config(args), Path(args.out or DEFAULT_OUT), (load_model(gradcam_name), load_model(cam_name)))
+    return run(report_config(args), Path(args.out or DEFAULT_OUT), (load_model(gradcam_name), load_model(cam_name)),
+               workers=args.workers, address=args.address)
+
+
+def batch(args: argparse.Namespace) -> int:
+    """Explain every image of a folder or a list of files on Ray (``cam.batch``)."""
+    from cam.batch import command
+
+    return command(args, models_of(args))
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -375,7 +383,33 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
         "bfloat16 where it is fast, 3-7x on CPUs with AMX, else float32); the report states how far its "
         "probabilities are from float32",
     )
+    parser.add_argument("--workers", type=_at_least(0), default=0, metavar="N",
+                        help="score faithfulness on N Ray actors (same numbers; default 0: in this process)")
+    parser.add_argument("--address", metavar="HOST:PORT",
+                        help="with --workers: a running Ray cluster (default: $RAY_ADDRESS, else Ray started here)")
     parser.set_defaults(run=report)
+
+
+def _add_batch(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "batch",
+        help="explain every image of a folder or a list of files on Ray: maps and one Parquet table",
+        description="For each image of SOURCE (a folder, searched recursively, or a text file with one path per "
+        "line) write OUT/items/<image>/<method key>.npy (.png with --png) and one row of OUT/table.parquet: both "
+        "networks' top classes, and per map whether it is blank, its min/max, peak and effective grid. A second "
+        "run skips the images OUT already holds; an unreadable file is a row with the reason.",
+    )
+    parser.add_argument("source", metavar="DIR|FILE_LIST")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_model_choice(parser)
+    parser.add_argument("--methods", metavar="KEYS", help=METHODS_HELP)
+    parser.add_argument("--png", action="store_true", help="also save each map as a PNG at the photo's size")
+    parser.add_argument("--colormap", default="jet", help="the PNGs' matplotlib colormap (default: jet)")
+    parser.add_argument("--workers", type=_at_least(0), default=1, metavar="N",
+                        help="Ray actors, each with its own copy of the models (default 1; 0: no Ray, this process)")
+    parser.add_argument("--address", metavar="HOST:PORT",
+                        help="a running Ray cluster (default: $RAY_ADDRESS, else Ray started in this process)")
+    parser.set_defaults(run=batch)
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -478,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the models and whether each is available here").set_defaults(run=models)
     commands.add_parser("methods", help="list the saliency methods (keys for --methods)").set_defaults(run=methods)
     _add_report(commands)
+    _add_batch(commands)
     return parser
 
 

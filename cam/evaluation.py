@@ -155,58 +155,85 @@ def _scores(
 
 
 # ------------------------------------------------------------------------------------------------ faithfulness
+MapParts = Callable[[list[tuple]], list[dict]]  # jobs (faithfulness_part's arguments after models) -> their results
+
+
+def faithfulness_part(
+    explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], x: np.ndarray, items: list[str],
+    config: EvaluationConfig, seed: tuple[int, int],
+) -> dict:
+    """Deletion/insertion, average drop/increase and effective grid of every method's map of the top prediction
+    on one part of the sample (``x``: float32 images, at most ``config.batch_size``) with its own random generator
+    ``seed``: per method key the per-map ``frames``, the ``deletion`` and ``insertion`` curves and its map's
+    ``native`` shape, and per model the largest |p| difference (``gap``) between the scoring precision and float32
+    on the original images. A slow method is scored on the first ``config.limit`` images only (none: left out)."""
+    size = x.shape[1:3]
+    methods = [method for method in methods if config.limit(method, len(x))]
+    explained = _explain(explainer, x, None, config.batch_size)
+    maps = _maps(explained, explained.cam_classes(), methods, models, x, config)
+    scorers = {role: with_precision(loaded.model, config.scoring_precision) for role, loaded in models.items()}
+    part = {"frames": {}, "deletion": {}, "insertion": {}, "native": {}, "gap": {}}
+    rng = np.random.default_rng(seed)
+    for method in methods:
+        key, role, count = method.key, method.role, len(maps[method.key])
+        loaded, scorer = models[role], scorers[role]
+        classes, probabilities = explained.classes[role][:count], explained.probabilities[role][:count]
+        part["native"][key] = "x".join(map(str, maps[key].shape[1:3]))
+        full_maps = at_size(maps[key], size)
+        deletion, insertion = perturbation_curves(scorer, x[:count], full_maps, classes, config.steps, rng=rng)
+        masked = predict_probabilities(scorer, explanation_images(x[:count], full_maps))
+        drop, increase = drop_and_increase(deletion[:, 0], masked[np.arange(count), classes])
+        part["frames"][key] = _scores("test", items[:count], [loaded.classes[c] for c in classes], key, {
+            "deletion_auc": curve_area(deletion), "insertion_auc": curve_area(insertion),
+            "average_drop": drop, "increase": increase, "effective_grid": effective_grid(full_maps),
+            "min_max_ratio": min_max_ratio(maps[key]),
+        })
+        part["deletion"][key], part["insertion"][key] = deletion, insertion
+        gap = float(np.abs(deletion[:, 0] - probabilities[np.arange(count), classes]).max())
+        part["gap"][loaded.card["name"]] = max(gap, part["gap"].get(loaded.card["name"], 0.0))
+    return part
+
+
 def _faithfulness(
     explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], sample: ImageSet, items: list[str],
-    config: EvaluationConfig, log: Log,
+    config: EvaluationConfig, log: Log, map_parts: MapParts | None = None,
 ) -> tuple[list[pd.DataFrame], dict, dict, dict]:
-    """Deletion/insertion, average drop/increase and effective grid of every method's map of the top prediction;
-    also the mean curves, the native map shapes (the most common, photos differing in shape) and, per model, the
-    largest |p| difference between the scoring precision and float32 on the original images. Images of one input
-    shape are scored together; a slow method's maps are the first ``config.slow_n`` over all shapes."""
-    scorers = {role: with_precision(loaded.model, config.scoring_precision) for role, loaded in models.items()}
-    frames, deletions, insertions, shapes, precision_gap = [], {}, {}, {}, {}
-    rng = np.random.default_rng(config.seed)
-    budget = {method.key: config.limit(method, len(items)) for method in methods}
-    for indices in by_shape(list(sample.images)).values():
-        x = np.stack([sample.images[i] for i in indices]).astype(np.float32)
-        size = x.shape[1:3]
-        explained = _explain(explainer, x, None, config.batch_size)
-        maps = _maps(explained, explained.cam_classes(), methods, models, x, config, limits=budget)
-        for method in methods:
-            started = time.perf_counter()
-            key, role, count = method.key, method.role, len(maps[method.key])
-            budget[key] -= count
-            if not count:
-                continue
-            loaded, scorer = models[role], scorers[role]
-            classes, probabilities = explained.classes[role][:count], explained.probabilities[role][:count]
-            shapes.setdefault(key, Counter())["x".join(map(str, maps[key].shape[1:3]))] += count
-            full_maps = at_size(maps[key], size)
-            deletion, insertion = [], []
-            for start in range(0, count, config.batch_size):
-                part = slice(start, start + config.batch_size)
-                d, i = perturbation_curves(scorer, x[:count][part], full_maps[part], classes[part], config.steps,
-                                           rng=rng)
-                deletion.append(d)
-                insertion.append(i)
-                log(f"  {method.label}: deletion/insertion {min(start + config.batch_size, count)}/{count} maps of "
-                    f"{size[1]}x{size[0]} ({time.perf_counter() - started:.0f} s)")
-            deletion, insertion = np.concatenate(deletion), np.concatenate(insertion)
-            masked = predict_probabilities(scorer, explanation_images(x[:count], full_maps))
-            drop, increase = drop_and_increase(deletion[:, 0], masked[np.arange(count), classes])
-            frames.append(_scores("test", [items[i] for i in indices[:count]], [loaded.classes[c] for c in classes],
-                                  key, {
-                "deletion_auc": curve_area(deletion), "insertion_auc": curve_area(insertion),
-                "average_drop": drop, "increase": increase, "effective_grid": effective_grid(full_maps),
-                "min_max_ratio": min_max_ratio(maps[key]),
-            }))
-            deletions.setdefault(key, []).append(deletion)
-            insertions.setdefault(key, []).append(insertion)
-            gap = float(np.abs(deletion[:, 0] - probabilities[np.arange(count), classes]).max())
-            precision_gap[loaded.card["name"]] = max(gap, precision_gap.get(loaded.card["name"], 0.0))
-    curves = {key: {"deletion": np.concatenate(deletions[key]).mean(axis=0).tolist(),
-                    "insertion": np.concatenate(insertions[key]).mean(axis=0).tolist()} for key in deletions}
-    native = {key: counts.most_common(1)[0][0] for key, counts in shapes.items()}
+    """``faithfulness_part`` on parts of at most ``config.batch_size`` images of one input shape, part k with the
+    random generator seeded by (seed, k), so that where a part runs changes nothing: one after the other here, or by
+    ``map_parts`` (e.g. on Ray workers, ``cam.batch.RayParts``), which returns the results in the jobs' order.
+    Merged: the per-map frames (method by method), the mean curves, the most common native map shapes and the
+    precision gap per model."""
+    jobs, before = [], 0
+    for indices in by_shape(list(sample.images)).values():  # a part holds images of one input shape
+        for start in range(0, len(indices), config.batch_size):
+            chunk = indices[start : start + config.batch_size]
+            x = np.stack([sample.images[i] for i in chunk]).astype(np.float32)
+            budget = dataclasses.replace(config, slow_n=max(0, config.slow_n - before))
+            jobs.append((x, [items[i] for i in chunk], budget, (config.seed, len(jobs))))
+            before += len(chunk)
+    started = time.perf_counter()
+    if map_parts is None:
+        parts = []
+        for job in jobs:
+            parts.append(faithfulness_part(explainer, models, methods, *job))
+            log(f"  faithfulness: {len(parts)}/{len(jobs)} parts of {config.batch_size} images "
+                f"({time.perf_counter() - started:.0f} s)")
+    else:
+        parts = map_parts(jobs)
+    frames, curves, native, precision_gap = [], {}, {}, {}
+    for method in methods:
+        key = method.key
+        scored = [part for part in parts if key in part["frames"]]
+        frames.append(pd.concat([part["frames"][key] for part in scored]))
+        curves[key] = {kind: np.concatenate([part[kind][key] for part in scored]).mean(axis=0).tolist()
+                       for kind in ("deletion", "insertion")}
+        shapes = Counter()  # photos differ in shape: the most common native map shape
+        for part in scored:
+            shapes[part["native"][key]] += part["frames"][key]["item"].nunique()
+        native[key] = shapes.most_common(1)[0][0]
+    for part in parts:
+        for name, gap in part["gap"].items():
+            precision_gap[name] = max(gap, precision_gap.get(name, 0.0))
     return frames, curves, native, precision_gap
 
 
@@ -395,11 +422,13 @@ def _short_side(config: EvaluationConfig, models: dict[str, LoadedModel]) -> int
 
 
 def evaluate(
-    config: EvaluationConfig, gradcam_model: LoadedModel, cam_model: LoadedModel, command: str, log: Log = print
+    config: EvaluationConfig, gradcam_model: LoadedModel, cam_model: LoadedModel, command: str, log: Log = print,
+    map_parts: MapParts | None = None,
 ) -> dict:
     """Every score of every map of ``config.methods``, summarised: the content of report.json, with the per-map
-    table as ``frame``; ``command`` (the line that reproduces the run) is recorded in ``meta``. Raises DataError,
-    BoxError or ExplanationError for inputs it cannot use."""
+    table as ``frame``; ``command`` (the line that reproduces the run) is recorded in ``meta``. ``map_parts``
+    scores the faithfulness parts elsewhere (``_faithfulness``). Raises DataError, BoxError or ExplanationError for
+    inputs it cannot use."""
     started = time.perf_counter()
     if gradcam_model.input_size != cam_model.input_size:
         raise ExplanationError(
@@ -427,7 +456,8 @@ def evaluate(
         return result
 
     frames, curves, native, precision_gap = timed(
-        "faithfulness and resolution", lambda: _faithfulness(explainer, models, methods, sample, items, config, log)
+        "faithfulness and resolution",
+        lambda: _faithfulness(explainer, models, methods, sample, items, config, log, map_parts),
     )
     n_mosaics = config.mosaics if len(data.classes) >= 4 else 0
     if n_mosaics:

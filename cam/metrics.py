@@ -239,29 +239,28 @@ def _projection(side: int, block: int, kind: str) -> np.ndarray:
 
 
 def lost_structure(maps: np.ndarray, block: int) -> np.ndarray:
-    """Share of each map's variance (B, S, S) that its best (S/block)^2-grid approximation misses:
-    min over shown-as-blocks and shown-bilinearly of ||m - P m||^2 / ||m - mean(m)||^2 (0 for a constant map)."""
+    """Share of each map's variance (B, H, W) that its best (H/block) x (W/block)-grid approximation misses:
+    min over shown-as-blocks and shown-bilinearly of ||m - P_H m P_W^T||^2 / ||m - mean(m)||^2 (0 for a constant
+    map)."""
     values = np.asarray(maps, dtype=np.float32)
     centred = values - values.mean(axis=(1, 2), keepdims=True)
     variance = (centred * centred).sum(axis=(1, 2))
     lost = []
     for kind in ("nearest", "bilinear"):
-        projection = _projection(maps.shape[1], block, kind)
-        lost.append(((centred - projection @ centred @ projection.T) ** 2).sum(axis=(1, 2)))
+        rows, columns = _projection(maps.shape[1], block, kind), _projection(maps.shape[2], block, kind)
+        lost.append(((centred - rows @ centred @ columns.T) ** 2).sum(axis=(1, 2)))
     return np.divide(np.minimum(*lost), variance, out=np.zeros(len(maps)), where=variance > 0)
 
 
 def effective_grid(maps: np.ndarray, tolerance: float = RESOLUTION_TOLERANCE) -> np.ndarray:
-    """Effective resolution of square maps (B, S, S) at the input size, as a grid side S / b: b is the largest block
-    size (a divisor of S, tried in increasing order, stopping at the first failure) whose grid keeps all but
-    ``tolerance`` of the map's variance (``lost_structure``). A bilinearly upsampled 2x2 map gives 2, a constant
-    map 1, a 1-pixel checkerboard S."""
-    side = maps.shape[1]
-    if maps.shape[2] != side:
-        raise ValueError(f"effective_grid needs square maps, got {maps.shape[1:]}")
+    """Effective resolution of maps (B, H, W) at the input size, as the grid's number of cells along the short side
+    S / b: b is the largest block size (a divisor of H and W, tried in increasing order, stopping at the first
+    failure) whose grid keeps all but ``tolerance`` of the map's variance (``lost_structure``). A bilinearly
+    upsampled 2x2 map gives 2, a constant map 1, a 1-pixel checkerboard S."""
+    side = min(maps.shape[1:3])
     grid = np.full(len(maps), side)
     passing = np.ones(len(maps), dtype=bool)
-    for block in (b for b in range(2, side + 1) if side % b == 0):
+    for block in (b for b in range(2, side + 1) if maps.shape[1] % b == 0 and maps.shape[2] % b == 0):
         passing &= lost_structure(maps, block) <= tolerance
         grid = np.where(passing, side // block, grid)
     return grid

@@ -8,14 +8,17 @@ in ``cam.cli``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
+from cam.batch import RayParts, ray_session, worker_threads
 from cam.boxes import BoxError
 from cam.data import DataError
 from cam.evaluation import EvaluationConfig, Log, evaluate
-from cam.methods import ExplanationError
+from cam.methods import GAP_MODEL, GRADCAM_MODEL, ExplanationError
 from cam.models import CheckpointError, LoadedModel, WeightsUnavailable, load_model
 from cam.report_content import DEFAULT_OUT, markdown, matplotlib_figures, plotly_figures
 
@@ -31,13 +34,18 @@ def command_line(config: EvaluationConfig, out: Path) -> str:
 
 def run(
     config: EvaluationConfig, out: Path = DEFAULT_OUT, models: tuple[LoadedModel, LoadedModel] | None = None,
-    log: Log = print,
+    log: Log = print, workers: int = 0, address: str | None = None,
 ) -> int:
     """Evaluate and write the report to ``out``; ``models`` = (Grad-CAM model, GAP model), default vgg16 and
-    nopool_gap. Returns 0, or 2 after printing why the data or the models could not be used."""
+    nopool_gap. ``workers`` > 0: the faithfulness scoring runs on that many Ray actors (``cam.batch.RayParts``), on
+    the cluster at ``address`` or a Ray started here; the numbers are the same. Returns 0, or 2 after printing why
+    the data or the models could not be used."""
     try:
         models = models or (load_model("vgg16"), load_model("nopool_gap"))
-        data = evaluate(config, *models, command_line(config, out), log=log)
+        with ray_session(address, max(workers, os.cpu_count() or 1)) if workers else contextlib.nullcontext():
+            parts = RayParts(dict(zip((GRADCAM_MODEL, GAP_MODEL), models, strict=True)), config.methods, workers,
+                             worker_threads(workers)) if workers else None
+            data = evaluate(config, *models, command_line(config, out), log=log, map_parts=parts)
     except (DataError, BoxError, CheckpointError, WeightsUnavailable, ExplanationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

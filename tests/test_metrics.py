@@ -345,3 +345,13 @@ def test_mosaics_put_four_different_classes_in_the_four_boxes():
     assert np.array_equal(mosaics(images, labels, n=20, seed=0)[1], sources)  # seeded
     with pytest.raises(ValueError, match="at least 4 classes"):
         mosaics(images[:9], labels[:9], n=1)
+
+
+def test_effective_grid_of_a_photo_shaped_map_counts_cells_along_its_short_side() -> None:
+    rng = np.random.default_rng(4)
+    coarse = rng.normal(size=(2, 2, 3))  # Grad-CAM of a 3:2 photo: 2x3 cells
+    assert effective_grid(upsample(coarse, (32, 48))).tolist() == [2, 2]
+    fine = rng.normal(size=(1, 32, 48))
+    assert effective_grid(fine).tolist() == [32]
+    # On a square map it is what it always was.
+    assert effective_grid(upsample(rng.normal(size=(1, 4, 4)), (32, 32))).tolist() == [4]
