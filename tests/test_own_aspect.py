@@ -186,7 +186,7 @@ def test_a_square_only_network_sees_the_middle_square_not_a_squashed_photo(detec
     square = LoadedModel(keras.Model(fixed_input, red_detector()(fixed_input)), card("square", "last_conv"))
     square.card["input_size"] = 64
     view = photo_view((300, 400), square, cam_model)
-    assert view.square and view.box == (0, 50, 300, 300) and view.shapes == {"gradcam": (64, 64), "cam": (64, 64)}
+    assert view.square and view.box == (0, 50, 300, 300) and view.shapes == {"gradcam": (64, 64), "cam": (128, 128)}
     assert "square pictures only" in view.sentence()
 
 
@@ -214,3 +214,15 @@ def test_cards_accuracy_per_size_is_what_evaluate_reproduces(detectors, tmp_path
     # The headline figure is the card's own size at the photo's own aspect, not the squashed one.
     assert stored["test"] == stored["test_by_size"]["128"]
     assert stored["test"]["accuracy"] == 1.0
+
+
+def test_a_strip_is_explained_on_its_middle_and_says_so(detectors) -> None:
+    gradcam, cam_model = detectors
+    strip = np.full((40, 4000, 3), 128, np.uint8)
+    strip[:, 1990:2010] = (255, 0, 0)
+    result = explain_image(strip, Explainer(gradcam.model, "last_conv", cam_model.model), gradcam, cam_model, "red")
+    assert result.view.box == (0, 1960, 40, 80) and result.image.shape == (40, 80, 3)
+    assert result.view.shapes["gradcam"] == (128, 256) and result.explanation.maps["nopool_cam"].shape == (1, 128, 256)
+    assert result.view.sentence() == ("This photo is 4000x40 pixels and it is too long and thin to look at whole: the "
+                                      "networks saw its middle 80x40 part, which the panels show.")
+    assert all(panel.image.shape == (40, 80, 3) for panel in render_panels(result))
