@@ -1,0 +1,160 @@
+"""How well does "not sure" (cam.verdict) separate pictures of other things from photos of our four classes?
+
+    python -m benchmarks.bench_verdict [--data ../shared/data/photos4] [--set photos]
+
+Out-of-class pictures: the sample images that ship inside installed packages (``OUT_OF_CLASS``; scikit-image and
+matplotlib, both needed only here), none of a bird, cat, dog or horse, each taken whole and as five crops (four
+quadrants and the centre half). Their source images are split in two by a seeded draw: one half (with a validation
+part of photos4/train, photos not used for the statistics) chooses the rule and threshold, the other half and
+photos4/test report it. Prints every candidate on the choosing half and the chosen one on the reporting half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from cam.data import list_classes, list_images
+from cam.images import load_image
+from cam.models import MODEL_SETS, load_model
+from cam.verdict import FeatureReader, FeatureStats, fit_stats, training_sample
+
+# (package, file inside it): pictures of things that are not birds, cats, dogs or horses. Left out on purpose:
+# scikit-image's chelsea (a cat), horse (a horse's silhouette) and its tiny test and chessboard files.
+OUT_OF_CLASS = {
+    "skimage": ("data/astronaut.png", "data/brick.png", "data/camera.png", "data/cell.png", "data/clock_motion.png",
+                "data/coffee.png", "data/coins.png", "data/color.png", "data/grass.png", "data/gravel.png",
+                "data/hubble_deep_field.jpg", "data/ihc.png", "data/logo.png", "data/microaneurysms.png",
+                "data/moon.png", "data/motorcycle_left.png", "data/page.png", "data/phantom.png",
+                "data/retina.jpg", "data/rocket.jpg", "data/text.png"),
+    "matplotlib": ("mpl-data/sample_data/grace_hopper.jpg", "mpl-data/sample_data/logo2.png",
+                   "mpl-data/sample_data/Minduka_Present_Blue_Pack.png"),
+    "sklearn": ("datasets/images/china.jpg", "datasets/images/flower.jpg"),
+}
+CANDIDATE_DIMENSIONS = (16, 32, 64, 128, 10_000)  # 10,000: all of them
+CANDIDATE_QUANTILES = (0.95, 0.975, 0.99, 0.995)
+TEST_LIMIT = 0.05  # at most this share of known photos may be called "not sure"
+
+
+def out_of_class_files() -> list[Path]:
+    """The files of OUT_OF_CLASS found in the installed packages (a missing package is skipped, and said)."""
+    files = []
+    for package, names in OUT_OF_CLASS.items():
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            print(f"({package} is not installed: its pictures are left out)")
+            continue
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        files += [folder / name for name in names if (folder / name).is_file()]
+    return files
+
+
+def views(image: np.ndarray) -> list[np.ndarray]:
+    """The whole picture, its four quadrants and its centre half."""
+    h, w = image.shape[:2]
+    quadrants = [image[y : y + h // 2, x : x + w // 2] for y in (0, h // 2) for x in (0, w // 2)]
+    return [image, *quadrants, image[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2]]
+
+
+def far(distances: list[np.ndarray], rule: str) -> np.ndarray:
+    """Which pictures a rule calls 'not sure' from each network's scaled distances (1 = its threshold)."""
+    stacked = np.stack(distances)
+    if rule == "either":
+        return stacked.max(axis=0) > 1
+    if rule == "both":
+        return stacked.min(axis=0) > 1
+    return stacked.mean(axis=0) > 1
+
+
+def stats_bytes(stats: FeatureStats) -> int:
+    return 4 * (stats.mean.size + stats.projection.size + stats.centres.size)
+
+
+def read_all(args: argparse.Namespace, ood_images: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Features and probabilities of every part (fit, held, test, ood) per network, cached in ``args.cache``."""
+    cache = Path(args.cache)
+    if cache.is_file():
+        with np.load(cache) as data:
+            out: dict[str, dict[str, np.ndarray]] = {}
+            for key in data.files:
+                name, part = key.split("/")
+                out.setdefault(name, {})[part] = data[key]
+            return out
+    fit_paths, _, held_paths, _ = training_sample(args.data, args.n, args.held_out)
+    test_paths, _ = list_images(args.data, "test", list_classes(args.data, "test"))
+    out = {}
+    model_set = MODEL_SETS[args.set]
+    for name in (model_set.gradcam, model_set.gap):
+        read = FeatureReader(load_model(name))
+        out[name] = {}
+        for part, paths in (("fit", fit_paths), ("held", held_paths), ("test", test_paths), ("ood", None)):
+            features, probabilities = read(ood_images if paths is None else [load_image(path) for path in paths])
+            out[name][part], out[name][part + "_p"] = features, probabilities
+        print(f"{name}: features read")
+    np.savez(cache, **{f"{name}/{part}": value for name, parts in out.items() for part, value in parts.items()})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos4"))
+    parser.add_argument("--set", default="photos", choices=list(MODEL_SETS))
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--held-out", type=int, default=1000)
+    parser.add_argument("--cache", default="/tmp/bench_verdict_features.npz", help="features kept between runs")
+    args = parser.parse_args()
+
+    files = out_of_class_files()
+    order = np.random.default_rng(0).permutation(len(files))
+    choosing_files = {files[i] for i in order[: len(files) // 2]}
+    print("out-of-class pictures:", ", ".join(f.name for f in files))
+    print("choosing half:", ", ".join(sorted(f.name for f in choosing_files)))
+    ood_images, choosing = [], []
+    for file in files:
+        for view in views(load_image(file)):
+            ood_images.append(view)
+            choosing.append(file in choosing_files)
+    choosing = np.asarray(choosing)
+    _, labels, _, classes = training_sample(args.data, args.n, args.held_out)
+    parts = read_all(args, ood_images)
+    names = list(parts)
+
+    def shares(flags: dict[str, np.ndarray]) -> dict[str, float]:
+        return {"held": flags["held"].mean(), "test": flags["test"].mean(),
+                "ood_choosing": flags["ood"][choosing].mean(), "ood_report": flags["ood"][~choosing].mean()}
+
+    def line(r: dict[str, float]) -> str:
+        return (f"train held-out {r['held']:.1%}, out-of-class choosing {r['ood_choosing']:.1%} "
+                f"| reporting: out-of-class {r['ood_report']:.1%}, photos4/test {r['test']:.1%}")
+
+    print("\nbaseline, probability only: not sure when either network is under 70% or they disagree")
+    base = {part: np.logical_or.reduce([parts[n][part + "_p"].max(axis=1) < 0.7 for n in names])
+            | (parts[names[0]][part + "_p"].argmax(1) != parts[names[1]][part + "_p"].argmax(1))
+            for part in ("held", "test", "ood")}
+    print("  " + line(shares(base)))
+
+    print("\ncandidates (choose on train held-out and out-of-class choosing):")
+    results = []
+    for dimensions in CANDIDATE_DIMENSIONS:
+        for quantile in CANDIDATE_QUANTILES:
+            stats = {n: fit_stats(parts[n]["fit"], labels, classes, parts[n]["held"], dimensions, quantile)
+                     for n in names}
+            scaled = {part: [stats[n].distances(parts[n][part]) for n in names] for part in ("held", "test", "ood")}
+            for rule in ("either", "mean", "both"):
+                r = shares({part: far(scaled[part], rule) for part in scaled})
+                r["bytes"] = sum(stats_bytes(s) for s in stats.values())
+                results.append(((dimensions, quantile, rule), r))
+                print(f"  D={dimensions:>5} q={quantile:.3f} {rule:>6} {r['bytes'] / 1e3:5.0f} KB: {line(r)}")
+    allowed = [(key, r) for key, r in results if r["held"] <= TEST_LIMIT - 0.01]
+    key, r = max(allowed, key=lambda item: (item[1]["ood_choosing"], -item[1]["held"], -item[1]["bytes"]))
+    print(f"\nchosen: D={key[0]}, quantile {key[1]}, rule '{key[2]}'")
+    print(f"reported: out-of-class (other half, {int((~choosing).sum())} views of {len(files) - len(choosing_files)} "
+          f"pictures) called 'not sure' {r['ood_report']:.1%}; photos4/test ({len(parts[names[0]]['test'])}) "
+          f"called 'not sure' {r['test']:.1%}")
+
+
+if __name__ == "__main__":
+    main()
