@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # only for annotations: importing them at run time would load
     from cam.models import LoadedModel
     from cam.pipeline import Panel
     from cam.registry import Method
+    from cam.verdict import Judge
 
 PROG = "python -m cam"
 # cam.models.ARCHITECTURES, spelled out so that building the parser needs no TensorFlow (a test keeps them equal).
@@ -39,6 +40,7 @@ def explain(args: argparse.Namespace) -> int:
     from cam.methods import Explainer
     from cam.models import load_model
     from cam.registry import selected
+    from cam.verdict import Judge
 
     methods = selected(args.methods)
     check_unique_stems(args.images)
@@ -48,8 +50,10 @@ def explain(args: argparse.Namespace) -> int:
         print(f"warning: {note}", file=sys.stderr)  # once, even when both models are the same stand-in
     # Built once: it compiles one graph per model that every image then reuses.
     explainer = Explainer(gradcam.model, args.layer or gradcam.card["gradcam_layer"], cam_model.model)
+    judge = Judge([gradcam, cam_model])
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    failed = sum(not explain_one(Path(image), explainer, gradcam, cam_model, methods, args) for image in args.images)
+    failed = sum(not explain_one(Path(image), explainer, gradcam, cam_model, methods, args, judge)
+                 for image in args.images)
     if failed:
         print(f"{failed} of {len(args.images)} images could not be read", file=sys.stderr)
     return 1 if failed else 0
@@ -57,9 +61,10 @@ def explain(args: argparse.Namespace) -> int:
 
 def explain_one(
     path: Path, explainer: Explainer, gradcam: LoadedModel, cam_model: LoadedModel, methods: list[Method],
-    args: argparse.Namespace,
+    args: argparse.Namespace, judge: Judge | None = None,
 ) -> bool:
-    """Explain, print and save one image; False (and a message on stderr) when it cannot be read."""
+    """Explain, print and save one image (with ``judge``, its verdict first); False (and a message on stderr) when
+    it cannot be read."""
     from cam.images import ImageError, load_image
     from cam.methods import GAP_MODEL, GRADCAM_MODEL
     from cam.pipeline import explain_image, render_panels
@@ -71,6 +76,8 @@ def explain_one(
         return False
     result = explain_image(image, explainer, gradcam, cam_model, args.class_name, methods)
     print(f"{path} ({image.shape[1]}x{image.shape[0]})")
+    if judge is not None:
+        print(f"  verdict: {judge(result).sentence.replace('**', '')}")
     for role, loaded in ((GRADCAM_MODEL, gradcam), (GAP_MODEL, cam_model)):
         top = ", ".join(f"{name} {p:.3f}" for name, p in result.top_predictions(role, TOP_K))
         print(f"  {loaded.card['name']} top {TOP_K}: {top}")
@@ -176,8 +183,9 @@ def evaluate(args: argparse.Namespace) -> int:
     print(f"{loaded.card['name']} on {root / args.split}:")
     print(format_report(report, loaded.classes))
     if args.update_card:
-        card = update_card(path, "metrics", {**loaded.card["metrics"], args.split: report})
-        print(f"updated metrics.{args.split} in {card}")
+        key = args.card_key or args.split
+        card = update_card(path, "metrics", {**loaded.card["metrics"], key: report})
+        print(f"updated metrics.{key} in {card}")
     return 0
 
 
@@ -239,6 +247,23 @@ def models_of(args: argparse.Namespace) -> tuple[str, str]:
 
     model_set = MODEL_SETS[args.set] if args.set else default_set()
     return args.model or model_set.gradcam, args.cam_model or model_set.gap
+
+
+def verdict(args: argparse.Namespace) -> int:
+    """``verdict fit``: the feature statistics of both models of the pair, written next to their checkpoints."""
+    from cam.data import data_root
+    from cam.models import load_model
+    from cam.verdict import fit_model, stats_path
+
+    for name in models_of(args):
+        loaded = load_model(name)
+        if not loaded.trained:
+            raise ValueError(f"{name} has no checkpoint here; train it first")
+        stats = fit_model(loaded, data_root(args.data), args.n, args.held_out, args.seed)
+        path = stats.save(stats_path(loaded.card["name"]))
+        print(f"{name}: statistics of {args.n} training photos, threshold {stats.threshold:.1f} "
+              f"({stats.projection.shape[1]} directions), wrote {path} ({path.stat().st_size / 1e3:.0f} KB)")
+    return 0
 
 
 REPORT_OPTIONS = ("boxes", "n", "mosaics", "seed", "sanity_n", "steps", "batch_size", "precision", "slow_n")
@@ -320,6 +345,23 @@ def _add_model_choice(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", help="Grad-CAM model instead of the set's: a registry name or PATH.keras")
     parser.add_argument("--cam-model", help="CAM model (needs a GAP head) instead of the set's: a name or PATH.keras")
+
+
+def _add_verdict(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "verdict",
+        help="fit the statistics behind the 'not sure' verdict (run again after retraining a pair)",
+        description="fit: each model's pooled features on a seeded sample of DATA/train, per class, with a threshold "
+        "from other training photos; written to checkpoints/<model>.ood.npz, read by the dashboard and explain.",
+    )
+    parser.add_argument("action", choices=("fit",))
+    _add_model_choice(parser)
+    parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
+    parser.add_argument("--n", type=_positive(int), default=2000, help="training photos to fit on (default 2000)")
+    parser.add_argument("--held-out", type=_positive(int), default=1000,
+                        help="other training photos that set the threshold (default 1000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=verdict)
 
 
 def _add_report(commands: argparse._SubParsersAction) -> None:
@@ -420,6 +462,8 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
     parser.add_argument("--split", default="test", help="sub-folder of DIR to evaluate on (default: test)")
     parser.add_argument("--update-card", action="store_true", help="store the result as metrics.SPLIT in the card")
+    parser.add_argument("--card-key", metavar="KEY",
+                        help="store it as metrics.KEY instead (e.g. photos4_test for a CIFAR model on photos)")
     parser.set_defaults(run=evaluate)
 
 
@@ -445,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the models and whether each is available here").set_defaults(run=models)
     commands.add_parser("methods", help="list the saliency methods (keys for --methods)").set_defaults(run=methods)
     _add_report(commands)
+    _add_verdict(commands)
     return parser
 
 
