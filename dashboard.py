@@ -35,9 +35,19 @@ from cam.device import describe_device
 from cam.examples import EXAMPLES
 from cam.images import ImageError, load_image, resize
 from cam.methods import GRADCAM_MODEL, Explainer, Explanation, feature_layers
-from cam.models import MODEL_SETS, REGISTRY, LoadedModel, default_set, problem_in_words
-from cam.pipeline import ImageResult, Panel, explain_image, model_name, render_panels, side_by_side
+from cam.models import MODEL_SETS, REGISTRY, LoadedModel, accuracy_on_photos, default_set, problem_in_words
+from cam.pipeline import (
+    ImageResult,
+    Panel,
+    add_fallback,
+    explain_image,
+    model_name,
+    render_panels,
+    side_by_side,
+    with_fallback,
+)
 from cam.registry import METHODS, STUDY, selected
+from cam.verdict import Judge, Verdict
 
 log = get_logger(__name__)
 IMAGENET_MODEL = "vgg16_imagenet"  # offered as the Grad-CAM model of every set (downloaded on first use)
@@ -51,8 +61,14 @@ PANEL_WIDTH = 260  # pixels a panel gets at 1280x720 with the sidebar open; sets
 PANEL_HEIGHT = (160, 300)  # smallest and largest panel height: the results fit a 720-pixel-high screen
 TITLE_HEIGHT = 24
 PANELS_PER_ROW = 3
-MAX_EXTRA_METHODS = 3  # at most six panels: two rows of three stay readable
-FALLBACK = "layer_cam"  # offered when Grad-CAM's map is empty
+# Every method may be added ("Select all" must select all): at most nine panels, three rows of three, each as wide
+# as one of the first three.
+MAX_EXTRA_METHODS = len(METHODS) - len(STUDY)
+FALLBACK = "layer_cam"  # shown in Grad-CAM's place when Grad-CAM's map is empty
+STARTING = ("Starting up: loading the two networks and preparing their first look at a photo. This happens once "
+            "after the server starts and takes about 20 to 50 seconds; later photos take a second or two.")
+VERDICT_ICONS = {"agree": ":material/check_circle:", "disagree": ":material/compare_arrows:",
+                 "not sure": ":material/help:"}
 PAGE_STYLE = (
     "<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:3rem}"  # results above the fold
     # Half a second into a rerun Streamlit fades the whole page out over a second; drawing those frames took 40% of a
@@ -150,7 +166,24 @@ def explanation_of(
     gradcam = serve(gradcam_name).loaded if gradcam_name else None
     cam = serve(cam_name).loaded if cam_name else None
     with locks(gradcam_name, cam_name):
-        return explain_image(_image, explainer, gradcam, cam, class_name, selected(methods)).explanation
+        result = explain_image(_image, explainer, gradcam, cam, class_name, selected(methods))
+        if FALLBACK not in methods:
+            add_fallback(result, FALLBACK, layer)
+        return result.explanation
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def judge_for(gradcam_name: str | None, cam_name: str | None) -> Judge:
+    """The verdict's reader of both models' features and their statistics (cam.verdict), shared by all sessions."""
+    return Judge([serve(name).loaded for name in (gradcam_name, cam_name) if name])
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def verdict_on(key: str, gradcam_name: str | None, cam_name: str | None, _result: ImageResult) -> Verdict:
+    """The verdict on the image ``key`` by the two models (one pass of each through its convolutions)."""
+    judge = judge_for(gradcam_name, cam_name)
+    with locks(gradcam_name, cam_name):
+        return judge(_result)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -166,12 +199,16 @@ def gallery_choice(name: str) -> Choice:
 
 
 def use_upload() -> None:
-    """The file uploader's callback: a newly uploaded file becomes the image; removing it keeps the results."""
+    """The file uploader's callback: a newly uploaded file becomes the image, explained for its top prediction;
+    removing it goes back to the picture the gallery shows."""
     upload = st.session_state["upload"]
     if upload is not None:
         data = upload.getvalue()
         choose(Choice(data, f"Uploaded photo “{upload.name}”", Path(upload.name).stem,
                       "upload:" + hashlib.sha256(data).hexdigest()))
+        st.session_state["class"] = TOP
+    else:
+        pick_from_gallery(gallery.collections())
 
 
 def pick_from_gallery(found: dict[str, gallery.Collection], shuffle: bool = False) -> None:
@@ -186,6 +223,7 @@ def pick_from_gallery(found: dict[str, gallery.Collection], shuffle: bool = Fals
     if shuffle:
         picture = st.session_state[f"picture:{collection.name}:{folder}"] = random.choice(pictures)
     choose(gallery_choice(gallery.reference(collection.name, folder, picture)))
+    st.session_state["class"] = TOP  # a new photo: its own top prediction, not the last photo's class
 
 
 def show_picture_in_gallery(name: str) -> None:
@@ -222,6 +260,10 @@ def picture_picker() -> None:
         )
     else:
         st.caption("This folder has no pictures.")
+    shown = st.session_state.get("image")
+    if shown is not None and shown.reference is None:  # the picture box above is not what the page shows
+        st.caption(f":material/upload: Shown now: {shown.label[0].lower()}{shown.label[1:]}. Remove it below to go "
+                   "back to the picture above.")
     if not collection.built_in and pictures:
         st.button("Random picture", icon=":material/casino:", on_click=pick_from_gallery, args=(found, True))
     st.file_uploader(
@@ -242,6 +284,10 @@ def apply_link() -> list[str]:
         if value is not None:
             state[key] = value
     state["extra_methods"], state["raw"] = list(view.methods), view.raw
+    if view.uploaded:
+        problems.append("This link was made while its sender looked at a photo of their own, which a link cannot "
+                        "carry, so an example is shown; ask them for the comparison as a web page (“Download this "
+                        "comparison as a web page” under the pictures).")
     picture = view.image or FIRST_PICTURE
     try:
         choose(gallery_choice(picture))
@@ -251,6 +297,9 @@ def apply_link() -> list[str]:
         picture = FIRST_PICTURE
         choose(gallery_choice(picture))
     show_picture_in_gallery(picture)
+    if view.zoom is not None and view.image == picture:
+        x0, x1, y0, y1 = view.zoom
+        state.setdefault("zoom", {})[picture] = {"x": [x0, x1], "y": [y0, y1]}
     return problems
 
 
@@ -395,7 +444,7 @@ def panel_texts(panels: list[Panel], result: ImageResult, colormap: str) -> list
 
 
 def prepared_files(signature: tuple, panels: list[Panel], result: ImageResult, choice: Choice,
-                   colormap: str) -> dict[str, bytes]:
+                   colormap: str, verdict: Verdict | None = None) -> dict[str, bytes]:
     """Every download's bytes, made now (a download clicked during a rerun must find its file) and kept in the
     session until the view changes."""
     kept = st.session_state.get("downloads")
@@ -406,7 +455,7 @@ def prepared_files(signature: tuple, panels: list[Panel], result: ImageResult, c
     predictions = {model_name(result.model(role)): result.top_predictions(role, 5) for role in result.roles}
     page = share.comparison_page(choice.label, result.image, panels, predictions,
                                  [(method.label, method.summary) for method in result.methods],
-                                 render.colour_bar(colormap, 512, 16))
+                                 render.colour_bar(colormap, 512, 16), verdict.sentence if verdict else "")
     files["page"] = page.encode("utf-8")
     st.session_state["downloads"] = (signature, files)
     return files
@@ -433,7 +482,7 @@ def downloads(files: dict[str, bytes], panels: list[Panel], slots: list[DeltaGen
     )
 
 
-def details(result: ImageResult, scale: float, timings: dict[str, float]) -> None:
+def details(result: ImageResult, scale: float, timings: dict[str, float], verdict: Verdict | None = None) -> None:
     """Secondary content: how to read the methods, the networks' answers and the technical details."""
     st.markdown("**What the networks think it is**")
     for column, role in zip(st.columns(2), result.roles, strict=False):
@@ -463,6 +512,8 @@ def details(result: ImageResult, scale: float, timings: dict[str, float]) -> Non
             lines.append(f"- The page shows a {round(width / scale)}x{round(height / scale)} copy of this "
                          f"{width}x{height} image; the downloads are full resolution.")
         lines.append(f"- Computing on {describe_device()}")
+        if verdict is not None:
+            lines.append(f"- The verdict: {verdict.detail}")
         st.markdown("\n".join(lines))
 
 
@@ -472,6 +523,28 @@ def layer_of(result: ImageResult) -> str | None:
 
 def native_shape(result: ImageResult, key: str) -> str:
     return "x".join(str(n) for n in result.explanation.maps[key][0].shape)
+
+
+def zoom_in_link(zoom: dict | None) -> tuple[float, float, float, float] | None:
+    """The zoom as a link carries it (x0, x1, y0, y1), or None."""
+    return None if not zoom else (*zoom["x"], *zoom["y"])
+
+
+@st.cache_data(show_spinner=False)
+def pair_caption(name: str) -> str:
+    """What a network pair is, in words, with its accuracy on our test photos, under its name in the sidebar."""
+    shares = accuracy_on_photos(MODEL_SETS[name])
+    right = f"right on our test photos: {shares}" if shares else ""
+    if name == "cifar":  # good on its thumbnails, not on photos: its Grad-CAM map is 2x2 cells
+        return ("Trained on 32-pixel thumbnails: less accurate on photos" + (f" ({right})" if right else "")
+                + ", and its Grad-CAM map has only 2x2 cells.")
+    return right.capitalize() + "." if right else ""
+
+
+@st.cache_resource(show_spinner=False)
+def warmed() -> set[tuple]:
+    """The (Grad-CAM model, layer, CAM model) triples that have shown panels in this server process."""
+    return set()
 
 
 # ------------------------------------------------------------------------------------------------ page
@@ -491,6 +564,9 @@ def main() -> None:
     st.set_page_config(page_title="Where does the network look?", page_icon=":material/search:", layout="wide")
     st.markdown(PAGE_STYLE, unsafe_allow_html=True)
     navigation.links()
+    loading = st.empty()
+    if not warmed():
+        loading.info(STARTING, icon=":material/hourglass_top:")
     problems = apply_link() if "image" not in st.session_state else []
 
     with st.sidebar:
@@ -514,7 +590,7 @@ def main() -> None:
         st.session_state.setdefault("model_set", default_set().name)
         set_name = st.radio(
             "Network pair", list(MODEL_SETS), key="model_set",
-            format_func=lambda name: MODEL_SETS[name].title,
+            format_func=lambda name: MODEL_SETS[name].title, captions=[pair_caption(name) for name in MODEL_SETS],
             help="Photos: networks that see 128x128 pixels. CIFAR: networks that see 32x32 thumbnails.",
         )
         model_set = MODEL_SETS[set_name]
@@ -595,11 +671,12 @@ def main() -> None:
         return
 
     begun = time.perf_counter()
-    panels = render_panels(result, colormap, opacity, raw)
+    panels = with_fallback(render_panels(result, colormap, opacity, raw), result, FALLBACK, colormap, opacity, raw)
     zoom = st.session_state.get("zoom", {}).get(choice.key)
     fig, scale = figure(panels, choice.key, zoom)
     timings["panels"] = (time.perf_counter() - begun) * 1000
     st.markdown(f"**{choice.label}**")
+    verdict_slot = st.empty()  # filled once the panels are on their way: the verdict reads the networks again
     begun = time.perf_counter()
     st.plotly_chart(fig, key="panels", config={"displaylogo": False, "displayModeBar": False}, selection_mode="box",
                     on_select=functools.partial(keep_zoom, choice.key))
@@ -607,13 +684,21 @@ def main() -> None:
         st.button("Zoom out", icon=":material/zoom_out:", on_click=zoom_out, args=(choice.key,), key="zoom_out")
     timings["figure sent"] = (time.perf_counter() - begun) * 1000
     slots = panel_texts(panels, result, colormap)
+    loading.empty()
+    warmed().add((gradcam_name, layer, cam_name))
+    begun = time.perf_counter()
+    verdict = verdict_on(choice.key, gradcam_name, cam_name, result)
+    verdict_slot.markdown(f"{VERDICT_ICONS[verdict.kind]} {verdict.sentence}")
+    timings["verdict"] = (time.perf_counter() - begun) * 1000
 
     view = share.View(set_name, None if wanted == TOP else wanted, tuple(extra),
                       colormap if colormap != render.COLORMAPS[0] else None,
-                      opacity if opacity != DEFAULT_OPACITY else None, raw, choice.reference)
+                      opacity if opacity != DEFAULT_OPACITY else None, raw, choice.reference,
+                      zoom_in_link(zoom), choice.reference is None)
     write_link(view)
     begun = time.perf_counter()
-    files = prepared_files((choice.key, view, gradcam_name, cam_name, layer), panels, result, choice, colormap)
+    files = prepared_files((choice.key, view, gradcam_name, cam_name, layer), panels, result, choice, colormap,
+                           verdict)
     timings["downloads"] = (time.perf_counter() - begun) * 1000
     downloads(files, panels, slots, choice, image.shape[:2])
     if choice.reference is None:
@@ -621,7 +706,7 @@ def main() -> None:
                    "to share this result, download it as a web page.")
     else:
         st.caption(":material/link: Copy this page's address to share this view.")
-    details(result, scale, timings)
+    details(result, scale, timings, verdict)
     timings["script"] = (time.perf_counter() - started) * 1000
     log.info("view of %s: %s", choice.key[:24], ", ".join(f"{step} {ms:.0f} ms" for step, ms in timings.items()))
 

@@ -28,6 +28,8 @@ from streamlit.testing.v1 import AppTest
 import cam.models
 import cam.pipeline
 from cam.models import REGISTRY, WeightsUnavailable
+from cam.registry import METHODS, STUDY
+from cam.verdict import FeatureStats, stats_path
 
 pytestmark = pytest.mark.slow
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
@@ -35,6 +37,7 @@ TIMEOUT = 300  # seconds per run: the first one builds and compiles VGG16 on a b
 # An absolute path: a slash that starts a word and is followed by at least one folder (URLs match too).
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*")
 CHELSEA = "451x300"  # the built-in example's size
+EXTRA = [key for key in METHODS if key not in STUDY]
 
 
 def _offline() -> cam.models.LoadedModel:
@@ -144,11 +147,11 @@ def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypat
     assert_panels(at, "120x90")
     assert captions(at) == shown
     assert len(calls) == 5, "changing the look must re-render the cached maps, not recompute them"
-    assert dict(at.query_params) == {"set": "cifar", "colours": "cividis", "opacity": "0.8", "raw": "1"}
+    assert dict(at.query_params) == {"set": "cifar", "colours": "cividis", "opacity": "0.8", "raw": "1", "upload": "1"}
 
-    at.multiselect(key="extra_methods").set_value(["layer_cam", "hires_cam", "layer_cam_fused"]).run()
+    at.multiselect(key="extra_methods").set_value(EXTRA).run()  # what "Select all" does: every method
     assert not at.exception and not at.error
-    assert_panels(at, "120x90", count=6)
+    assert_panels(at, "120x90", count=9)
     assert "`block3_conv3_bn`" in texts(at.markdown)  # the technical details name the layers the fused one reads
     at.multiselect(key="extra_methods").set_value([]).run()
 
@@ -211,6 +214,7 @@ def test_empty_map_and_a_disagreement_with_its_button(setup: Path) -> None:
                           " This happens on some photos; compare the other panels or try another class.") == 1
     assert "NoPool-GAP CAM found no part" not in said
     assert "NoPool-GAP thinks this is horse (100%); this map shows its evidence for *cat*." in said
+    assert ":material/compare_arrows: The networks disagree: VGG16 says cat, NoPool-GAP says horse." in said
     assert captions(at)[2].startswith("NoPool-GAP CAM on NoPool-GAP: cat, 0%")
     figure = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert [note["text"] for note in figure["layout"]["annotations"]].count("Nothing found for this class") == 2
@@ -263,11 +267,11 @@ def test_links_carry_the_view_and_reach_only_the_gallery(setup: Path, monkeypatc
 
     at.selectbox(key="picture:pets:test/dog").set_value("0002.png").run()
     at.selectbox(key="class").set_value("horse").run()
-    at.selectbox(key="colormap").set_value("viridis").run()
+    at.selectbox(key="colormap").set_value("jet").run()
     at.slider(key="opacity").set_value(0.3).run()
     at.multiselect(key="extra_methods").set_value(["layer_cam"]).run()
     link = dict(at.query_params)
-    assert link == {"set": "cifar", "class": "horse", "methods": "layer_cam", "colours": "viridis", "opacity": "0.3",
+    assert link == {"set": "cifar", "class": "horse", "methods": "layer_cam", "colours": "jet", "opacity": "0.3",
                     "image": "pets/test/dog/0002.png"}
     shown = captions(at)
 
@@ -276,7 +280,7 @@ def test_links_carry_the_view_and_reach_only_the_gallery(setup: Path, monkeypatc
     again.run()
     assert not again.exception and not again.error and not again.info
     assert captions(again) == shown and dict(again.query_params) == link
-    assert again.slider(key="opacity").value == 0.3 and again.selectbox(key="colormap").value == "viridis"
+    assert again.slider(key="opacity").value == 0.3 and again.selectbox(key="colormap").value == "jet"
     assert again.selectbox(key="picture:pets:test/dog").value == "0002.png"
 
     for name in ("../../etc/passwd", "/etc/passwd", "pets/test/../../outside/test/cat/0000.png",
@@ -321,3 +325,82 @@ def test_each_network_fails_alone(setup: Path) -> None:
     assert_panels(at, CHELSEA, count=2)
     assert [c.split(" on ")[0] for c in captions(at)] == ["Grad-CAM", "Guided Grad-CAM"]
     assert_no_paths(at, setup)
+
+
+def test_the_verdict_agrees_or_is_not_sure(setup: Path) -> None:
+    checkpoints = setup / "checkpoints"
+    trained("vgg16", checkpoints, {"cat": 3.0}, zero_kernel=True)  # cat, 87%, whatever the photo
+    trained("nopool_gap", checkpoints, {"cat": 2.0}, zero_kernel=True)  # cat, 71%
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    said = texts(at.markdown)
+    assert ":material/check_circle: Both networks say **cat** (VGG16 87%, NoPool-GAP 71%)." in said
+    assert "probability rule" in said  # no statistics here: the technical details say which rule decided
+
+    # Statistics by which every photo is far from the training photos (a threshold of almost 0): "not sure".
+    for name, width in (("vgg16", 512), ("nopool_gap", 256)):
+        FeatureStats(np.zeros(width), np.eye(width), np.zeros((4, width)), 1e-9,
+                     ("bird", "cat", "dog", "horse")).save(stats_path(name))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    said = texts(at.markdown)
+    assert (":material/help: **Not sure**: neither network is confident; they know only birds, cats, dogs and "
+            "horses.") in said
+    assert "distance to the training photos" in said and "probability rule" not in said
+
+
+def test_state_follows_the_visitor(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explain = cam.pipeline.explain_image
+
+    def no_grad_cam(*args, **kwargs) -> cam.pipeline.ImageResult:  # Grad-CAM's map (and so Guided's) all zero
+        result = explain(*args, **kwargs)
+        for key in ("grad_cam", "guided_grad_cam"):
+            result.explanation.maps[key] = np.zeros_like(result.explanation.maps[key])
+        return result
+
+    monkeypatch.setattr(cam.pipeline, "explain_image", no_grad_cam)
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    # The empty Grad-CAM panel is replaced, in its place, by Layer-CAM on the same layer, labelled as such.
+    assert captions(at)[0].startswith("Layer-CAM on VGG16: ") and len(captions(at)) == 3
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [note["text"] for note in figure["layout"]["annotations"]][:2] == [
+        "Layer-CAM (Grad-CAM found nothing)", "Guided Grad-CAM"]
+    said = texts(at.markdown)
+    assert "Grad-CAM's map is empty for this photo" in said and "This map is empty because Grad-CAM's is" in said
+    assert not [button for button in at.button if button.key == "add:fallback"]
+
+    # A chosen class does not stick to the next photo; the picture box says an upload is shown.
+    at.selectbox(key="class").set_value("horse").run()
+    at.file_uploader(key="upload").set_value(("horse.png", encoded(60, 40, "PNG"), "image/png")).run()
+    assert not at.exception and at.selectbox(key="class").value == "Top prediction"
+    assert "Shown now: uploaded photo “horse.png”" in texts(at.sidebar.caption)
+    link = dict(at.query_params)
+    assert link["upload"] == "1" and "image" not in link
+
+    # Removing the upload goes back to the picture the gallery shows.
+    at.file_uploader(key="upload").set_value(None).run()
+    assert not at.exception
+    assert "**Chelsea the cat (built-in example)**" in texts(at.markdown) and not texts(at.sidebar.caption).count(
+        "Shown now")
+    assert_panels(at, CHELSEA)
+
+    # Whoever opens the upload's link is told, in one sentence, why they see an example and how to get the photo.
+    sent = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
+    sent.query_params.update(link)
+    sent.run()
+    assert not sent.exception and not sent.error
+    assert ("This link was made while its sender looked at a photo of their own, which a link cannot carry, so an "
+            "example is shown; ask them for the comparison as a web page") in texts(sent.info)
+
+    # The zoom travels in the link and is restored from it.
+    at.session_state["zoom"] = {"examples/chelsea_cat.jpg": {"x": [10.0, 200.0], "y": [150.0, 20.0]}}
+    at.run()
+    assert at.query_params["zoom"] == "10,200,150,20"
+    zoomed = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
+    zoomed.query_params.update(dict(at.query_params))
+    zoomed.run()
+    layout = json.loads(zoomed.get("plotly_chart")[0].proto.spec)["layout"]
+    assert layout["xaxis"]["range"] == [10, 200] and layout["yaxis"]["range"] == [150, 20]
