@@ -22,17 +22,22 @@ if not reports:
     st.stop()
 
 st.title("Which map can I trust for what?")
+st.caption("From measurements of these networks on their test images; they hold for these networks, not for every "
+           "network. Each tab is one pair of networks.")
 tabs = st.tabs([report.report_title(data) for _, data in reports]) if len(reports) > 1 else [st.container()]
 for tab, (folder, data) in zip(tabs, reports, strict=True):
     with tab:
         st.markdown("\n".join(f"- {sentence}" for sentence in report.plain_summary(data)))
-        st.caption("From the measurements below; they hold for these models and images, not for every network.")
-        # The report's own text says how it was produced (command, date, time, N, models, whether trained).
-        st.markdown(report.markdown(data, images=False))
-        for name, figure in report.plotly_figures(data).items():
-            st.plotly_chart(figure, key=f"{folder.name}-{name}")
-        scores = folder / "scores.csv"
-        if scores.is_file():
-            st.download_button(
-                "Per-map scores (scores.csv)", scores.read_bytes(), "scores.csv", "text/csv", key=f"{folder.name}-csv"
-            )
+        with st.expander("The full report: how it was measured, tables and figures"):
+            # The report's own text says how it was produced (command, date, time, N, models, whether trained).
+            st.markdown(report.markdown(data, images=False))
+            for name, figure in report.plotly_figures(data).items():
+                st.plotly_chart(figure, key=f"{folder.name}-{name}")
+            scores = folder / "scores.csv"
+            if scores.is_file():
+                st.download_button("Per-map scores (scores.csv)", scores.read_bytes(), "scores.csv", "text/csv",
+                                   key=f"{folder.name}-csv")
+differences = report.why_reports_differ([data for _, data in reports])
+if differences:
+    st.markdown("**Why the tabs differ**")
+    st.markdown("\n".join(f"- {sentence}" for sentence in differences))
