@@ -36,7 +36,7 @@ DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
 TIMEOUT = 300  # seconds per run: the first one builds and compiles VGG16 on a busy CPU
 # An absolute path: a slash that starts a word and is followed by at least one folder (URLs match too).
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*")
-CHELSEA = "451x300"  # the built-in example's size
+FIRST = "400x328"  # the size of the first visit's example, the drawing of a horse
 EXTRA = [key for key in METHODS if key not in STUDY]
 
 
@@ -117,10 +117,10 @@ def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypat
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error
     # A first visit shows the worked example at once, and its link.
-    assert "**Chelsea the cat (built-in example)**" in texts(at.markdown)
-    assert_panels(at, CHELSEA)
+    assert "**A drawing of a horse (built-in example)**" in texts(at.markdown)
+    assert_panels(at, FIRST)
     assert captions(at)[0].startswith("Grad-CAM on VGG16: ") and captions(at)[2].startswith("NoPool-GAP CAM on NoPool")
-    assert dict(at.query_params) == {"set": "cifar", "image": "examples/chelsea_cat.jpg"}
+    assert dict(at.query_params) == {"set": "cifar", "image": "examples/horse_drawing.png"}
     assert "untrained (random weights)" in texts(at.warning) and "python -m cam train vgg16" in texts(at.warning)
     assert "is not offered here: its weights could not be downloaded" in texts(at.sidebar.caption)
     assert "viridis" in at.selectbox(key="colormap").options and "cividis" in at.selectbox(key="colormap").options
@@ -169,11 +169,11 @@ def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypat
     assert not at.exception and not at.get("plotly_chart")
     assert_no_paths(at, setup)
 
-    at.selectbox(key="picture:examples:").set_value("horse_drawing.png").run()
+    at.selectbox(key="picture:examples:").set_value("chelsea_cat.jpg").run()
     assert not at.exception and not at.error
-    assert "**A drawing of a horse (built-in example)**" in texts(at.markdown)
-    assert_panels(at, "400x328")
-    assert at.query_params["image"] == "examples/horse_drawing.png"
+    assert "**Chelsea the cat (built-in example)**" in texts(at.markdown)
+    assert_panels(at, "451x300")
+    assert at.query_params["image"] == "examples/chelsea_cat.jpg"
 
 
 def trained(name: str, folder: Path, bias: dict[str, float], zero_kernel: bool) -> None:
@@ -293,8 +293,8 @@ def test_links_carry_the_view_and_reach_only_the_gallery(setup: Path, monkeypatc
         said = texts(visit.info)
         assert "The link's picture is not in this page's gallery; the example is shown." in said, name
         assert "colours this page does not have" in said and "opacity is not between 0 and 1" in said
-        assert "**Chelsea the cat (built-in example)**" in texts(visit.markdown), name
-        assert visit.query_params["image"] == "examples/chelsea_cat.jpg"
+        assert "**A drawing of a horse (built-in example)**" in texts(visit.markdown), name
+        assert visit.query_params["image"] == "examples/horse_drawing.png"
         assert_no_paths(visit, setup)
 
 
@@ -309,7 +309,7 @@ def test_each_network_fails_alone(setup: Path) -> None:
     assert texts(at.error) == ("VGG16 (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its saved "
                                "file is missing, damaged or does not match its description.")
     assert "NoPool-GAP (ours, CIFAR, 32 px)**: trained, right on 50% of its test images." in texts(at.sidebar.caption)
-    assert_panels(at, CHELSEA, count=1)
+    assert_panels(at, FIRST, count=1)
     assert captions(at)[0].startswith("NoPool-GAP CAM on NoPool-GAP: ")
     assert not at.warning  # the only network loaded is trained
     assert_no_paths(at, setup)
@@ -322,7 +322,7 @@ def test_each_network_fails_alone(setup: Path) -> None:
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception
     assert "NoPool-GAP (ours, CIFAR, 32 px) could not be loaded, so its maps are missing" in texts(at.error)
-    assert_panels(at, CHELSEA, count=2)
+    assert_panels(at, FIRST, count=2)
     assert [c.split(" on ")[0] for c in captions(at)] == ["Grad-CAM", "Guided Grad-CAM"]
     assert_no_paths(at, setup)
 
@@ -383,9 +383,9 @@ def test_state_follows_the_visitor(setup: Path, monkeypatch: pytest.MonkeyPatch)
     # Removing the upload goes back to the picture the gallery shows.
     at.file_uploader(key="upload").set_value(None).run()
     assert not at.exception
-    assert "**Chelsea the cat (built-in example)**" in texts(at.markdown) and not texts(at.sidebar.caption).count(
+    assert "**A drawing of a horse (built-in example)**" in texts(at.markdown) and not texts(at.sidebar.caption).count(
         "Shown now")
-    assert_panels(at, CHELSEA)
+    assert_panels(at, FIRST)
 
     # Whoever opens the upload's link is told, in one sentence, why they see an example and how to get the photo.
     sent = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
@@ -396,7 +396,7 @@ def test_state_follows_the_visitor(setup: Path, monkeypatch: pytest.MonkeyPatch)
             "example is shown; ask them for the comparison as a web page") in texts(sent.info)
 
     # The zoom travels in the link and is restored from it.
-    at.session_state["zoom"] = {"examples/chelsea_cat.jpg": {"x": [10.0, 200.0], "y": [150.0, 20.0]}}
+    at.session_state["zoom"] = {"examples/horse_drawing.png": {"x": [10.0, 200.0], "y": [150.0, 20.0]}}
     at.run()
     assert at.query_params["zoom"] == "10,200,150,20"
     zoomed = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
