@@ -74,37 +74,43 @@ def stats_bytes(stats: FeatureStats) -> int:
 
 
 def read_all(args: argparse.Namespace, ood_images: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Features and probabilities of every part (fit, held, test, ood) per network, cached in ``args.cache``."""
+    """Features and probabilities of every part (fit, held, test, ood) per network, each kept in ``args.cache``
+    (a folder) once read, so that an interrupted run goes on where it stopped."""
     cache = Path(args.cache)
-    if cache.is_file():
-        with np.load(cache) as data:
-            out: dict[str, dict[str, np.ndarray]] = {}
-            for key in data.files:
-                name, part = key.split("/")
-                out.setdefault(name, {})[part] = data[key]
-            return out
+    cache.mkdir(parents=True, exist_ok=True)
     fit_paths, _, held_paths, _ = training_sample(args.data, args.n, args.held_out)
-    test_paths, _ = list_images(args.data, "test", list_classes(args.data, "test"))
-    out = {}
+    test_paths, _ = test_sample(args.data, args.test)
     model_set = MODEL_SETS[args.set]
+    out: dict[str, dict[str, np.ndarray]] = {}
     for name in (model_set.gradcam, model_set.gap):
-        read = FeatureReader(load_model(name))
-        out[name] = {}
+        out[name], read = {}, None
         for part, paths in (("fit", fit_paths), ("held", held_paths), ("test", test_paths), ("ood", None)):
-            features, probabilities = read(ood_images if paths is None else [load_image(path) for path in paths])
-            out[name][part], out[name][part + "_p"] = features, probabilities
-        print(f"{name}: features read")
-    np.savez(cache, **{f"{name}/{part}": value for name, parts in out.items() for part, value in parts.items()})
+            file = cache / f"{name}_{part}_{len(paths) if paths else len(ood_images)}.npz"
+            if not file.is_file():
+                read = read or FeatureReader(load_model(name))
+                features, probabilities = read(ood_images if paths is None else [load_image(p) for p in paths])
+                np.savez(file, features=features, probabilities=probabilities)
+                print(f"{name}: {part} read", flush=True)
+            with np.load(file) as data:
+                out[name][part], out[name][part + "_p"] = data["features"], data["probabilities"]
     return out
+
+
+def test_sample(root: str, n: int) -> tuple[list[Path], np.ndarray]:
+    """A seeded sample of ``n`` photos of root/test (all of them when n is 0 or more than there are)."""
+    paths, labels = list_images(root, "test", list_classes(root, "test"))
+    order = np.random.default_rng(1).permutation(len(paths))[: n or None]
+    return [paths[i] for i in order], labels[order]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos4"))
     parser.add_argument("--set", default="photos", choices=list(MODEL_SETS))
-    parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--held-out", type=int, default=1000)
-    parser.add_argument("--cache", default="/tmp/bench_verdict_features.npz", help="features kept between runs")
+    parser.add_argument("--n", type=int, default=1200, help="training photos for the statistics")
+    parser.add_argument("--held-out", type=int, default=400, help="other training photos: thresholds, choice")
+    parser.add_argument("--test", type=int, default=0, help="photos of test/ to report on (default: all)")
+    parser.add_argument("--cache", default="/tmp/bench_verdict", help="folder of features kept between runs")
     args = parser.parse_args()
 
     files = out_of_class_files()

@@ -357,9 +357,9 @@ def _add_verdict(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("action", choices=("fit",))
     _add_model_choice(parser)
     parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
-    parser.add_argument("--n", type=_positive(int), default=2000, help="training photos to fit on (default 2000)")
-    parser.add_argument("--held-out", type=_positive(int), default=1000,
-                        help="other training photos that set the threshold (default 1000)")
+    parser.add_argument("--n", type=_positive(int), default=1200, help="training photos to fit on (default 1200)")
+    parser.add_argument("--held-out", type=_positive(int), default=400,
+                        help="other training photos that set the threshold (default 400)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=verdict)
 

@@ -133,7 +133,7 @@ def training_sample(root: str | Path, n: int, held_out: int, seed: int = 0
     return [paths[i] for i in fit], labels[fit], [paths[i] for i in rest], classes
 
 
-def fit_model(loaded: LoadedModel, root: str | Path, n: int = 2000, held_out: int = 1000, seed: int = 0
+def fit_model(loaded: LoadedModel, root: str | Path, n: int = 1200, held_out: int = 400, seed: int = 0
               ) -> FeatureStats:
     """The statistics of ``loaded`` on a seeded sample of ``root``/train (see ``training_sample``)."""
     from cam.images import load_image
