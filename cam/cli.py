@@ -253,16 +253,16 @@ def verdict(args: argparse.Namespace) -> int:
     """``verdict fit``: the feature statistics of both models of the pair, written next to their checkpoints."""
     from cam.data import data_root
     from cam.models import load_model
-    from cam.verdict import fit_model, stats_path
+    from cam.verdict import CHOSEN, fit_model, stats_path
 
-    for name in models_of(args):
+    for name, check in zip(models_of(args), CHOSEN, strict=True):
         loaded = load_model(name)
         if not loaded.trained:
             raise ValueError(f"{name} has no checkpoint here; train it first")
-        stats = fit_model(loaded, data_root(args.data), args.n, args.held_out, args.seed)
+        stats = fit_model(loaded, data_root(args.data), args.n, args.held_out, args.seed, check)
         path = stats.save(stats_path(loaded.card["name"]))
-        print(f"{name}: statistics of {args.n} training photos, threshold {stats.threshold:.1f} "
-              f"({stats.projection.shape[1]} directions), wrote {path} ({path.stat().st_size / 1e3:.0f} KB)")
+        print(f"{name}: check '{check}' on {args.n} training photos (threshold {stats.threshold:.1f}, norm floor "
+              f"{stats.floor:.2f}), wrote {path} ({path.stat().st_size / 1e3:.0f} KB)")
     return 0
 
 

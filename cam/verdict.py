@@ -1,15 +1,16 @@
 """The verdict: one sentence from both networks' answers, saying whether they agree, disagree, or should not be
-trusted because the photo looks like nothing they were trained on ("not sure").
+trusted because the photo may be none of the things they know ("not sure").
 
 Probability alone cannot tell an unknown object from a known one here: the networks were trained on soft targets,
 so a confident answer is rare even on their own classes, and a coffee cup can still get 60-80%. "Not sure" therefore
-reads the networks' pooled features (the GAP layer's output, what the head sees): a photo whose features lie far from
-every class of the training photos is one the networks do not know. The distance is Mahalanobis with one covariance
-shared by the classes, d(f) = min_c (f - mu_c)^T S^-1 (f - mu_c), computed in the top ``DIMENSIONS`` principal
-directions of S (the stored statistics stay small), and divided by the distance that ``QUANTILE`` of held-out
-training photos stay under, so that 1 is the threshold. ``python -m cam verdict fit`` writes the statistics next to
-each checkpoint (``checkpoints/<name>.ood.npz``); ``python -m benchmarks.bench_verdict`` measured the choices.
-Without a statistics file the verdict falls back to the probability rule (``SURE_PROBABILITY``) and says so.
+reads a network's pooled features (the GAP layer's output, what the head sees), checked against statistics of its
+training photos (``FeatureStats``): the Mahalanobis distance to the nearest class, d(f) = min_c (f - mu_c)^T S^-1
+(f - mu_c) with one covariance S shared by the classes (in its top ``DIMENSIONS`` principal directions), or the
+features' length (a short vector: little of what the network reacts to). Each is scaled so that 1 is the threshold
+that ``QUANTILE`` of held-out training photos pass. Which check each network gets (``CHOSEN``) was measured by
+``python -m benchmarks.bench_verdict``; ``python -m cam verdict fit`` writes the statistics next to each checkpoint
+(``checkpoints/<name>.ood.npz``). Without a statistics file the verdict falls back to the probability rule
+(``SURE_PROBABILITY``) and says so in its details.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ if TYPE_CHECKING:  # cam.pipeline imports the methods (TensorFlow); only its Ima
 
 log = logging.getLogger(__name__)
 FEATURE_LAYER = "gap"  # the pooled features the head reads, in both of our architectures
-DIMENSIONS = 64  # principal directions of the shared covariance kept (VGG16: 512 features, NoPool-GAP: 256)
-QUANTILE = 0.99  # share of held-out training photos whose distance stays under the threshold
+DIMENSIONS = 16  # principal directions of the shared covariance kept (VGG16: 512 features, NoPool-GAP: 256)
+QUANTILE = 0.97  # share of held-out training photos that pass a check (chosen by benchmarks.bench_verdict)
 SURE_PROBABILITY = 0.7  # the fallback without statistics: a network below this top probability is not sure
 KNOWN = "birds, cats, dogs and horses"
 STATS_SUFFIX = ".ood.npz"
@@ -74,14 +75,19 @@ class FeatureReader:
 # ------------------------------------------------------------------------------------------------ statistics
 @dataclass(frozen=True)
 class FeatureStats:
-    """Per-class statistics of a model's features on its training photos: z = (f - mean) @ projection whitens the
-    shared within-class covariance in its top principal directions; ``centres`` are the classes' means in z."""
+    """Statistics of a model's features on its training photos, and the check ``unusual`` makes with them.
+    Mahalanobis: z = (f - mean) @ projection whitens the shared within-class covariance in its top principal
+    directions, ``centres`` are the classes' means in z, and ``threshold`` the squared distance that QUANTILE of
+    held-out photos stay under. Low norm: a photo whose feature vector is shorter than ``floor`` (what all but
+    1 - QUANTILE of held-out photos exceed) gives the network little to go on."""
 
     mean: np.ndarray  # (K,)
     projection: np.ndarray  # (K, D)
     centres: np.ndarray  # (C, D)
-    threshold: float  # the distance QUANTILE of held-out training photos stay under
+    threshold: float  # inf: the distance is not checked
     classes: tuple[str, ...]
+    floor: float = 0.0  # 0: the norm is not checked
+    check: str = "mahalanobis"  # one of CHECKS
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """min over classes of the squared Mahalanobis distance, divided by the threshold (N,): above 1 is far."""
@@ -89,10 +95,16 @@ class FeatureStats:
         squared = ((z[:, None, :] - self.centres[None]) ** 2).sum(-1)
         return squared.min(axis=1) / self.threshold
 
+    def unusual(self, features: np.ndarray) -> np.ndarray:
+        """How unusual each photo's features are (N,), in units of the check's threshold: above 1 is "not sure"."""
+        features = np.atleast_2d(features)
+        short = self.floor / np.maximum(np.linalg.norm(features, axis=1), 1e-12)
+        return np.maximum(self.distances(features), short)
+
     def save(self, path: Path) -> Path:
         np.savez_compressed(path, mean=self.mean.astype(np.float32), projection=self.projection.astype(np.float32),
                             centres=self.centres.astype(np.float32), threshold=self.threshold,
-                            classes=np.asarray(self.classes))
+                            classes=np.asarray(self.classes), floor=self.floor, check=self.check)
         return path
 
     @classmethod
@@ -100,13 +112,23 @@ class FeatureStats:
         with np.load(path) as data:
             return cls(data["mean"].astype(np.float64), data["projection"].astype(np.float64),
                        data["centres"].astype(np.float64), float(data["threshold"]),
-                       tuple(str(name) for name in data["classes"]))
+                       tuple(str(name) for name in data["classes"]), float(data["floor"]), str(data["check"]))
+
+
+# What "not sure" checks, per role (the Grad-CAM model, the GAP model), as measured by benchmarks.bench_verdict: the
+# VGG16's pooled features did not tell other pictures from our photos (neither by Mahalanobis distance, kNN, nor
+# norm), so it is not checked; NoPool-GAP's are often short on other pictures.
+CHECKS = ("mahalanobis", "low_norm", "none")
+CHOSEN = ("none", "low_norm")
 
 
 def fit_stats(features: np.ndarray, labels: np.ndarray, classes: Sequence[str], held_out: np.ndarray,
-              dimensions: int = DIMENSIONS, quantile: float = QUANTILE) -> FeatureStats:
-    """Statistics of training ``features`` (N, K) with class ``labels`` (N,); the threshold is the ``quantile`` of
-    the unscaled distances of ``held_out`` training features (M, K), photos not among the N."""
+              dimensions: int = DIMENSIONS, quantile: float = QUANTILE, check: str = "mahalanobis") -> FeatureStats:
+    """Statistics of training ``features`` (N, K) with class ``labels`` (N,); the threshold of ``check`` is set by the
+    ``quantile`` of ``held_out`` features (M, K) of other photos: their distances (mahalanobis) or, from below,
+    their norms (low_norm); "none" never calls a photo unusual."""
+    if check not in CHECKS:
+        raise ValueError(f"unknown check {check!r}; choose from {', '.join(CHECKS)}")
     mean = features.mean(axis=0)
     means = np.stack([features[labels == c].mean(axis=0) for c in range(len(classes))])
     within = features - means[labels]
@@ -116,8 +138,9 @@ def fit_stats(features: np.ndarray, labels: np.ndarray, classes: Sequence[str], 
     projection = vectors[:, keep] / np.sqrt(np.maximum(values[keep], 1e-12 * values.max()))
     centres = (means - mean) @ projection
     unscaled = FeatureStats(mean, projection, centres, 1.0, tuple(classes))
-    threshold = float(np.quantile(unscaled.distances(held_out), quantile))
-    return FeatureStats(mean, projection, centres, threshold, tuple(classes))
+    threshold = float(np.quantile(unscaled.distances(held_out), quantile)) if check == "mahalanobis" else np.inf
+    floor = float(np.quantile(np.linalg.norm(held_out, axis=1), 1 - quantile)) if check == "low_norm" else 0.0
+    return FeatureStats(mean, projection, centres, threshold, tuple(classes), floor, check)
 
 
 def training_sample(root: str | Path, n: int, held_out: int, seed: int = 0
@@ -133,9 +156,9 @@ def training_sample(root: str | Path, n: int, held_out: int, seed: int = 0
     return [paths[i] for i in fit], labels[fit], [paths[i] for i in rest], classes
 
 
-def fit_model(loaded: LoadedModel, root: str | Path, n: int = 1200, held_out: int = 400, seed: int = 0
-              ) -> FeatureStats:
-    """The statistics of ``loaded`` on a seeded sample of ``root``/train (see ``training_sample``)."""
+def fit_model(loaded: LoadedModel, root: str | Path, n: int = 1200, held_out: int = 400, seed: int = 0,
+              check: str = "mahalanobis") -> FeatureStats:
+    """The statistics of ``loaded`` for ``check`` on a seeded sample of ``root``/train (see ``training_sample``)."""
     from cam.images import load_image
 
     fit_paths, labels, held_paths, classes = training_sample(root, n, held_out, seed)
@@ -144,7 +167,7 @@ def fit_model(loaded: LoadedModel, root: str | Path, n: int = 1200, held_out: in
     read = FeatureReader(loaded)
     features, _ = read([load_image(path) for path in fit_paths])
     held, _ = read([load_image(path) for path in held_paths])
-    return fit_stats(features, labels, classes, held)
+    return fit_stats(features, labels, classes, held, check=check)
 
 
 def load_stats(name: str) -> FeatureStats | None:
@@ -164,13 +187,14 @@ def load_stats(name: str) -> FeatureStats | None:
 @dataclass(frozen=True)
 class Answer:
     """One network's answer: its name for people, its top class in our four-class vocabulary (None: a class
-    outside it, e.g. one of ImageNet's), that class's probability, and its features' distance (None: no
-    statistics)."""
+    outside it, e.g. one of ImageNet's), that class's probability, and how unusual its features are (1 = the
+    threshold; None: no statistics) by which check (``CHECKS``)."""
 
     network: str
     class_name: str | None
     probability: float
     distance: float | None = None
+    check: str = "mahalanobis"
 
 
 @dataclass(frozen=True)
@@ -186,19 +210,23 @@ def verdict(answers: Sequence[Answer]) -> Verdict:
     SURE_PROBABILITY, or when its top class is none of ours; else they agree or disagree."""
     if not answers:
         raise ValueError("a verdict needs at least one network's answer")
-    numbers = "; ".join(
-        f"{a.network}: {a.class_name or 'another class'} {a.probability:.0%}, "
-        + ("no feature statistics, so the probability rule (under "
-           f"{SURE_PROBABILITY:.0%} is not sure)" if a.distance is None else
-           f"distance to the training photos {a.distance:.2f} of the threshold")
-        for a in answers
-    )
+    said = {"mahalanobis": "distance of its features to the training photos' classes",
+            "low_norm": "shortness of its feature vector", "none": "features not checked"}
+
+    def numbers(a: Answer) -> str:
+        if a.distance is None:
+            return f"no feature statistics, so the probability rule (under {SURE_PROBABILITY:.0%} is not sure)"
+        if a.check == "none":
+            return "features not checked (they did not tell other pictures from ours when measured)"
+        return f"{said[a.check]} {a.distance:.2f} of the threshold"
+
     unsure = [a for a in answers if a.class_name is None
               or (a.distance > 1.0 if a.distance is not None else a.probability < SURE_PROBABILITY)]
-    rule = ("Not sure when a network's features lie farther from the training photos than 99% of held-out "
+    rule = (f"Not sure when a network's features are more unusual than those of {QUANTILE:.0%} of held-out "
             "training photos" if all(a.distance is not None for a in answers) else
             "Feature statistics missing for some network; the probability rule is used for it")
-    detail = f"{rule}. {numbers}."
+    detail = f"{rule}. " + "; ".join(
+        f"{a.network}: {a.class_name or 'another class'} {a.probability:.0%}, {numbers(a)}" for a in answers) + "."
     if unsure:
         who = ("neither network is confident" if len(unsure) == len(answers) > 1
                else f"{' and '.join(a.network for a in unsure)} is not confident")
@@ -236,11 +264,13 @@ class Judge:
             probabilities = result.explanation.probabilities[role][0]
             top = int(probabilities.argmax())
             part = self.parts.get(loaded.card["name"])
-            distance = None
+            distance, check = None, "mahalanobis"
             if part is not None:
                 reader, stats = part
-                distance = float(stats.distances(reader([result.image])[0])[0])
-            answers.append(Answer(model_name(loaded), cifar4_name(loaded, top), float(probabilities[top]), distance))
+                check = stats.check
+                distance = 0.0 if check == "none" else float(stats.unusual(reader([result.image])[0])[0])
+            answers.append(Answer(model_name(loaded), cifar4_name(loaded, top), float(probabilities[top]), distance,
+                                  check))
         return answers
 
     def __call__(self, result: ImageResult) -> Verdict:

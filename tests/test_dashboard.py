@@ -348,7 +348,7 @@ def test_the_verdict_agrees_or_is_not_sure(setup: Path) -> None:
     said = texts(at.markdown)
     assert (":material/help: **Not sure**: neither network is confident; they know only birds, cats, dogs and "
             "horses.") in said
-    assert "distance to the training photos" in said and "probability rule" not in said
+    assert "distance of its features to the training photos' classes" in said and "probability rule" not in said
 
 
 def test_state_follows_the_visitor(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:

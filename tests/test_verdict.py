@@ -98,8 +98,36 @@ def test_the_judge_reads_features_when_there_are_statistics_and_falls_back_witho
     labels = np.arange(60) % 4
     fit_stats(features, labels, loaded.classes, features[::3], dimensions=8).save(stats_path("nopool_gap"))
     judged = Judge([loaded])(result)
-    assert judged.kind == "not sure" and "distance to the training photos" in judged.detail
+    assert judged.kind == "not sure" and "distance of its features to the training photos' classes" in judged.detail
     assert Judge([loaded]).answers(result)[0].distance > 1
     # A corrupt file is not a crash: the probability rule again.
     stats_path("nopool_gap").write_bytes(b"not an npz")
     assert "probability rule" in Judge([loaded])(result).detail
+
+
+def test_the_low_norm_check_and_no_check() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(0, 1, (400, 8)) + 5.0  # norms near sqrt(8 * 26) = 14.4
+    labels = np.arange(400) % 4
+    held = rng.normal(0, 1, (400, 8)) + 5.0
+    short = fit_stats(features, labels, ("bird", "cat", "dog", "horse"), held, dimensions=4, quantile=0.9,
+                      check="low_norm")
+    assert short.threshold == np.inf and (short.unusual(held) > 1).mean() == pytest.approx(0.1, abs=0.01)
+    assert short.unusual(features[:1] * 0.2)[0] > 1 > short.unusual(features[:1] * 3)[0]  # short is unusual, long not
+    never = fit_stats(features, labels, ("bird", "cat", "dog", "horse"), held, check="none")
+    assert (never.unusual(np.vstack([held, held * 0.01, held * 100])) == 0).all()
+    said = verdict([Answer("VGG16", "dog", 0.9, 0.0, "none"), Answer("NoPool-GAP", "dog", 0.8, 1.4, "low_norm")])
+    assert said.kind == "not sure" and "VGG16: dog 90%, features not checked" in said.detail
+    assert "shortness of its feature vector 1.40 of the threshold" in said.detail
+    with pytest.raises(ValueError, match="unknown check"):
+        fit_stats(features, labels, ("bird", "cat", "dog", "horse"), held, check="energy")
+
+
+def test_the_shipped_statistics_are_small_and_match_their_networks() -> None:
+    for name, check in (("vgg16_photos", "none"), ("nopool_gap_photos", "low_norm")):
+        path = Path(cam.models.CHECKPOINTS) / f"{name}.ood.npz"
+        if not path.is_file():
+            pytest.skip(f"{path.name} not shipped here")
+        stats = FeatureStats.load(path)
+        assert path.stat().st_size < 300_000 and stats.check == check
+        assert stats.classes == tuple(cam.models.read_card(path.with_name(f"{name}.json"))["classes"])
