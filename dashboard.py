@@ -42,7 +42,6 @@ from cam.pipeline import (
     add_fallback,
     explain_image,
     model_name,
-    render_panels,
     side_by_side,
     with_fallback,
 )
@@ -671,7 +670,7 @@ def main() -> None:
         return
 
     begun = time.perf_counter()
-    panels = with_fallback(render_panels(result, colormap, opacity, raw), result, FALLBACK, colormap, opacity, raw)
+    panels = with_fallback(result, FALLBACK, colormap, opacity, raw)  # render_panels, or the stand-in
     zoom = st.session_state.get("zoom", {}).get(choice.key)
     fig, scale = figure(panels, choice.key, zoom)
     timings["panels"] = (time.perf_counter() - begun) * 1000

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -365,6 +365,7 @@ class Explanation:
     maps: dict[str, np.ndarray]  # e.g. grad_cam (B, 2, 2) for VGG16 at 32x32, guided_grad_cam (B, H, W, 3)
     seconds: dict[str, float]  # per method key: the pass that gave its map (one pass gives several)
     cams: np.ndarray | None = None  # (B, H, W, M): CAM of every class of the GAP model, so any class is a lookup
+    pooled: dict[str, np.ndarray] = field(default_factory=dict)  # per role: what its GAP layer gives (B, K)
 
     def cam_classes(self, classes: Classes = None) -> np.ndarray:
         """``classes`` of the GAP model as indices (B,), its top prediction where they are None or -1."""
@@ -444,9 +445,11 @@ class Explainer:
         # Grad-CAM's map is empty, and computing it on its own took another 0.4 s per photo.
         return tf.nn.softmax(logits), chosen, maps, guided * upsampled[..., None], layer_cam_from(features, gradients)
 
-    def _cam_pass(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _cam_pass(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         features, before_softmax = self._cam_inner(x, training=False)
-        return tf.nn.softmax(logits_of(self.cam_model, before_softmax)), cam_from(features, self._cam_dense.kernel)
+        # The pooled features too (the GAP layer's output): cam.verdict reads them, without a pass of its own.
+        return (tf.nn.softmax(logits_of(self.cam_model, before_softmax)), cam_from(features, self._cam_dense.kernel),
+                tf.reduce_mean(features, axis=(1, 2)))
 
     def __call__(
         self, images: np.ndarray | None, classes: Classes = None, cam_images: np.ndarray | None = None,
@@ -470,7 +473,8 @@ class Explainer:
         if self.cam_model is not None and with_cam:
             started = time.perf_counter()
             cam_x = _batch(images if cam_images is None else cam_images)
-            result.probabilities[GAP_MODEL], result.cams = (t.numpy() for t in self._cam_step(cam_x))
+            result.probabilities[GAP_MODEL], result.cams, result.pooled[GAP_MODEL] = (
+                t.numpy() for t in self._cam_step(cam_x))
             result.seconds["nopool_cam"] = time.perf_counter() - started
             result.explain_cam_class()
         return result

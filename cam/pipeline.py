@@ -216,26 +216,24 @@ def add_fallback(result: ImageResult, key: str, layer: str | None = None) -> boo
     return not flat(maps[key][0])
 
 
-def with_fallback(panels: list[Panel], result: ImageResult, key: str, colormap: str = "jet", opacity: float = 0.5,
+def with_fallback(result: ImageResult, key: str, colormap: str = "jet", opacity: float = 0.5,
                   raw: bool = False) -> list[Panel]:
-    """``panels`` with Grad-CAM's replaced, where its map is empty, by the panel of method ``key`` (added to the
-    explanation by ``add_fallback``) when that one says something; titled and noted as standing in for Grad-CAM.
-    Unchanged when ``key`` is among the result's own methods (its panel is there already)."""
+    """``render_panels``, with Grad-CAM's panel replaced, where its map is empty, by the panel of method ``key``
+    (added to the explanation by ``add_fallback``) when that one says something, titled and noted as standing in
+    for Grad-CAM (Grad-CAM's own panel is not rendered then). As ``render_panels`` when ``key`` is among the
+    result's own methods (its panel is there already)."""
     maps = result.explanation.maps
-    if key in {method.key for method in result.methods} or key not in maps or flat(maps[key][0]):
-        return panels
+    if (key in {method.key for method in result.methods} or key not in maps or flat(maps[key][0])
+            or "grad_cam" not in maps or not flat(maps["grad_cam"][0])):
+        return render_panels(result, colormap, opacity, raw)
     method = METHODS[key]
     model = model_name(result.model(method.role))
-    stand_in = replace(
-        render_panels(replace(result, methods=[method]), colormap, opacity, raw)[0],
-        title=f"{method.label} (Grad-CAM found nothing)",
-        note=f"Grad-CAM's map is empty for this photo: the influences on {model}'s score cancel out when averaged. "
-             f"Shown in its place: {method.label} on the same layer, which keeps each part's own positive "
-             "influence.",
-    )
+    shown = [method if other.key == "grad_cam" else other for other in result.methods]
     # Guided Grad-CAM is Grad-CAM's map times pixel detail, so it is empty too: say why, and point at the stand-in.
     guided_empty = (f"This map is empty because Grad-CAM's is: Guided Grad-CAM multiplies Grad-CAM's map by pixel "
                     f"detail. {method.label}, beside it, shows where {model} looks.")
-    return [stand_in if panel.key == "grad_cam" and panel.empty
+    note = (f"Grad-CAM's map is empty for this photo: the influences on {model}'s score cancel out when averaged. "
+            f"Shown in its place: {method.label} on the same layer, which keeps each part's own positive influence.")
+    return [replace(panel, title=f"{method.label} (Grad-CAM found nothing)", note=note) if panel.key == key
             else replace(panel, empty=guided_empty) if panel.key == "guided_grad_cam" and panel.empty
-            else panel for panel in panels]
+            else panel for panel in render_panels(replace(result, methods=shown), colormap, opacity, raw)]

@@ -268,7 +268,10 @@ class Judge:
             if part is not None:
                 reader, stats = part
                 check = stats.check
-                distance = 0.0 if check == "none" else float(stats.unusual(reader([result.image])[0])[0])
+                # The Explainer's pass gave the GAP model's pooled features already; the other model needs a pass.
+                pooled = result.explanation.pooled.get(role)
+                features = pooled[0] if pooled is not None else reader([result.image])[0][0]
+                distance = 0.0 if check == "none" else float(stats.unusual(features)[0])
             answers.append(Answer(model_name(loaded), cifar4_name(loaded, top), float(probabilities[top]), distance,
                                   check))
         return answers

@@ -95,6 +95,8 @@ def test_the_judge_reads_features_when_there_are_statistics_and_falls_back_witho
     flat = [np.full((32, 32, 3), value, np.uint8) for value in range(0, 240, 4)]
     features, probabilities = read(flat)
     assert features.shape == (60, 256) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    # The Explainer's own pass gives the same pooled features, so the verdict needs no pass of its own there.
+    assert np.allclose(result.explanation.pooled["cam"][0], read([photo])[0][0], rtol=1e-4, atol=1e-5)
     labels = np.arange(60) % 4
     fit_stats(features, labels, loaded.classes, features[::3], dimensions=8).save(stats_path("nopool_gap"))
     judged = Judge([loaded])(result)
