@@ -36,21 +36,23 @@ from cam.device import describe_device
 from cam.examples import EXAMPLES
 from cam.images import DECODE_MAX_SIDE, Decoded, ImageError, crop, decode_image, detail_sizes, resize
 from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, feature_layers, in_steps
-from cam.models import MODEL_SETS, REGISTRY, LoadedModel, default_set, problem_in_words
+from cam.models import MODEL_SETS, REGISTRY, LoadedModel, accuracy_on_photos, default_set, problem_in_words
 from cam.names import markdown_literal, shorten
 from cam.pipeline import (
     ImageResult,
     Panel,
     PhotoView,
+    add_fallback,
     explain_image,
     model_inputs,
     model_name,
     photo_view,
-    render_panels,
     side_by_side,
     trained_size,
+    with_fallback,
 )
 from cam.registry import METHODS, STUDY, Method, selected
+from cam.verdict import Judge, Verdict
 
 log = get_logger(__name__)
 IMAGENET_MODEL = "vgg16_imagenet"  # offered as the Grad-CAM model of every set (downloaded on first use)
@@ -64,8 +66,14 @@ PANEL_WIDTH = 260  # pixels a panel gets at 1280x720 with the sidebar open; sets
 PANEL_HEIGHT = (160, 300)  # smallest and largest panel height: the results fit a 720-pixel-high screen
 TITLE_HEIGHT = 24
 PANELS_PER_ROW = 3
-MAX_EXTRA_METHODS = 3  # at most six panels: two rows of three stay readable
-FALLBACK = "layer_cam"  # offered when Grad-CAM's map is empty
+# Every method may be added ("Select all" must select all): at most nine panels, three rows of three, each as wide
+# as one of the first three.
+MAX_EXTRA_METHODS = len(METHODS) - len(STUDY)
+FALLBACK = "layer_cam"  # shown in Grad-CAM's place when Grad-CAM's map is empty
+STARTING = ("Starting up: loading the two networks and preparing their first look at a photo. This happens once "
+            "after the server starts and takes about 20 to 50 seconds; later photos take a second or two.")
+VERDICT_ICONS = {"agree": ":material/check_circle:", "disagree": ":material/compare_arrows:",
+                 "not sure": ":material/help:"}
 DEFAULT_DETAIL = "standard"
 # Score-CAM's masked photos per batch here (256 in the library): between batches other visitors' fast passes go
 # first, so they wait at most one batch (about a second for the photo VGG16 on 2 CPU cores).
@@ -184,7 +192,10 @@ def explanation_of(
     gradcam = serve(gradcam_name).loaded if gradcam_name else None
     cam = serve(cam_name).loaded if cam_name else None
     with locks(gradcam_name, cam_name):
-        return explain_image(_image, explainer, gradcam, cam, class_name, selected(methods), short_side).explanation
+        result = explain_image(_image, explainer, gradcam, cam, class_name, selected(methods), short_side)
+        if FALLBACK not in methods:
+            add_fallback(result, FALLBACK, layer)
+        return result.explanation
 
 
 @st.cache_resource(show_spinner=False)
@@ -252,6 +263,22 @@ def drop_method(key: str) -> None:
     st.session_state["extra_methods"] = [k for k in st.session_state.get("extra_methods", []) if k != key]
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def judge_for(gradcam_name: str | None, cam_name: str | None) -> Judge:
+    """The verdict's reader of both models' features and their statistics (cam.verdict), shared by all sessions."""
+    return Judge([serve(name).loaded for name in (gradcam_name, cam_name) if name])
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def verdict_on(key: str, gradcam_name: str | None, cam_name: str | None, short_side: int,
+               _result: ImageResult) -> Verdict:
+    """The verdict on the image ``key`` by the two models at detail ``short_side`` (one pass of each through its
+    convolutions)."""
+    judge = judge_for(gradcam_name, cam_name)
+    with locks(gradcam_name, cam_name):
+        return judge(_result)
+
+
 # ------------------------------------------------------------------------------------------------ inputs
 def choose(choice: Choice) -> None:
     """Make ``choice`` the image the page explains."""
@@ -265,12 +292,16 @@ def gallery_choice(name: str) -> Choice:
 
 
 def use_upload() -> None:
-    """The file uploader's callback: a newly uploaded file becomes the image; removing it keeps the results."""
+    """The file uploader's callback: a newly uploaded file becomes the image, explained for its top prediction;
+    removing it goes back to the picture the gallery shows."""
     upload = st.session_state["upload"]
     if upload is not None:
         data = upload.getvalue()
         choose(Choice(data, f"Uploaded photo “{shorten(upload.name)}”", shorten(Path(upload.name).stem),
                       "upload:" + hashlib.sha256(data).hexdigest()))
+        st.session_state["class"] = TOP
+    else:
+        pick_from_gallery(gallery.collections())
 
 
 def pick_from_gallery(found: dict[str, gallery.Collection], shuffle: bool = False) -> None:
@@ -290,6 +321,8 @@ def pick_from_gallery(found: dict[str, gallery.Collection], shuffle: bool = Fals
         log.warning("the gallery picture %r could not be opened", gallery.reference(collection.name, folder, picture))
         st.session_state["gallery_problem"] = ("That picture is no longer in the gallery (it may have been moved or "
                                                "removed); the photo shown is the previous one. Choose another.")
+        return
+    st.session_state["class"] = TOP  # a new photo: its own top prediction, not the last photo's class
 
 
 def show_picture_in_gallery(name: str) -> None:
@@ -326,6 +359,10 @@ def picture_picker() -> None:
         )
     else:
         st.caption("This folder has no pictures.")
+    shown = st.session_state.get("image")
+    if shown is not None and shown.reference is None:  # the picture box above is not what the page shows
+        st.caption(f":material/upload: Shown now: {shown.label[0].lower()}{shown.label[1:]}. Remove it below to go "
+                   "back to the picture above.")
     if not collection.built_in and pictures:
         st.button("Random picture", icon=":material/casino:", on_click=pick_from_gallery, args=(found, True))
     st.file_uploader(
@@ -347,6 +384,10 @@ def apply_link() -> list[str]:
         if value is not None:
             state[key] = value
     state["extra_methods"], state["raw"] = list(view.methods), view.raw
+    if view.uploaded:
+        problems.append("This link was made while its sender looked at a photo of their own, which a link cannot "
+                        "carry, so an example is shown; ask them for the comparison as a web page (“Download this "
+                        "comparison as a web page” under the pictures).")
     picture = view.image or FIRST_PICTURE
     try:
         choose(gallery_choice(picture))
@@ -356,6 +397,9 @@ def apply_link() -> list[str]:
         picture = FIRST_PICTURE
         choose(gallery_choice(picture))
     show_picture_in_gallery(picture)
+    if view.zoom is not None and view.image == picture:
+        x0, x1, y0, y1 = view.zoom
+        state.setdefault("zoom", {})[picture] = {"x": [x0, x1], "y": [y0, y1]}
     return problems
 
 
@@ -528,7 +572,7 @@ def panel_texts(panels: list[Panel], result: ImageResult, colormap: str) -> list
 
 
 def prepared_files(signature: tuple, panels: list[Panel], result: ImageResult, choice: Choice,
-                   colormap: str) -> dict[str, bytes]:
+                   colormap: str, verdict: Verdict | None = None) -> dict[str, bytes]:
     """Every download's bytes, made now (a download clicked during a rerun must find its file) and kept in the
     session until the view changes."""
     kept = st.session_state.get("downloads")
@@ -539,7 +583,7 @@ def prepared_files(signature: tuple, panels: list[Panel], result: ImageResult, c
     predictions = {model_name(result.model(role)): result.top_predictions(role, 5) for role in result.roles}
     page = share.comparison_page(choice.label, result.image, panels, predictions,
                                  [(method.label, method.summary) for method in result.methods],
-                                 render.colour_bar(colormap, 512, 16))
+                                 render.colour_bar(colormap, 512, 16), verdict.sentence if verdict else "")
     files["page"] = page.encode("utf-8")
     st.session_state["downloads"] = (signature, files)
     return files
@@ -580,7 +624,8 @@ def keep_offered_downloads() -> None:
             st.download_button(name, data, name, mime, key=f"kept:{index}", on_click="ignore")
 
 
-def details(result: ImageResult, scale: float, timings: dict[str, float], decoded: Decoded) -> None:
+def details(result: ImageResult, scale: float, timings: dict[str, float], decoded: Decoded,
+            verdict: Verdict | None = None) -> None:
     """Secondary content: how to read the methods, the networks' answers and the technical details."""
     st.markdown("**What the networks think it is**")
     for column, role in zip(st.columns(2), result.roles, strict=False):
@@ -620,6 +665,8 @@ def details(result: ImageResult, scale: float, timings: dict[str, float], decode
             lines.append(f"- The page shows a {round(width / scale)}x{round(height / scale)} copy of this "
                          f"{width}x{height} image; the downloads are full resolution.")
         lines.append(f"- Computing on {describe_device()}")
+        if verdict is not None:
+            lines.append(f"- The verdict: {verdict.detail}")
         st.markdown("\n".join(lines))
 
 
@@ -629,6 +676,28 @@ def layer_of(result: ImageResult) -> str | None:
 
 def native_shape(result: ImageResult, key: str) -> str:
     return "x".join(str(n) for n in result.explanation.maps[key][0].shape)
+
+
+def zoom_in_link(zoom: dict | None) -> tuple[float, float, float, float] | None:
+    """The zoom as a link carries it (x0, x1, y0, y1), or None."""
+    return None if not zoom else (*zoom["x"], *zoom["y"])
+
+
+@st.cache_data(show_spinner=False)
+def pair_caption(name: str) -> str:
+    """What a network pair is, in words, with its accuracy on our test photos, under its name in the sidebar."""
+    shares = accuracy_on_photos(MODEL_SETS[name])
+    right = f"right on our test photos: {shares}" if shares else ""
+    if name == "cifar":  # good on its thumbnails, not on photos: its Grad-CAM map is 2x2 cells
+        return ("Trained on 32-pixel thumbnails: less accurate on photos" + (f" ({right})" if right else "")
+                + ", and its Grad-CAM map has only 2x2 cells.")
+    return right.capitalize() + "." if right else ""
+
+
+@st.cache_resource(show_spinner=False)
+def warmed() -> set[tuple]:
+    """The (Grad-CAM model, layer, CAM model) triples that have shown panels in this server process."""
+    return set()
 
 
 # ------------------------------------------------------------------------------------------------ page
@@ -650,6 +719,9 @@ def main() -> None:
     navigation.links()
     exit_promptly_on_stop()
     keep_offered_downloads()
+    loading = st.empty()
+    if not warmed():
+        loading.info(STARTING, icon=":material/hourglass_top:")
     problems = apply_link() if "image" not in st.session_state else []
 
     with st.sidebar:
@@ -673,7 +745,7 @@ def main() -> None:
         st.session_state.setdefault("model_set", default_set().name)
         set_name = st.radio(
             "Network pair", list(MODEL_SETS), key="model_set",
-            format_func=lambda name: MODEL_SETS[name].title,
+            format_func=lambda name: MODEL_SETS[name].title, captions=[pair_caption(name) for name in MODEL_SETS],
             help="Photos: networks that see 128x128 pixels. CIFAR: networks that see 32x32 thumbnails.",
         )
         model_set = MODEL_SETS[set_name]
@@ -765,13 +837,14 @@ def main() -> None:
         return
 
     begun = time.perf_counter()
-    panels = render_panels(result, colormap, opacity, raw)
+    panels = with_fallback(result, FALLBACK, colormap, opacity, raw)  # render_panels, or the stand-in
     zoom = st.session_state.get("zoom", {}).get(choice.key)
     fig, scale = figure(panels, choice.key, zoom)
     timings["panels"] = (time.perf_counter() - begun) * 1000
     st.markdown(f"**{markdown_literal(choice.label)}**")
     if view.cropped:
         st.caption(view.sentence())
+    verdict_slot = st.empty()  # filled once the panels are on their way: the verdict reads the networks again
     begun = time.perf_counter()
     st.plotly_chart(fig, key="panels", config={"displaylogo": False, "displayModeBar": False}, selection_mode="box",
                     on_select=functools.partial(keep_zoom, choice.key))
@@ -779,14 +852,21 @@ def main() -> None:
         st.button("Zoom out", icon=":material/zoom_out:", on_click=zoom_out, args=(choice.key,), key="zoom_out")
     timings["figure sent"] = (time.perf_counter() - begun) * 1000
     slots = panel_texts(panels, result, colormap)
+    loading.empty()
+    warmed().add((gradcam_name, layer, cam_name))
+    begun = time.perf_counter()
+    verdict = verdict_on(choice.key, gradcam_name, cam_name, size, result)
+    verdict_slot.markdown(f"{VERDICT_ICONS[verdict.kind]} {verdict.sentence}")
+    timings["verdict"] = (time.perf_counter() - begun) * 1000
 
-    view = share.View(set_name, None if wanted == TOP else wanted, tuple(extra),
+    link = share.View(set_name, None if wanted == TOP else wanted, tuple(extra),
                       colormap if colormap != render.COLORMAPS[0] else None,
                       opacity if opacity != DEFAULT_OPACITY else None, raw, choice.reference,
-                      None if detail == DEFAULT_DETAIL else detail)
-    write_link(view)
+                      zoom_in_link(zoom), choice.reference is None, None if detail == DEFAULT_DETAIL else detail)
+    write_link(link)
     begun = time.perf_counter()
-    files = prepared_files((choice.key, view, gradcam_name, cam_name, layer), panels, result, choice, colormap)
+    files = prepared_files((choice.key, link, gradcam_name, cam_name, layer), panels, result, choice, colormap,
+                           verdict)
     timings["downloads"] = (time.perf_counter() - begun) * 1000
     downloads(files, panels, slots, choice, seen.shape[:2])
     if choice.reference is None:
@@ -794,7 +874,7 @@ def main() -> None:
                    "to share this result, download it as a web page.")
     else:
         st.caption(":material/link: Copy this page's address to share this view.")
-    details(result, scale, timings, decoded)
+    details(result, scale, timings, decoded, verdict)
     timings["script"] = (time.perf_counter() - started) * 1000
     log.info("view of %s: %s", choice.key[:24], ", ".join(f"{step} {ms:.0f} ms" for step, ms in timings.items()))
 

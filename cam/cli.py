@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # only for annotations: importing them at run time would load
     from cam.models import LoadedModel
     from cam.pipeline import Panel
     from cam.registry import Method
+    from cam.verdict import Judge
 
 PROG = "python -m cam"
 # cam.models.ARCHITECTURES, spelled out so that building the parser needs no TensorFlow (a test keeps them equal).
@@ -41,6 +42,7 @@ def explain(args: argparse.Namespace) -> int:
     from cam.methods import Explainer
     from cam.models import load_model
     from cam.registry import selected
+    from cam.verdict import Judge
 
     methods = selected(args.methods)
     check_unique_stems(args.images)
@@ -50,8 +52,10 @@ def explain(args: argparse.Namespace) -> int:
         print(f"warning: {note}", file=sys.stderr)  # once, even when both models are the same stand-in
     # Built once: it compiles one graph per model that every image then reuses.
     explainer = Explainer(gradcam.model, args.layer or gradcam.card["gradcam_layer"], cam_model.model)
+    judge = Judge([gradcam, cam_model])
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    failed = sum(not explain_one(Path(image), explainer, gradcam, cam_model, methods, args) for image in args.images)
+    failed = sum(not explain_one(Path(image), explainer, gradcam, cam_model, methods, args, judge)
+                 for image in args.images)
     if failed:
         print(f"{failed} of {len(args.images)} images could not be read", file=sys.stderr)
     return 1 if failed else 0
@@ -59,9 +63,10 @@ def explain(args: argparse.Namespace) -> int:
 
 def explain_one(
     path: Path, explainer: Explainer, gradcam: LoadedModel, cam_model: LoadedModel, methods: list[Method],
-    args: argparse.Namespace,
+    args: argparse.Namespace, judge: Judge | None = None,
 ) -> bool:
-    """Explain, print and save one image; False (and a message on stderr) when it cannot be read."""
+    """Explain, print and save one image (with ``judge``, its verdict first); False (and a message on stderr) when
+    it cannot be read."""
     from cam.images import ImageError, load_image
     from cam.methods import GAP_MODEL, GRADCAM_MODEL
     from cam.pipeline import explain_image, render_panels
@@ -75,6 +80,8 @@ def explain_one(
     print(f"{path} ({image.shape[1]}x{image.shape[0]})")
     if result.view.cropped:
         print(f"  {result.view.sentence()}")
+    if judge is not None:
+        print(f"  verdict: {judge(result).sentence.replace('**', '')}")
     for role, loaded in ((GRADCAM_MODEL, gradcam), (GAP_MODEL, cam_model)):
         top = ", ".join(f"{name} {p:.3f}" for name, p in result.top_predictions(role, TOP_K))
         print(f"  {loaded.card['name']} top {TOP_K}: {top}")
@@ -183,13 +190,17 @@ def evaluate(args: argparse.Namespace) -> int:
     print(f"{loaded.card['name']} on {root / args.split} ({how}):")
     print(format_report(report, loaded.classes))
     if args.update_card:
-        key = size_key(size, args.squash)
         metrics = {**loaded.card["metrics"]}
-        metrics[f"{args.split}_by_size"] = {**metrics.get(f"{args.split}_by_size", {}), key: report}
-        if key == size_key(loaded.input_size, False):  # the headline figure: the input every path gives by default
-            metrics[args.split] = report
+        if args.card_key:  # one figure under its own name, e.g. a CIFAR network's accuracy on photos
+            metrics[args.card_key], where = report, f"metrics.{args.card_key}"
+        else:
+            key = size_key(size, args.squash)
+            metrics[f"{args.split}_by_size"] = {**metrics.get(f"{args.split}_by_size", {}), key: report}
+            if key == size_key(loaded.input_size, False):  # the headline: the input every path gives by default
+                metrics[args.split] = report
+            where = f"metrics.{args.split}_by_size[{key!r}]"
         card = update_card(path, "metrics", metrics)
-        print(f"updated metrics.{args.split}_by_size[{key!r}] in {card}")
+        print(f"updated {where} in {card}")
     return 0
 
 
@@ -256,6 +267,23 @@ def models_of(args: argparse.Namespace) -> tuple[str, str]:
 
     model_set = MODEL_SETS[args.set] if args.set else default_set()
     return args.model or model_set.gradcam, args.cam_model or model_set.gap
+
+
+def verdict(args: argparse.Namespace) -> int:
+    """``verdict fit``: the feature statistics of both models of the pair, written next to their checkpoints."""
+    from cam.data import data_root
+    from cam.models import load_model
+    from cam.verdict import CHOSEN, fit_model, stats_path
+
+    for name, check in zip(models_of(args), CHOSEN, strict=True):
+        loaded = load_model(name)
+        if not loaded.trained:
+            raise ValueError(f"{name} has no checkpoint here; train it first")
+        stats = fit_model(loaded, data_root(args.data), args.n, args.held_out, args.seed, check)
+        path = stats.save(stats_path(loaded.card["name"]))
+        print(f"{name}: check '{check}' on {args.n} training photos (threshold {stats.threshold:.1f}, norm floor "
+              f"{stats.floor:.2f}), wrote {path} ({path.stat().st_size / 1e3:.0f} KB)")
+    return 0
 
 
 REPORT_OPTIONS = ("boxes", "n", "mosaics", "seed", "sanity_n", "steps", "batch_size", "precision", "slow_n")
@@ -355,6 +383,23 @@ def _add_model_choice(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", help="Grad-CAM model instead of the set's: a registry name or PATH.keras")
     parser.add_argument("--cam-model", help="CAM model (needs a GAP head) instead of the set's: a name or PATH.keras")
+
+
+def _add_verdict(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "verdict",
+        help="fit the statistics behind the 'not sure' verdict (run again after retraining a pair)",
+        description="fit: each model's pooled features on a seeded sample of DATA/train, per class, with a threshold "
+        "from other training photos; written to checkpoints/<model>.ood.npz, read by the dashboard and explain.",
+    )
+    parser.add_argument("action", choices=("fit",))
+    _add_model_choice(parser)
+    parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
+    parser.add_argument("--n", type=_positive(int), default=1200, help="training photos to fit on (default 1200)")
+    parser.add_argument("--held-out", type=_positive(int), default=400,
+                        help="other training photos that set the threshold (default 400)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=verdict)
 
 
 def _add_report(commands: argparse._SubParsersAction) -> None:
@@ -487,6 +532,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--update-card", action="store_true",
                         help="store the result as metrics.SPLIT_by_size[SIZE] in the card (and as metrics.SPLIT at "
                         "the card's own size and aspect)")
+    parser.add_argument("--card-key", metavar="KEY",
+                        help="with --update-card: store it as metrics.KEY instead (e.g. photos4_test for a CIFAR "
+                        "model on photos)")
     parser.set_defaults(run=evaluate)
 
 
@@ -513,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("methods", help="list the saliency methods (keys for --methods)").set_defaults(run=methods)
     _add_report(commands)
     _add_batch(commands)
+    _add_verdict(commands)
     return parser
 
 

@@ -578,6 +578,34 @@ def availability(name: str) -> str:
     return f"no checkpoint at {path}: an UNTRAINED stand-in is used"
 
 
+PHOTOS_TEST = "photos4_test"  # the card's metrics key for a model's accuracy on photos4/test when trained on others
+
+
+def photo_accuracy(card: dict) -> float | None:
+    """A model's accuracy on photos4/test: measured for the CIFAR models (``python -m cam evaluate NAME --data
+    photos4 --update-card --card-key photos4_test``), or the test accuracy of a model trained on photos4."""
+    metrics = card.get("metrics", {})
+    if PHOTOS_TEST in metrics:
+        return metrics[PHOTOS_TEST].get("accuracy")
+    trained_on = str(card.get("training", {}).get("data", ""))
+    return metrics.get("test", {}).get("accuracy") if Path(trained_on).name == "photos4" else None
+
+
+def accuracy_on_photos(model_set: ModelSet) -> str:
+    """Each model's accuracy on photos4/test in words ("VGG16 92%, NoPool-GAP 87%"), read from the cards; '' when a
+    card or the figure is missing."""
+    shares = []
+    for name in (model_set.gradcam, model_set.gap):
+        try:
+            accuracy = photo_accuracy(read_card(checkpoint_path(name)))
+        except CheckpointError:
+            return ""
+        if accuracy is None:
+            return ""
+        shares.append(f"{REGISTRY[name].title.split(' (')[0]} {accuracy:.0%}")
+    return ", ".join(shares)
+
+
 def problem_in_words(error: Exception) -> str:
     """Why a model could not be loaded, in words for a visitor (no path, no exception text: log those)."""
     if isinstance(error, WeightsUnavailable):

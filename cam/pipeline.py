@@ -5,7 +5,7 @@ captions."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from cam import render
 from cam.images import crop, input_shape, model_input, view_box
 from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation
 from cam.models import REGISTRY, LoadedModel
-from cam.registry import Method, explain, selected
+from cam.registry import METHODS, Method, explain, selected
 
 
 @dataclass
@@ -261,3 +261,42 @@ def render_panels(result: ImageResult, colormap: str = "jet", opacity: float = 0
 def side_by_side(panels: list[Panel]) -> np.ndarray:
     """The panels in one picture, each headed by its method, class, probability and map size, for sharing."""
     return render.side_by_side([panel.image for panel in panels], [panel.heading for panel in panels])
+
+
+def add_fallback(result: ImageResult, key: str, layer: str | None = None) -> bool:
+    """When Grad-CAM's map of ``result`` says nothing (``flat``), add the map of method ``key`` (same model and
+    class, on Grad-CAM's ``layer``; None: the card's) to its explanation, for ``with_fallback``; returns whether
+    it is there and says something. Grad-CAM averages each channel's gradient first, so opposite signs can cancel
+    to an empty map; Layer-CAM weighs every cell by its own positive gradient and is rarely empty on the same
+    layer."""
+    maps = result.explanation.maps
+    if "grad_cam" not in maps or not flat(maps["grad_cam"][0]):
+        return False
+    if key not in maps:
+        method, loaded = METHODS[key], result.model(METHODS[key].role)
+        x = model_input(result.image, result.input_shape(method.role) or loaded.input_size)
+        explain(result.explanation, [method], {method.role: loaded.model}, {method.role: x}, layer)
+    return not flat(maps[key][0])
+
+
+def with_fallback(result: ImageResult, key: str, colormap: str = "jet", opacity: float = 0.5,
+                  raw: bool = False) -> list[Panel]:
+    """``render_panels``, with Grad-CAM's panel replaced, where its map is empty, by the panel of method ``key``
+    (added to the explanation by ``add_fallback``) when that one says something, titled and noted as standing in
+    for Grad-CAM (Grad-CAM's own panel is not rendered then). As ``render_panels`` when ``key`` is among the
+    result's own methods (its panel is there already)."""
+    maps = result.explanation.maps
+    if (key in {method.key for method in result.methods} or key not in maps or flat(maps[key][0])
+            or "grad_cam" not in maps or not flat(maps["grad_cam"][0])):
+        return render_panels(result, colormap, opacity, raw)
+    method = METHODS[key]
+    model = model_name(result.model(method.role))
+    shown = [method if other.key == "grad_cam" else other for other in result.methods]
+    # Guided Grad-CAM is Grad-CAM's map times pixel detail, so it is empty too: say why, and point at the stand-in.
+    guided_empty = (f"This map is empty because Grad-CAM's is: Guided Grad-CAM multiplies Grad-CAM's map by pixel "
+                    f"detail. {method.label}, beside it, shows where {model} looks.")
+    note = (f"Grad-CAM's map is empty for this photo: the influences on {model}'s score cancel out when averaged. "
+            f"Shown in its place: {method.label} on the same layer, which keeps each part's own positive influence.")
+    return [replace(panel, title=f"{method.label} (Grad-CAM found nothing)", note=note) if panel.key == key
+            else replace(panel, empty=guided_empty) if panel.key == "guided_grad_cam" and panel.empty
+            else panel for panel in render_panels(replace(result, methods=shown), colormap, opacity, raw)]

@@ -103,7 +103,7 @@ for _method in (
            "Grad-CAM without averaging: each position keeps its own influence, so the map follows the model "
            "exactly; blue is evidence against.", non_negative=False),
     Method("layer_cam", "Layer-CAM", GRADCAM_MODEL, methods.layer_cam, _one_layer,
-           "Each position weighed by its own positive influence; works on earlier, sharper layers too."),
+           "Each position weighed by its own positive influence; works on earlier, sharper layers too.", fused=True),
     Method("layer_cam_fused", "Layer-CAM, 3 layers fused", GRADCAM_MODEL,
            lambda model, x, c, layer: methods.layer_cam_fused(model, x, c),
            lambda model, layer: methods.stage_layers(model),

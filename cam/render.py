@@ -13,7 +13,8 @@ from cam.resample import upsample
 
 # The colormaps offered in the dashboard; colorize() accepts any name matplotlib knows.
 # viridis and cividis stay readable for people with colour-blindness (cividis: red-green deficiency too).
-COLORMAPS = ("jet", "turbo", "viridis", "cividis", "inferno", "magma", "plasma", "gray")
+# The first is the default: viridis stays readable with the common colour blindnesses (jet does not).
+COLORMAPS = ("viridis", "cividis", "jet", "turbo", "inferno", "magma", "plasma", "gray")
 # side_by_side magnifies smaller panels to at least this height, so that a 32x32 input is visible and titled.
 MIN_PANEL_HEIGHT = 256
 TITLE_COLOUR = (0, 0, 0)

@@ -184,12 +184,14 @@ def answer(data: dict) -> list[str]:
 
 
 def plain_summary(data: dict) -> list[str]:
-    """Three sentences for people who do not read tables, from the report's numbers: which map shows *where* the
-    object is, which is the sharpest faithful map without retraining, and which to be careful with."""
+    """One sentence per use, for people who do not read tables, from the report's numbers: to see *where* the object
+    is (pointing game), to see *fine detail* (effective grid, beside the map's own grid as the panels give it), to
+    check that the network *learned something* (the randomised-weights test)."""
     finest = _finest(data)
     if finest is None:
         return []
     names, (best, reference, _, cells) = labels(data), finest
+    native = {key: size for model in data["meta"]["models"] for key, size in model.get("native", {}).items()}
     sentences = []
     # Where: the pointing game on the mosaics and on the masked photos (photos4's horses with their outlines), each
     # when measured; the two can name different winners.
@@ -212,20 +214,60 @@ def plain_summary(data: dict) -> list[str]:
             f"**{names[winner]}** {pictures} ({finding}" + (f"; {versus}" if versus else "") + ")"
             for winner, pictures, finding, versus in where
         ) + ".")
-    grid, ref_grid = (cells[("test", "effective_grid", k)]["mean"] for k in (best, reference))
-    sentences.append(f"Without retraining the network, **{names[best]}** gives the sharpest map that still follows "
-                     f"what the network uses: about {grid:.0f} x {grid:.0f} distinct cells, where {names[reference]} "
-                     f"has {ref_grid:.0f} x {ref_grid:.0f}.")
+
+    def detail(key: str) -> str:
+        grid = cells[("test", "effective_grid", key)]["mean"]
+        cells_of = native.get(key, "").replace("x", " x ")
+        return f"about {grid:.0f} x {grid:.0f}" + (f" of its {cells_of} cells" if cells_of else " cells")
+
+    sentences.append(f"To see **fine detail** without retraining the network, use **{names[best]}**: its map holds "
+                     f"detail of {detail(best)}, where {names[reference]}'s holds {detail(reference)}.")
     sanity = {k: cells[("sanity", "spearman", k)]["mean"] for k in names if ("sanity", "spearman", k) in cells}
     careless = [k for k, mean in sanity.items() if mean >= 0.5]
+    passing = [mean for k, mean in sanity.items() if k not in careless]
     if careless:
-        sentences.append(f"Be careful with **{', '.join(names[k] for k in careless)}**: "
+        sentences.append(f"To **check that the network learned something**, do not use "
+                         f"**{', '.join(names[k] for k in careless)}**: "
                          f"{'its map hardly changes' if len(careless) == 1 else 'their maps hardly change'} when the "
-                         "network's learned weights are scrambled, so the fine detail shows the photo's edges more "
-                         "than the network's reasoning.")
+                         "network's learned weights are scrambled (rank correlation with the scrambled network's map "
+                         f"{', '.join(f'{sanity[k]:.2f}' for k in careless)}; 1 = unchanged), so "
+                         f"{'its' if len(careless) == 1 else 'their'} detail shows the photo's edges more than the "
+                         "network's reasoning" + (f"; the others stay at or under {max(passing):.2f}." if passing
+                                                  else "."))
     elif sanity:
-        sentences.append("Every method's map changed when the network's learned weights were scrambled, so each "
-                         "one depends on what the network learned.")
+        sentences.append("To **check that the network learned something**, any of these maps will do: each changed "
+                         "when the network's learned weights were scrambled (rank correlation with the scrambled "
+                         f"network's map at most {max(sanity.values()):.2f}; 1 = unchanged).")
+    return sentences
+
+
+def why_reports_differ(reports: list[dict]) -> list[str]:
+    """Where two reports (network pairs) give different advice on the same method, one sentence each saying so and
+    with which numbers: the randomised-weights test and the mosaics' pointing game."""
+    sentences = []
+    for a, b in zip(reports, reports[1:], strict=False):
+        ca, cb, names = _answer_cells(a), _answer_cells(b), labels(a)
+        ta, tb = report_title(a), report_title(b)
+        for key in names:
+            sa, sb = ca.get(("sanity", "spearman", key)), cb.get(("sanity", "spearman", key))
+            if sa and sb and (sa["mean"] >= 0.5) != (sb["mean"] >= 0.5):
+                passed, failed = (ta, tb) if sa["mean"] < 0.5 else (tb, ta)
+                low, high = sorted((sa["mean"], sb["mean"]))
+                sentences.append(f"The pairs differ on **{names[key]}**: with the {passed} networks its map changed "
+                                 f"when the weights were scrambled ({low:.2f}), with the {failed} networks it "
+                                 f"hardly did ({high:.2f}). The test holds for one network, not for a method "
+                                 "everywhere.")
+        pa = {k: ca[("mosaics", "pointing", k)]["mean"] for k in names if ("mosaics", "pointing", k) in ca}
+        pb = {k: cb[("mosaics", "pointing", k)]["mean"] for k in labels(b) if ("mosaics", "pointing", k) in cb}
+        common = set(pa) & set(pb)
+        if common and max(common, key=pa.get) != max(common, key=pb.get) and "grad_cam" in common:
+            grids = {report_title(d): next((m["native"].get("grad_cam") for m in d["meta"]["models"]
+                                            if "grad_cam" in m.get("native", {})), "?") for d in (a, b)}
+            sentences.append(f"On pictures made of four photos, Grad-CAM's strongest spot fell on the right photo "
+                             f"{pa['grad_cam']:.0%} of the time with the {ta} networks and {pb['grad_cam']:.0%} with "
+                             f"the {tb} networks. Their Grad-CAM maps have "
+                             + " and ".join(f"{grid.replace('x', ' x ')} cells" for grid in grids.values())
+                             + ": a map as coarse as the mosaic itself cannot point at one of its photos.")
     return sentences
 
 

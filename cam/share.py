@@ -32,6 +32,8 @@ class View:
     opacity: float | None = None
     raw: bool = False
     image: str | None = None  # a gallery picture (cam.gallery.reference); uploads cannot travel in a link
+    zoom: tuple[float, float, float, float] | None = None  # x0, x1, y0, y1 in image pixels (y0 > y1: rows go down)
+    uploaded: bool = False  # made while an uploaded photo was shown: the page opening it says the photo is not in it
     detail: str | None = None  # a name of cam.images.DETAIL_LEVELS; None: standard
 
 
@@ -40,7 +42,9 @@ def encode(view: View) -> dict[str, str]:
     params = {
         "set": view.model_set, "class": view.class_name, "methods": ",".join(view.methods) or None,
         "colours": view.colormap, "opacity": None if view.opacity is None else f"{view.opacity:g}",
-        "raw": "1" if view.raw else None, "image": view.image, "detail": view.detail,
+        "raw": "1" if view.raw else None, "image": view.image,
+        "zoom": None if view.zoom is None else ",".join(f"{value:.0f}" for value in view.zoom),
+        "upload": "1" if view.uploaded else None, "detail": view.detail,
     }
     return {key: value for key, value in params.items() if value}
 
@@ -85,9 +89,24 @@ def decode(
         except GalleryError:
             problems.append("The link's picture is not in this page's gallery; the example is shown.")
             image = None
+    zoom = zoom_of(params.get("zoom"))
+    if params.get("zoom") is not None and zoom is None:
+        problems.append("The link's zoom is not a box on the picture; the whole picture is shown.")
     view = View(pick("set", model_sets, "a model pair"), class_name, chosen, pick("colours", colormaps, "colours"),
-                opacity, params.get("raw") == "1", image, pick("detail", DETAIL_LEVELS, "a detail level"))
+                opacity, params.get("raw") == "1", image, zoom, params.get("upload") == "1",
+                pick("detail", DETAIL_LEVELS, "a detail level"))
     return view, problems
+
+
+def zoom_of(text: str | None) -> tuple[float, float, float, float] | None:
+    """The zoom box "x0,x1,y0,y1" of a link (pixels, x0 < x1, y0 > y1, none negative), or None when absent or
+    malformed."""
+    try:
+        x0, x1, y0, y1 = (float(value) for value in (text or "").split(","))
+    except ValueError:
+        return None
+    finite = all(np.isfinite(value) and value >= -1 for value in (x0, x1, y0, y1))
+    return (x0, x1, y0, y1) if finite and x0 < x1 and y1 < y0 else None
 
 
 def data_uri(image: np.ndarray, max_side: int | None = None) -> str:
@@ -101,23 +120,26 @@ def data_uri(image: np.ndarray, max_side: int | None = None) -> str:
 
 
 def _words(text: str) -> str:
-    """Escaped text with *emphasis* (the captions' Markdown) as <em>."""
-    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", html.escape(text))
+    """Escaped text with **strong** and *emphasis* (the captions' Markdown) as <strong> and <em>."""
+    strong = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", html.escape(text))
+    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", strong)
 
 
 STYLE = """body{font-family:sans-serif;color:#1d2433;max-width:1400px;margin:1.5em auto;padding:0 1em;line-height:1.4}
 .panels{display:flex;flex-wrap:wrap;gap:1em}.panel{flex:1 1 300px;max-width:32%}.panel img,.photo img{width:100%}
 .photo{max-width:480px}.note{color:#8a4b00}.legend{color:#555;font-size:.9em}table{border-collapse:collapse}
-td,th{padding:.2em .8em;text-align:left;border-bottom:1px solid #ddd}.strip{height:12px;width:100%}"""
+td,th{padding:.2em .8em;text-align:left;border-bottom:1px solid #ddd}.strip{height:12px;width:100%}
+.verdict{font-size:1.2em}"""
 
 
 def comparison_page(
     title: str, photo: np.ndarray, panels: list[Panel], predictions: Mapping[str, list[tuple[str, float]]],
-    reading: Iterable[tuple[str, str]], strip: np.ndarray | None = None,
+    reading: Iterable[tuple[str, str]], strip: np.ndarray | None = None, verdict: str = "",
 ) -> str:
-    """One self-contained HTML page: the photo, the panels with their plain captions, notes and legends, each
-    model's top predictions (``predictions``: model name -> (class, probability)), and how to read each method
-    (``reading``: label -> sentence). ``strip``: the heat map colour strip that the legends refer to."""
+    """One self-contained HTML page: the verdict (``cam.verdict``'s sentence, Markdown), the photo, the panels with
+    their plain captions, notes and legends, each model's top predictions (``predictions``: model name -> (class,
+    probability)), and how to read each method (``reading``: label -> sentence). ``strip``: the heat map colour
+    strip that the legends refer to."""
     legend_strip = f'<img class="strip" alt="colour strip" src="{data_uri(strip)}">' if strip is not None else ""
     blocks = []
     for panel in panels:
@@ -138,7 +160,8 @@ def comparison_page(
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body><h1>Where does the network look?</h1><h2>{html.escape(title)}</h2>"
-        f'<div class="photo"><img alt="the photo" src="{data_uri(photo, EXPORT_SIDE)}"></div>'
+        + (f'<p class="verdict">{_words(verdict)}</p>' if verdict else "")
+        + f'<div class="photo"><img alt="the photo" src="{data_uri(photo, EXPORT_SIDE)}"></div>'
         f'<h2>The maps</h2><div class="panels">{"".join(blocks)}</div>'
         f'<h2>What the networks think it is</h2><div class="panels">{tables}</div>'
         f"<h2>How to read each method</h2><ul>{how}</ul></body></html>"

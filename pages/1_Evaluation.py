@@ -24,18 +24,17 @@ def read(folder: Path) -> dict | str | None:
 
 
 def show(folder: Path, data: dict) -> None:
-    """One report: its plain sentences, its text, its figures and its per-map scores."""
+    """One report: one plain sentence per use, then the full report (text, figures, per-map scores) folded away."""
     st.markdown("\n".join(f"- {sentence}" for sentence in report.plain_summary(data)))
-    st.caption("From the measurements below; they hold for these models and images, not for every network.")
-    # The report's own text says how it was produced (command, date, time, N, models, whether trained).
-    st.markdown(report.markdown(data, images=False))
-    for name, figure in report.plotly_figures(data).items():
-        st.plotly_chart(figure, key=f"{folder.name}-{name}")
-    scores = folder / "scores.csv"
-    if scores.is_file():
-        st.download_button(
-            "Per-map scores (scores.csv)", scores.read_bytes(), "scores.csv", "text/csv", key=f"{folder.name}-csv"
-        )
+    with st.expander("The full report: how it was measured, tables and figures"):
+        # The report's own text says how it was produced (command, date, time, N, models, whether trained).
+        st.markdown(report.markdown(data, images=False))
+        for name, figure in report.plotly_figures(data).items():
+            st.plotly_chart(figure, key=f"{folder.name}-{name}")
+        scores = folder / "scores.csv"
+        if scores.is_file():
+            st.download_button("Per-map scores (scores.csv)", scores.read_bytes(), "scores.csv", "text/csv",
+                               key=f"{folder.name}-csv")
 
 
 def title(folder: Path, data: dict | str) -> str:
@@ -63,6 +62,8 @@ if not reports:
     st.stop()
 
 st.title("Which map can I trust for what?")
+st.caption("From measurements of these networks on their test images; they hold for these networks, not for every "
+           "network. Each tab is one pair of networks.")
 tabs = st.tabs([title(folder, data) for folder, data in reports]) if len(reports) > 1 else [st.container()]
 for tab, (folder, data) in zip(tabs, reports, strict=True):
     with tab:
@@ -74,6 +75,14 @@ for tab, (folder, data) in zip(tabs, reports, strict=True):
         except Exception:  # a report of another version or hand-edited: this tab says so, the others still work
             log.exception("the report in %s could not be shown", folder)
             st.error(report.UNSHOWABLE_REPORT, icon=":material/description:")
+try:
+    differences = report.why_reports_differ([data for _, data in reports if isinstance(data, dict)])
+except Exception:  # as for a tab: a report this page cannot read leaves the comparison out, nothing else
+    log.exception("the reports could not be compared")
+    differences = []
+if differences:
+    st.markdown("**Why the tabs differ**")
+    st.markdown("\n".join(f"- {sentence}" for sentence in differences))
 
 by_size = report.accuracy_by_size()
 if by_size:

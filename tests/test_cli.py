@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from cam import cli
 from cam.models import ARCHITECTURES
 
 PROJECT = Path(__file__).resolve().parent.parent
-COMMANDS = ("explain", "train", "evaluate", "data", "models", "methods", "report")
+COMMANDS = ("explain", "train", "evaluate", "data", "models", "methods", "report", "verdict")
 PNGS = ("grad_cam", "guided_grad_cam", "nopool_cam", "side_by_side")
 
 
@@ -83,6 +84,9 @@ def test_explain_writes_full_resolution_panels_and_native_maps(checkpoints, phot
     printed = capsys.readouterr()
     assert "warning: No checkpoint for 'vgg16'" in printed.err and "UNTRAINED" in printed.err
     assert printed.out.count("vgg16 top 3:") == printed.out.count("nopool_gap top 3:") == 2
+    verdicts = [line for line in printed.out.splitlines() if line.startswith("  verdict: ")]
+    assert len(verdicts) == 2 and all(re.search(r"Both networks say|The networks disagree|Not sure: ", line)
+                                      for line in verdicts)
     for stem, photo in photos.items():
         width, height = _size(photo)
         for method in PNGS[:3]:
@@ -228,3 +232,21 @@ def test_report_options_become_an_evaluation_config() -> None:
     assert config.methods[:3] == ("grad_cam", "guided_grad_cam", "nopool_cam") and "score_cam" in config.methods
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["report", "--data", "d", "--n", "0"])
+
+
+def test_verdict_fit_writes_small_statistics_that_explain_then_uses(checkpoints, shared_tiny_dataset, photos,
+                                                                     tmp_path, capsys) -> None:
+    data = str(shared_tiny_dataset)
+    assert cli.main(["verdict", "fit", "--set", "cifar", "--data", data]) == 2  # no trained networks: said, no file
+    assert "vgg16 has no checkpoint here; train it first" in capsys.readouterr().err
+    for name in ("vgg16", "nopool_gap"):
+        stand_in = cam.models.untrained_stand_in(name)
+        cam.models.save_checkpoint(stand_in.model, stand_in.card, checkpoints)
+    assert cli.main(["verdict", "fit", "--set", "cifar", "--data", data, "--n", "24", "--held-out", "8"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("vgg16", "nopool_gap"):
+        stats = checkpoints / f"{name}.ood.npz"
+        assert stats.is_file() and stats.stat().st_size < 300_000 and str(stats) in printed
+    assert cli.main(["explain", str(photos["street"]), "--set", "cifar", "--out", str(tmp_path / "out")]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"  verdict: (Both networks say|The networks disagree|Not sure: )", said)

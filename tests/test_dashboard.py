@@ -28,14 +28,17 @@ from streamlit.testing.v1 import AppTest
 import cam.models
 import cam.pipeline
 from cam.models import REGISTRY, WeightsUnavailable
+from cam.registry import METHODS, STUDY
+from cam.verdict import FeatureStats, stats_path
 
 pytestmark = pytest.mark.slow
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
 TIMEOUT = 300  # seconds per run: the first one builds and compiles VGG16 on a busy CPU
 # An absolute path: a slash that starts a word and is followed by at least one folder (URLs match too).
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*")
-CHELSEA = "451x300"  # the built-in example's size
 MARKDOWN_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")  # a backslash-escaped ASCII punctuation character
+FIRST = "400x328"  # the size of the first visit's example, the drawing of a horse
+EXTRA = [key for key in METHODS if key not in STUDY]
 
 
 def _offline() -> cam.models.LoadedModel:
@@ -123,10 +126,10 @@ def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypat
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error
     # A first visit shows the worked example at once, and its link.
-    assert "**Chelsea the cat (built-in example)**" in texts(at.markdown)
-    assert_panels(at, CHELSEA)
+    assert "**A drawing of a horse (built-in example)**" in texts(at.markdown)
+    assert_panels(at, FIRST)
     assert captions(at)[0].startswith("Grad-CAM on VGG16: ") and captions(at)[2].startswith("NoPool-GAP CAM on NoPool")
-    assert dict(at.query_params) == {"set": "cifar", "image": "examples/chelsea_cat.jpg"}
+    assert dict(at.query_params) == {"set": "cifar", "image": "examples/horse_drawing.png"}
     assert "untrained (random weights)" in texts(at.warning) and "python -m cam train vgg16" in texts(at.warning)
     assert "is not offered here: its weights could not be downloaded" in texts(at.sidebar.caption)
     assert "viridis" in at.selectbox(key="colormap").options and "cividis" in at.selectbox(key="colormap").options
@@ -153,11 +156,11 @@ def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypat
     assert_panels(at, "120x90")
     assert captions(at) == shown
     assert len(calls) == 5, "changing the look must re-render the cached maps, not recompute them"
-    assert dict(at.query_params) == {"set": "cifar", "colours": "cividis", "opacity": "0.8", "raw": "1"}
+    assert dict(at.query_params) == {"set": "cifar", "colours": "cividis", "opacity": "0.8", "raw": "1", "upload": "1"}
 
-    at.multiselect(key="extra_methods").set_value(["layer_cam", "hires_cam", "layer_cam_fused"]).run()
+    at.multiselect(key="extra_methods").set_value(EXTRA).run()  # what "Select all" does: every method
     assert not at.exception and not at.error
-    assert_panels(at, "120x90", count=6)
+    assert_panels(at, "120x90", count=9)
     assert "`block3_conv3_bn`" in texts(at.markdown)  # the technical details name the layers the fused one reads
     at.multiselect(key="extra_methods").set_value([]).run()
 
@@ -175,11 +178,11 @@ def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypat
     assert not at.exception and not at.get("plotly_chart")
     assert_no_paths(at, setup)
 
-    at.selectbox(key="picture:examples:").set_value("horse_drawing.png").run()
+    at.selectbox(key="picture:examples:").set_value("chelsea_cat.jpg").run()
     assert not at.exception and not at.error
-    assert "**A drawing of a horse (built-in example)**" in texts(at.markdown)
-    assert_panels(at, "400x328")
-    assert at.query_params["image"] == "examples/horse_drawing.png"
+    assert "**Chelsea the cat (built-in example)**" in texts(at.markdown)
+    assert_panels(at, "451x300")
+    assert at.query_params["image"] == "examples/chelsea_cat.jpg"
 
 
 def trained(name: str, folder: Path, bias: dict[str, float], zero_kernel: bool) -> None:
@@ -221,6 +224,7 @@ def test_empty_map_and_a_disagreement_with_its_button(setup: Path) -> None:
                           " This happens on some photos; compare the other panels or try another class.") == 1
     assert "NoPool-GAP CAM found no part" not in said
     assert "NoPool-GAP thinks this is horse (100%); this map shows its evidence for *cat*." in said
+    assert ":material/compare_arrows: The networks disagree: VGG16 says cat, NoPool-GAP says horse." in said
     assert captions(at)[2].startswith("NoPool-GAP CAM on NoPool-GAP: cat, 0%")
     figure = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert [note["text"] for note in figure["layout"]["annotations"]].count("Nothing found for this class") == 2
@@ -297,11 +301,11 @@ def test_links_carry_the_view_and_reach_only_the_gallery(setup: Path, monkeypatc
 
     at.selectbox(key="picture:pets:test/dog").set_value("0002.png").run()
     at.selectbox(key="class").set_value("horse").run()
-    at.selectbox(key="colormap").set_value("viridis").run()
+    at.selectbox(key="colormap").set_value("jet").run()
     at.slider(key="opacity").set_value(0.3).run()
     at.multiselect(key="extra_methods").set_value(["layer_cam"]).run()
     link = dict(at.query_params)
-    assert link == {"set": "cifar", "class": "horse", "methods": "layer_cam", "colours": "viridis", "opacity": "0.3",
+    assert link == {"set": "cifar", "class": "horse", "methods": "layer_cam", "colours": "jet", "opacity": "0.3",
                     "image": "pets/test/dog/0002.png"}
     shown = captions(at)
 
@@ -310,7 +314,7 @@ def test_links_carry_the_view_and_reach_only_the_gallery(setup: Path, monkeypatc
     again.run()
     assert not again.exception and not again.error and not again.info
     assert captions(again) == shown and dict(again.query_params) == link
-    assert again.slider(key="opacity").value == 0.3 and again.selectbox(key="colormap").value == "viridis"
+    assert again.slider(key="opacity").value == 0.3 and again.selectbox(key="colormap").value == "jet"
     assert again.selectbox(key="picture:pets:test/dog").value == "0002.png"
 
     for name in ("../../etc/passwd", "/etc/passwd", "pets/test/../../outside/test/cat/0000.png",
@@ -323,8 +327,8 @@ def test_links_carry_the_view_and_reach_only_the_gallery(setup: Path, monkeypatc
         said = texts(visit.info)
         assert "The link's picture is not in this page's gallery; the example is shown." in said, name
         assert "colours this page does not have" in said and "opacity is not between 0 and 1" in said
-        assert "**Chelsea the cat (built-in example)**" in texts(visit.markdown), name
-        assert visit.query_params["image"] == "examples/chelsea_cat.jpg"
+        assert "**A drawing of a horse (built-in example)**" in texts(visit.markdown), name
+        assert visit.query_params["image"] == "examples/horse_drawing.png"
         assert_no_paths(visit, setup)
 
 
@@ -339,7 +343,7 @@ def test_each_network_fails_alone(setup: Path) -> None:
     assert texts(at.error) == ("VGG16 (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its "
                                "description (model card) gives its name missing or in a form this tool cannot use.")
     assert "NoPool-GAP (ours, CIFAR, 32 px)**: trained, right on 50% of its test images." in texts(at.sidebar.caption)
-    assert_panels(at, CHELSEA, count=1)
+    assert_panels(at, FIRST, count=1)
     assert captions(at)[0].startswith("NoPool-GAP CAM on NoPool-GAP: ")
     assert not at.warning  # the only network loaded is trained
     assert_no_paths(at, setup)
@@ -352,7 +356,7 @@ def test_each_network_fails_alone(setup: Path) -> None:
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception
     assert "NoPool-GAP (ours, CIFAR, 32 px) could not be loaded, so its maps are missing" in texts(at.error)
-    assert_panels(at, CHELSEA, count=2)
+    assert_panels(at, FIRST, count=2)
     assert [c.split(" on ")[0] for c in captions(at)] == ["Grad-CAM", "Guided Grad-CAM"]
     assert_no_paths(at, setup)
 
@@ -375,7 +379,7 @@ def test_gallery_and_card_problems_become_sentences(setup: Path, monkeypatch: py
     assert texts(at.error) == ("NoPool-GAP (ours, CIFAR, 32 px) could not be loaded, so its maps are missing: its "
                                "description (model card) gives its test results missing or in a form this tool "
                                "cannot use.")
-    assert_panels(at, CHELSEA, count=2)
+    assert_panels(at, FIRST, count=2)
     at.selectbox(key="collection").set_value("pets").run()
     at.selectbox(key="folder:pets").set_value("test/dog").run()
     assert at.selectbox(key="picture:pets:test/dog").options == ["0000.png", "0001.png", "0002.png"]  # no link out
@@ -452,3 +456,82 @@ def test_names_shown_as_typed_long_ones_shortened_and_large_photos_reduced(
     assert not at.exception and not at.error
     label = next(block.value for block in at.markdown if "pets" in block.value)
     assert label == r"**pets\: test\/cat\/\!\[p\]\(https\:127\.0\.0\.1\:8698\) \*x\*\.png \(true class\: cat\)**"
+
+
+def test_the_verdict_agrees_or_is_not_sure(setup: Path) -> None:
+    checkpoints = setup / "checkpoints"
+    trained("vgg16", checkpoints, {"cat": 3.0}, zero_kernel=True)  # cat, 87%, whatever the photo
+    trained("nopool_gap", checkpoints, {"cat": 2.0}, zero_kernel=True)  # cat, 71%
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    said = texts(at.markdown)
+    assert ":material/check_circle: Both networks say **cat** (VGG16 87%, NoPool-GAP 71%)." in said
+    assert "probability rule" in said  # no statistics here: the technical details say which rule decided
+
+    # Statistics by which every photo is far from the training photos (a threshold of almost 0): "not sure".
+    for name, width in (("vgg16", 512), ("nopool_gap", 256)):
+        FeatureStats(np.zeros(width), np.eye(width), np.zeros((4, width)), 1e-9,
+                     ("bird", "cat", "dog", "horse")).save(stats_path(name))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    said = texts(at.markdown)
+    assert (":material/help: **Not sure**: neither network is confident; they know only birds, cats, dogs and "
+            "horses.") in said
+    assert "distance of its features to the training photos' classes" in said and "probability rule" not in said
+
+
+def test_state_follows_the_visitor(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explain = cam.pipeline.explain_image
+
+    def no_grad_cam(*args, **kwargs) -> cam.pipeline.ImageResult:  # Grad-CAM's map (and so Guided's) all zero
+        result = explain(*args, **kwargs)
+        for key in ("grad_cam", "guided_grad_cam"):
+            result.explanation.maps[key] = np.zeros_like(result.explanation.maps[key])
+        return result
+
+    monkeypatch.setattr(cam.pipeline, "explain_image", no_grad_cam)
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    # The empty Grad-CAM panel is replaced, in its place, by Layer-CAM on the same layer, labelled as such.
+    assert captions(at)[0].startswith("Layer-CAM on VGG16: ") and len(captions(at)) == 3
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [note["text"] for note in figure["layout"]["annotations"]][:2] == [
+        "Layer-CAM (Grad-CAM found nothing)", "Guided Grad-CAM"]
+    said = texts(at.markdown)
+    assert "Grad-CAM's map is empty for this photo" in said and "This map is empty because Grad-CAM's is" in said
+    assert not [button for button in at.button if button.key == "add:fallback"]
+
+    # A chosen class does not stick to the next photo; the picture box says an upload is shown.
+    at.selectbox(key="class").set_value("horse").run()
+    at.file_uploader(key="upload").set_value(("horse.png", encoded(60, 40, "PNG"), "image/png")).run()
+    assert not at.exception and at.selectbox(key="class").value == "Top prediction"
+    assert "Shown now: uploaded photo “horse.png”" in texts(at.sidebar.caption)
+    link = dict(at.query_params)
+    assert link["upload"] == "1" and "image" not in link
+
+    # Removing the upload goes back to the picture the gallery shows.
+    at.file_uploader(key="upload").set_value(None).run()
+    assert not at.exception
+    assert "**A drawing of a horse (built-in example)**" in texts(at.markdown) and not texts(at.sidebar.caption).count(
+        "Shown now")
+    assert_panels(at, FIRST)
+
+    # Whoever opens the upload's link is told, in one sentence, why they see an example and how to get the photo.
+    sent = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
+    sent.query_params.update(link)
+    sent.run()
+    assert not sent.exception and not sent.error
+    assert ("This link was made while its sender looked at a photo of their own, which a link cannot carry, so an "
+            "example is shown; ask them for the comparison as a web page") in texts(sent.info)
+
+    # The zoom travels in the link and is restored from it.
+    at.session_state["zoom"] = {"examples/horse_drawing.png": {"x": [10.0, 200.0], "y": [150.0, 20.0]}}
+    at.run()
+    assert at.query_params["zoom"] == "10,200,150,20"
+    zoomed = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
+    zoomed.query_params.update(dict(at.query_params))
+    zoomed.run()
+    layout = json.loads(zoomed.get("plotly_chart")[0].proto.spec)["layout"]
+    assert layout["xaxis"]["range"] == [10, 200] and layout["yaxis"]["range"] == [150, 20]

@@ -63,11 +63,11 @@ def test_explain_adds_the_other_methods_for_the_same_classes(small):
     chosen = registry.selected("grad_cam,layer_cam,hires_cam")
     registry.explain(explanation, chosen, {"gradcam": model, "cam": model}, {"gradcam": x, "cam": x})
     assert set(explanation.maps) == {*FUSED_METHODS, "layer_cam", "hires_cam"}
-    expected = registry.METHODS["layer_cam"].compute(model, x, [2, 1, 0, 1], None)
-    np.testing.assert_array_equal(explanation.maps["layer_cam"], expected)
-    assert explanation.seconds["layer_cam"] > 0
+    expected = registry.METHODS["hires_cam"].compute(model, x, [2, 1, 0, 1], None)
+    np.testing.assert_array_equal(explanation.maps["hires_cam"], expected)
+    assert explanation.seconds["hires_cam"] > 0
     merged = Explanation.concatenate([explanation, explanation])
-    assert merged.maps["layer_cam"].shape[0] == 8 and merged.classes["gradcam"].tolist() == [2, 1, 0, 1] * 2
+    assert merged.maps["hires_cam"].shape[0] == 8 and merged.classes["gradcam"].tolist() == [2, 1, 0, 1] * 2
 
 
 def test_selected_reads_keys_all_and_the_default():

@@ -58,3 +58,21 @@ def test_the_detail_level_travels_in_the_link_and_only_known_ones() -> None:
     kept, problems = decode({"detail": "ultra"})
     assert kept.detail is None and problems == ["The link asks for a detail level this page does not have; the "
                                                 "default is shown."]
+
+
+def test_a_link_carries_the_zoom_and_says_when_it_was_made_from_an_upload() -> None:
+    view = share.View("photos", zoom=(10.4, 200.0, 150.0, 20.0), uploaded=True)
+    params = share.encode(view)
+    assert params == {"set": "photos", "zoom": "10,200,150,20", "upload": "1"}
+    assert decode(params) == (share.View("photos", zoom=(10.0, 200.0, 150.0, 20.0), uploaded=True), [])
+    for bad in ("1,2,3", "200,10,150,20", "10,200,20,150", "a,b,c,d", "nan,1,2,0", "-50,10,20,5"):
+        view, problems = decode({"zoom": bad})
+        assert view.zoom is None and problems == ["The link's zoom is not a box on the picture; the whole picture is "
+                                                  "shown."], bad
+
+
+def test_the_comparison_page_opens_with_the_verdict() -> None:
+    photo = np.zeros((20, 20, 3), np.uint8)
+    page = share.comparison_page("x", photo, [], {}, [], verdict="**Not sure**: neither network is confident & <so>.")
+    assert '<p class="verdict"><strong>Not sure</strong>: neither network is confident &amp; &lt;so&gt;.</p>' in page
+    assert 'class="verdict"' not in share.comparison_page("x", photo, [], {}, [])

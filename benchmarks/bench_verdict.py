@@ -1,0 +1,162 @@
+"""How well does "not sure" (cam.verdict) separate pictures of other things from photos of our four classes?
+
+    python -m benchmarks.bench_verdict [--data ../shared/data/photos4] [--set photos]
+
+Out-of-class pictures: the sample images that ship inside installed packages (``OUT_OF_CLASS``; scikit-image and
+matplotlib, both needed only here), none of a bird, cat, dog or horse, each taken whole and as five crops (four
+quadrants and the centre half). Their source images are split in two by a seeded draw: one half (with a validation
+part of photos4/train, photos not used for the statistics) chooses the rule and threshold, the other half and
+photos4/test report it. Prints every candidate on the choosing half and the chosen one on the reporting half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from cam.data import list_classes, list_images
+from cam.images import load_image
+from cam.models import MODEL_SETS, load_model
+from cam.verdict import DIMENSIONS, FeatureReader, FeatureStats, fit_stats, training_sample
+
+# (package, file inside it): pictures of things that are not birds, cats, dogs or horses. Left out on purpose:
+# scikit-image's chelsea (a cat), horse (a horse's silhouette) and its tiny test and chessboard files.
+OUT_OF_CLASS = {
+    "skimage": ("data/astronaut.png", "data/brick.png", "data/camera.png", "data/cell.png", "data/clock_motion.png",
+                "data/coffee.png", "data/coins.png", "data/color.png", "data/grass.png", "data/gravel.png",
+                "data/hubble_deep_field.jpg", "data/ihc.png", "data/logo.png", "data/microaneurysms.png",
+                "data/moon.png", "data/motorcycle_left.png", "data/page.png", "data/phantom.png",
+                "data/retina.jpg", "data/rocket.jpg", "data/text.png"),
+    "matplotlib": ("mpl-data/sample_data/grace_hopper.jpg", "mpl-data/sample_data/logo2.png",
+                   "mpl-data/sample_data/Minduka_Present_Blue_Pack.png"),
+    "sklearn": ("datasets/images/china.jpg", "datasets/images/flower.jpg"),
+}
+CANDIDATE_DIMENSIONS = (16, 64, 256)
+CANDIDATE_QUANTILES = (0.95, 0.97, 0.99)
+TEST_LIMIT = 0.05  # at most this share of known photos may be called "not sure"
+
+
+def out_of_class_files() -> list[Path]:
+    """The files of OUT_OF_CLASS found in the installed packages (a missing package is skipped, and said)."""
+    files = []
+    for package, names in OUT_OF_CLASS.items():
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            print(f"({package} is not installed: its pictures are left out)")
+            continue
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        files += [folder / name for name in names if (folder / name).is_file()]
+    return files
+
+
+def views(image: np.ndarray) -> list[np.ndarray]:
+    """The whole picture, its four quadrants and its centre half."""
+    h, w = image.shape[:2]
+    quadrants = [image[y : y + h // 2, x : x + w // 2] for y in (0, h // 2) for x in (0, w // 2)]
+    return [image, *quadrants, image[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2]]
+
+
+def stats_bytes(stats: FeatureStats) -> int:
+    return 4 * (stats.mean.size + stats.projection.size + stats.centres.size)
+
+
+def read_all(args: argparse.Namespace, ood_images: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Features and probabilities of every part (fit, held, test, ood) per network, each kept in ``args.cache``
+    (a folder) once read, so that an interrupted run goes on where it stopped."""
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    fit_paths, _, held_paths, _ = training_sample(args.data, args.n, args.held_out)
+    test_paths, _ = test_sample(args.data, args.test)
+    model_set = MODEL_SETS[args.set]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name in (model_set.gradcam, model_set.gap):
+        out[name], read = {}, None
+        for part, paths in (("fit", fit_paths), ("held", held_paths), ("test", test_paths), ("ood", None)):
+            file = cache / f"{name}_{part}_{len(paths) if paths else len(ood_images)}.npz"
+            if not file.is_file():
+                read = read or FeatureReader(load_model(name))
+                features, probabilities = read(ood_images if paths is None else [load_image(p) for p in paths])
+                np.savez(file, features=features, probabilities=probabilities)
+                print(f"{name}: {part} read", flush=True)
+            with np.load(file) as data:
+                out[name][part], out[name][part + "_p"] = data["features"], data["probabilities"]
+    return out
+
+
+def test_sample(root: str, n: int) -> tuple[list[Path], np.ndarray]:
+    """A seeded sample of ``n`` photos of root/test (all of them when n is 0 or more than there are)."""
+    paths, labels = list_images(root, "test", list_classes(root, "test"))
+    order = np.random.default_rng(1).permutation(len(paths))[: n or None]
+    return [paths[i] for i in order], labels[order]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos4"))
+    parser.add_argument("--set", default="photos", choices=list(MODEL_SETS))
+    parser.add_argument("--n", type=int, default=1200, help="training photos for the statistics")
+    parser.add_argument("--held-out", type=int, default=400, help="other training photos: thresholds, choice")
+    parser.add_argument("--test", type=int, default=0, help="photos of test/ to report on (default: all)")
+    parser.add_argument("--cache", default="/tmp/bench_verdict", help="folder of features kept between runs")
+    args = parser.parse_args()
+
+    files = out_of_class_files()
+    order = np.random.default_rng(0).permutation(len(files))
+    choosing_files = {files[i] for i in order[: len(files) // 2]}
+    print("out-of-class pictures:", ", ".join(f.name for f in files))
+    print("choosing half:", ", ".join(sorted(f.name for f in choosing_files)))
+    ood_images, choosing = [], []
+    for file in files:
+        for view in views(load_image(file)):
+            ood_images.append(view)
+            choosing.append(file in choosing_files)
+    choosing = np.asarray(choosing)
+    _, labels, _, classes = training_sample(args.data, args.n, args.held_out)
+    parts = read_all(args, ood_images)
+    names = list(parts)
+
+    def shares(flags: dict[str, np.ndarray]) -> dict[str, float]:
+        return {"held": flags["held"].mean(), "test": flags["test"].mean(),
+                "ood_choosing": flags["ood"][choosing].mean(), "ood_report": flags["ood"][~choosing].mean()}
+
+    def line(r: dict[str, float]) -> str:
+        return (f"train held-out {r['held']:.1%}, out-of-class choosing {r['ood_choosing']:.1%} "
+                f"| reporting: out-of-class {r['ood_report']:.1%}, photos4/test {r['test']:.1%}")
+
+    print("\nbaseline, probability only: not sure when either network is under 70% or they disagree")
+    base = {part: np.logical_or.reduce([parts[n][part + "_p"].max(axis=1) < 0.7 for n in names])
+            | (parts[names[0]][part + "_p"].argmax(1) != parts[names[1]][part + "_p"].argmax(1))
+            for part in ("held", "test", "ood")}
+    print("  " + line(shares(base)))
+
+    print("\ncandidates (chosen on train held-out and the choosing half; not sure when either network's check fails):")
+    results = []
+    options = [(check, dimensions) for check in ("mahalanobis",) for dimensions in CANDIDATE_DIMENSIONS]
+    options += [("low_norm", DIMENSIONS), ("none", DIMENSIONS)]
+    for quantile in CANDIDATE_QUANTILES:
+        stats = {(n, check, d): fit_stats(parts[n]["fit"], labels, classes, parts[n]["held"], d, quantile, check)
+                 for n in names for check, d in options}
+        for first, second in itertools.product(options, options):
+            pair = (stats[(names[0], *first)], stats[(names[1], *second)])
+            r = shares({part: np.logical_or(*(s.unusual(parts[n][part]) > 1 for s, n in zip(pair, names, strict=True)))
+                        for part in ("held", "test", "ood")})
+            r["bytes"] = sum(stats_bytes(s) for s in pair)
+            results.append(((quantile, first, second), r))
+    results.sort(key=lambda item: -item[1]["ood_choosing"])
+    for key, r in results[:12]:
+        print(f"  q={key[0]} {names[0]} {key[1]}, {names[1]} {key[2]}: {line(r)}")
+    allowed = [(key, r) for key, r in results if r["held"] <= TEST_LIMIT - 0.01]
+    key, r = max(allowed, key=lambda item: (item[1]["ood_choosing"], -item[1]["held"], -item[1]["bytes"]))
+    print(f"\nchosen (train held-out at most {TEST_LIMIT - 0.01:.0%}): quantile {key[0]}, {names[0]} {key[1]}, "
+          f"{names[1]} {key[2]}: {line(r)}")
+    print(f"reported: out-of-class (other half, {int((~choosing).sum())} views of {len(files) - len(choosing_files)} "
+          f"pictures) called 'not sure' {r['ood_report']:.1%}; photos4/test ({len(parts[names[0]]['test'])}) "
+          f"called 'not sure' {r['test']:.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""cam.verdict: the sentence from both networks' answers, the feature statistics behind "not sure", and the Judge
+that reads a model's features (a tiny stand-in whose outputs the test sets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cam.models
+from cam.methods import Explainer
+from cam.pipeline import explain_image
+from cam.verdict import Answer, FeatureReader, FeatureStats, Judge, fit_stats, stats_path, verdict
+
+
+def test_the_sentence_says_agree_disagree_or_not_sure() -> None:
+    agree = verdict([Answer("VGG16", "dog", 0.88, 0.4), Answer("NoPool-GAP", "dog", 0.70, 0.9)])
+    assert (agree.kind, agree.sentence) == ("agree", "Both networks say **dog** (VGG16 88%, NoPool-GAP 70%).")
+    disagree = verdict([Answer("VGG16", "dog", 0.9, 0.2), Answer("NoPool-GAP", "cat", 0.6, 0.3)])
+    assert (disagree.kind, disagree.sentence) == (
+        "disagree", "The networks disagree: VGG16 says dog, NoPool-GAP says cat.")
+    far = verdict([Answer("VGG16", "dog", 0.99, 3.0), Answer("NoPool-GAP", "dog", 0.95, 1.5)])
+    assert far.kind == "not sure"
+    assert far.sentence == ("**Not sure**: neither network is confident; they know only birds, cats, dogs and "
+                            "horses.")
+    one_far = verdict([Answer("VGG16", "dog", 0.99, 0.5), Answer("NoPool-GAP", "cat", 0.95, 1.01)])
+    assert one_far.kind == "not sure" and "NoPool-GAP is not confident" in one_far.sentence
+    assert "3.00 of the threshold" in far.detail and "probability rule" not in far.detail
+    # Without statistics a network is judged by its probability, and the details say so.
+    fallback = verdict([Answer("VGG16", "dog", 0.65), Answer("NoPool-GAP", "dog", 0.95)])
+    assert fallback.kind == "not sure" and "probability rule" in fallback.detail
+    assert verdict([Answer("VGG16", "dog", 0.75), Answer("NoPool-GAP", "dog", 0.95)]).kind == "agree"
+    # A class outside the four (ImageNet's "coffee mug") is not one of theirs.
+    assert verdict([Answer("VGG16", None, 0.99), Answer("NoPool-GAP", "cat", 0.9, 0.1)]).kind == "not sure"
+    assert verdict([Answer("NoPool-GAP", "cat", 0.9, 0.1)]).sentence == "NoPool-GAP says **cat** (NoPool-GAP 90%)."
+    with pytest.raises(ValueError):
+        verdict([])
+
+
+def test_statistics_measure_distance_to_the_classes_in_units_of_the_threshold(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 4, (4, 12))
+    scale = np.linspace(0.2, 3.0, 12)  # unequal spreads: Mahalanobis, not Euclidean
+    labels = rng.integers(0, 4, 2000)
+    features = centres[labels] + rng.normal(0, 1, (2000, 12)) * scale
+    held = centres[rng.integers(0, 4, 1000)] + rng.normal(0, 1, (1000, 12)) * scale
+    stats = fit_stats(features, labels, ("bird", "cat", "dog", "horse"), held, dimensions=12, quantile=0.95)
+    # The threshold is the 95th percentile of held-out distances, so about 5% of new in-class points exceed 1.
+    fresh = centres[rng.integers(0, 4, 4000)] + rng.normal(0, 1, (4000, 12)) * scale
+    assert 0.03 < (stats.distances(fresh) > 1).mean() < 0.07
+    # Each class's mean is at distance 0; a point 6 standard deviations out along the tight axis is far, while the
+    # same Euclidean step along the wide axis is not.
+    means = np.stack([features[labels == c].mean(axis=0) for c in range(4)])
+    assert np.allclose(stats.distances(means), 0, atol=1e-9)
+    tight, wide = means[0].copy(), means[0].copy()
+    tight[0] += 6 * scale[0]
+    wide[-1] += 6 * scale[0]
+    assert stats.distances(tight)[0] > 1 > stats.distances(wide)[0]
+    # Fewer directions: the statistics shrink to D of them; saved and read back they give the same distances.
+    small = fit_stats(features, labels, ("bird", "cat", "dog", "horse"), held, dimensions=4)
+    assert small.projection.shape == (12, 4)
+    path = small.save(tmp_path / "x.ood.npz")
+    again = FeatureStats.load(path)
+    assert again.classes == small.classes and np.allclose(again.distances(fresh[:50]), small.distances(fresh[:50]),
+                                                          rtol=1e-4)
+
+
+def stand_in(name: str, bias: dict[str, float]) -> cam.models.LoadedModel:
+    """A stand-in whose answer is set by its logits' biases (kernel zero: the same for every image)."""
+    loaded = cam.models.untrained_stand_in(name)
+    loaded.trained = True
+    logits = loaded.model.get_layer("logits")
+    kernel, offsets = logits.get_weights()
+    offsets[:] = [bias.get(c, 0.0) for c in loaded.classes]
+    logits.set_weights([np.zeros_like(kernel), offsets])
+    return loaded
+
+
+def test_the_judge_reads_features_when_there_are_statistics_and_falls_back_without(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path)
+    loaded = stand_in("nopool_gap", {"cat": 5.0})
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    result = explain_image(photo, Explainer(None, None, loaded.model), None, loaded)
+
+    without = Judge([loaded])(result)  # no statistics file: the probability rule, said in the details
+    assert without.kind == "agree" and without.sentence == "NoPool-GAP says **cat** (NoPool-GAP 98%)."
+    assert "probability rule" in without.detail
+
+    # Statistics of the features of 'training' pictures of flat colour: a noisy photo lies far from them.
+    read = FeatureReader(loaded)
+    flat = [np.full((32, 32, 3), value, np.uint8) for value in range(0, 240, 4)]
+    features, probabilities = read(flat)
+    assert features.shape == (60, 256) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    # The Explainer's own pass gives the same pooled features, so the verdict needs no pass of its own there.
+    assert np.allclose(result.explanation.pooled["cam"][0], read([photo])[0][0], rtol=1e-4, atol=1e-5)
+    labels = np.arange(60) % 4
+    fit_stats(features, labels, loaded.classes, features[::3], dimensions=8).save(stats_path("nopool_gap"))
+    judged = Judge([loaded])(result)
+    assert judged.kind == "not sure" and "distance of its features to the training photos' classes" in judged.detail
+    assert Judge([loaded]).answers(result)[0].distance > 1
+    # A corrupt file is not a crash: the probability rule again.
+    stats_path("nopool_gap").write_bytes(b"not an npz")
+    assert "probability rule" in Judge([loaded])(result).detail
+
+
+def test_the_low_norm_check_and_no_check() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(0, 1, (400, 8)) + 5.0  # norms near sqrt(8 * 26) = 14.4
+    labels = np.arange(400) % 4
+    held = rng.normal(0, 1, (400, 8)) + 5.0
+    short = fit_stats(features, labels, ("bird", "cat", "dog", "horse"), held, dimensions=4, quantile=0.9,
+                      check="low_norm")
+    assert short.threshold == np.inf and (short.unusual(held) > 1).mean() == pytest.approx(0.1, abs=0.01)
+    assert short.unusual(features[:1] * 0.2)[0] > 1 > short.unusual(features[:1] * 3)[0]  # short is unusual, long not
+    never = fit_stats(features, labels, ("bird", "cat", "dog", "horse"), held, check="none")
+    assert (never.unusual(np.vstack([held, held * 0.01, held * 100])) == 0).all()
+    said = verdict([Answer("VGG16", "dog", 0.9, 0.0, "none"), Answer("NoPool-GAP", "dog", 0.8, 1.4, "low_norm")])
+    assert said.kind == "not sure" and "VGG16: dog 90%, features not checked" in said.detail
+    assert "shortness of its feature vector 1.40 of the threshold" in said.detail
+    with pytest.raises(ValueError, match="unknown check"):
+        fit_stats(features, labels, ("bird", "cat", "dog", "horse"), held, check="energy")
+
+
+def test_the_shipped_statistics_are_small_and_match_their_networks() -> None:
+    for name, check in (("vgg16_photos", "none"), ("nopool_gap_photos", "low_norm")):
+        path = Path(cam.models.CHECKPOINTS) / f"{name}.ood.npz"
+        if not path.is_file():
+            pytest.skip(f"{path.name} not shipped here")
+        stats = FeatureStats.load(path)
+        assert path.stat().st_size < 300_000 and stats.check == check
+        assert stats.classes == tuple(cam.models.read_card(path.with_name(f"{name}.json"))["classes"])
