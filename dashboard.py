@@ -658,8 +658,9 @@ def details(result: ImageResult, scale: float, timings: dict[str, float], decode
                          f"({how})")
         lines.append("- " + ", ".join(f"{step} {ms:.0f} ms" for step, ms in timings.items()))
         if decoded.reduced:
+            read = decoded.pixels.shape
             lines.append(f"- The photo is {decoded.original[1]}x{decoded.original[0]} pixels; it was read reduced to "
-                         f"{width}x{height} (at most {DECODE_MAX_SIDE} on its long side), which is more than the "
+                         f"{read[1]}x{read[0]} (at most {DECODE_MAX_SIDE} on its long side), which is more than the "
                          "networks see and all the page shows. The maps and downloads have this size.")
         if scale > 1:
             lines.append(f"- The page shows a {round(width / scale)}x{round(height / scale)} copy of this "

@@ -217,8 +217,8 @@ def test_empty_map_and_a_disagreement_with_its_button(setup: Path) -> None:
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error and not at.warning
     said = texts(at.markdown)
-    # Chelsea (451x300) at the CIFAR pair's 32 px, own aspect: a 64x32 input, VGG16's last maps 4x2.
-    assert captions(at)[0].startswith("Grad-CAM on VGG16: cat, 100% — map of 4x2 cells from a 64x32 input")
+    # The horse drawing (400x328) at the CIFAR pair's 32 px, own aspect: 39 px rounds to a 32x32 input, maps 2x2.
+    assert captions(at)[0].startswith("Grad-CAM on VGG16: cat, 100% — map of 2x2 cells from a 32x32 input")
     for method in ("Grad-CAM", "Guided Grad-CAM"):
         assert said.count(f"This map is empty: {method} found no part of the photo that raises VGG16's score for *cat*."
                           " This happens on some photos; compare the other panels or try another class.") == 1
@@ -263,13 +263,12 @@ def test_detail_level_changes_the_input_warns_where_less_accurate_and_travels(se
     (checkpoints / "nopool_gap.json").write_text(json.dumps(card))
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert at.select_slider(key="detail").value == "standard" and "detail" not in at.query_params
-    assert "map of 64x32 cells from a 64x32 input" in captions(at)[2] and not at.warning
+    assert "map of 32x32 cells from a 32x32 input" in captions(at)[2] and not at.warning
     at.select_slider(key="detail").set_value("finer").run()
     assert not at.exception and at.query_params["detail"] == "finer"
-    # Chelsea at short side 64: 451 / 300 * 64 = 96.2 -> 96; VGG16's block5 maps are 1/16 of it.
-    assert captions(at)[0].startswith("Grad-CAM on VGG16: ")
-    assert "map of 6x4 cells from a 96x64 input" in captions(at)[0]
-    assert "map of 96x64 cells from a 96x64 input" in captions(at)[2]
+    # The horse drawing at short side 64: 400 / 328 * 64 = 78 -> 64; VGG16's block5 maps are 1/16 of it.
+    assert " on VGG16: " in captions(at)[0] and "map of 4x4 cells from a 64x64 input" in captions(at)[0]
+    assert "map of 64x64 cells from a 64x64 input" in captions(at)[2]
     assert texts(at.warning) == ("NoPool-GAP was trained on 32-pixel photos: at this detail it is right on 60% of its "
                                  "test photos, against 80% at the standard detail.")
     again = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
@@ -424,16 +423,18 @@ def test_names_shown_as_typed_long_ones_shortened_and_large_photos_reduced(
 
     large = Image.fromarray(np.linspace(0, 255, 4096 * 3).astype(np.uint8).reshape(1, 4096, 3).repeat(1024, 0))
     buffer = io.BytesIO()
-    large.save(buffer, "JPEG")  # 4096x1024: read at 2048x512, the page says so
+    large.save(buffer, "JPEG")  # 4096x1024: read at 2048x512, the page says so; 4:1, so its middle 2:1 is explained
     at.file_uploader(key="upload").set_value(("wide.jpg", buffer.getvalue(), "image/jpeg")).run()
     assert not at.exception and not at.error
-    assert_panels(at, "2048x512")
+    assert_panels(at, "1024x512")
     assert ("The photo is 4096x1024 pixels; it was read reduced to 2048x512 (at most 2048 on its long side)"
             in texts(at.markdown))
+    assert ("This photo is 2048x512 pixels and it is too long and thin to look at whole: the networks saw its middle "
+            "1024x512 part, which the panels show.") in texts(at.caption)
 
     at.multiselect(key="extra_methods").set_value(["score_cam"]).run()  # slow: computed apart, in batches
     assert not at.exception and not at.error
-    assert_panels(at, "2048x512", count=4)
+    assert_panels(at, "1024x512", count=4)
     assert captions(at)[3].startswith("Score-CAM on VGG16: ")
     assert not [button for button in at.button if button.key.startswith("cancel:")]  # gone once computed
     at.multiselect(key="extra_methods").set_value([]).run()

@@ -72,7 +72,8 @@ def test_a_new_method_reaches_the_dashboard(dummy, tmp_path, monkeypatch) -> Non
     assert not at.exception and not at.error
     shown = captions(at)
     assert len(shown) == 4 and all(caption.endswith(", shown at 60x40") for caption in shown)
-    assert shown[3].startswith("Brightness (dummy) on VGG16: ") and "map of 32x32 cells" in shown[3]
+    # The 60x40 photo at the CIFAR pair's 32 px, own aspect: 48 px rounds to a 64x32 input.
+    assert shown[3].startswith("Brightness (dummy) on VGG16: ") and "map of 64x32 cells" in shown[3]
     assert "How bright" in texts(at.markdown)
     st.cache_resource.clear()
     st.cache_data.clear()

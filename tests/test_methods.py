@@ -334,8 +334,9 @@ def test_explainer_matches_separate_methods(mlp_head):
     gap = gap_model(3, size=4)
     result = Explainer(model, "conv", gap)(x)
     top = model.predict_on_batch(x).argmax(-1)
-    assert set(result.maps) == {"grad_cam", "guided_grad_cam", "nopool_cam"}
+    assert set(result.maps) == {"grad_cam", "guided_grad_cam", "layer_cam", "nopool_cam"}
     np.testing.assert_array_equal(result.classes["gradcam"], top)
+    np.testing.assert_allclose(result.maps["layer_cam"], layer_cam(model, x, top, layer="conv"), rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(result.classes["cam"], gap.predict_on_batch(x).argmax(-1))
     np.testing.assert_allclose(result.maps["grad_cam"], grad_cam(model, x, top, layer="conv"), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(result.maps["guided_grad_cam"], guided_grad_cam(model, x, top, "conv"), rtol=1e-5,
