@@ -453,15 +453,19 @@ def pick_detail(trained_size: int) -> tuple[str, int]:
     return detail, size
 
 
-def size_warning(loaded: LoadedModel, size: int) -> str:
-    """One sentence when a network is less accurate at input size ``size`` than at its own, from its card's
-    accuracy per size (``python -m cam evaluate --size``); empty when it is not, or the card does not say."""
-    by_size = loaded.card["metrics"].get("test_by_size", {})
-    here, own = by_size.get(str(size), {}).get("accuracy"), by_size.get(str(loaded.input_size), {}).get("accuracy")
-    if size == loaded.input_size or here is None or own is None or here >= own - 0.01:
+def size_warning(models: list[LoadedModel], size: int) -> str:
+    """One sentence when networks are less accurate at input size ``size`` than at their own, from their cards'
+    accuracy per size (``python -m cam evaluate --size``); empty when none is, or the cards do not say."""
+    worse = []
+    for loaded in models:
+        by_size = loaded.card["metrics"].get("test_by_size", {})
+        here, own = by_size.get(str(size), {}).get("accuracy"), by_size.get(str(loaded.input_size), {}).get("accuracy")
+        if size != loaded.input_size and here is not None and own is not None and here < own - 0.01:
+            worse.append(f"{model_name(loaded)} on {here:.0%} of its test photos ({own:.0%} at the standard detail)")
+    if not worse:
         return ""
-    return (f"{REGISTRY[loaded.card['name']].title.split(' (')[0]} was trained on {loaded.input_size}-pixel photos: "
-            f"at this detail it is right on {here:.0%} of its test photos, against {own:.0%} at the standard detail.")
+    trained = " and ".join(dict.fromkeys(f"{loaded.input_size}-pixel" for loaded in models))
+    return f"Trained on {trained} photos, the networks are right less often at this detail: {', '.join(worse)}."
 
 
 def explain_class(name: str) -> None:
@@ -798,9 +802,9 @@ def main() -> None:
     if gradcam is None and cam_model is None:
         class_slot.caption("Needs at least one working network.")
         return
-    for warning in dict.fromkeys(size_warning(loaded, size) for loaded in (gradcam, cam_model) if loaded):
-        if warning:
-            st.warning(warning, icon=":material/warning:")
+    warning = size_warning([loaded for loaded in (gradcam, cam_model) if loaded], size)
+    if warning:
+        st.warning(warning, icon=":material/warning:")
 
     choice: Choice = st.session_state["image"]
     chosen = selected(methods)

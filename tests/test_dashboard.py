@@ -269,8 +269,8 @@ def test_detail_level_changes_the_input_warns_where_less_accurate_and_travels(se
     # The horse drawing at short side 64: 400 / 328 * 64 = 78 -> 64; VGG16's block5 maps are 1/16 of it.
     assert " on VGG16: " in captions(at)[0] and "map of 4x4 cells from a 64x64 input" in captions(at)[0]
     assert "map of 64x64 cells from a 64x64 input" in captions(at)[2]
-    assert texts(at.warning) == ("NoPool-GAP was trained on 32-pixel photos: at this detail it is right on 60% of its "
-                                 "test photos, against 80% at the standard detail.")
+    assert texts(at.warning) == ("Trained on 32-pixel photos, the networks are right less often at this detail: "
+                                 "NoPool-GAP on 60% of its test photos (80% at the standard detail).")
     again = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
     again.query_params.update({"detail": "finer"})
     again.run()
