@@ -468,13 +468,13 @@ class Explainer:
         key = (name, *shape)
         if key not in self._steps:
             image = tf.TensorSpec((None, *shape, 3), tf.float32)
-            # A new Python function per shape: TensorFlow would take one function traced for several shapes for
-            # accidental retracing and warn about it.
+            # TensorFlow logs a "retracing" warning once a pass has been traced for more than five shapes: expected
+            # here, where each shape is traced once and kept.
             if name == "gradcam":
                 signature = [image, tf.TensorSpec((None,), tf.int32)]
-                self._steps[key] = tf.function(lambda x, c: self._gradcam_pass(x, c), input_signature=signature)
+                self._steps[key] = tf.function(self._gradcam_pass, input_signature=signature)
             else:
-                self._steps[key] = tf.function(lambda x: self._cam_pass(x), input_signature=[image])
+                self._steps[key] = tf.function(self._cam_pass, input_signature=[image])
             self.compilations += 1
         return self._steps[key]
 
