@@ -442,7 +442,7 @@ def pick_detail(trained_size: int) -> tuple[str, int]:
     if st.session_state.get("detail") not in sizes:
         st.session_state["detail"] = DEFAULT_DETAIL
     detail = st.select_slider(
-        "Detail", list(sizes), key="detail", format_func=lambda name: name,
+        "Detail", list(sizes), key="detail",
         help="Finer detail shows the networks a larger copy of the photo: sharper maps, more time. The networks "
         f"were trained at the standard detail ({trained_size} pixels).",
     )

@@ -384,22 +384,23 @@ def _sanity(
         own = [method for method in methods if len(rows.get(method.key, ()))]
         if not own:
             continue
-        started = time.perf_counter()
+        # Per input shape and method, the sample rows it scores and their images: one batch each.
+        batches = []
         for group in by_shape([sample.images[k] for k in known]).values():
             x = np.stack([sample.images[k] for k in known[group]]).astype(np.float32)
-            chosen = {m.key: [i for i, k in enumerate(known[group]) if k in set(rows[m.key])] for m in own}
-            trained = {m.key: at_size(m.compute(loaded.model, x[chosen[m.key]], indices[known[group]][chosen[m.key]],
-                                                layer), x.shape[1:3]) for m in own if chosen[m.key]}
-            for stage, clone in cascading_randomization(loaded.model, config.seed):
-                for m in own:
-                    if not chosen[m.key]:
-                        continue
-                    picked = known[group][chosen[m.key]]
-                    randomized = at_size(m.compute(clone, x[chosen[m.key]], indices[picked], layer), x.shape[1:3])
-                    frames.append(_scores("sanity", [items[k] for k in picked], [names[k] for k in picked], m.key,
-                                          {"spearman": rank_correlation(trained[m.key], randomized)}, stage))
-            log(f"  sanity: {loaded.card['name']}, {len(group)} images of one shape, randomised layer by layer "
-                f"({time.perf_counter() - started:.0f} s)")
+            for m in own:
+                picked = np.isin(known[group], rows[m.key])
+                if picked.any():
+                    batches.append((m, known[group][picked], x[picked]))
+        trained = [at_size(m.compute(loaded.model, x, indices[picked], layer), x.shape[1:3])
+                   for m, picked, x in batches]
+        started = time.perf_counter()
+        for stage, clone in cascading_randomization(loaded.model, config.seed):  # each clone made once
+            for (m, picked, x), maps in zip(batches, trained, strict=True):
+                randomized = at_size(m.compute(clone, x, indices[picked], layer), x.shape[1:3])
+                frames.append(_scores("sanity", [items[k] for k in picked], [names[k] for k in picked], m.key,
+                                      {"spearman": rank_correlation(maps, randomized)}, stage))
+            log(f"  sanity: {loaded.card['name']} randomised down to {stage} ({time.perf_counter() - started:.0f} s)")
     return frames
 
 
