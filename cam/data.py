@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from cam.augment import photo_augment
 from cam.gallery import configured_roots
 from cam.images import ImageError, load_image, own_aspect, resize
 from cam.models import CIFAR4_CLASSES
@@ -189,52 +190,11 @@ def to_dataset(
     return dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def random_resized_crop(image: tf.Tensor, size: int, scale: tuple[float, float] = (0.3, 1.0)) -> tf.Tensor:
-    """Inception-style crop: a random box covering ``scale`` of the image's area with aspect ratio 3/4..4/3,
-    resized to ``size`` x ``size`` (bicubic). The whole image squashed to a square, as evaluation and the dashboard
-    see it, is the case scale = 1."""
-    begin, extent, _ = tf.image.sample_distorted_bounding_box(
-        tf.shape(image),
-        bounding_boxes=tf.zeros([1, 0, 4]),
-        min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=scale,
-        use_image_if_no_bounding_boxes=True,
-    )
-    crop = tf.slice(image, begin, extent)
-    return tf.image.resize(crop, (size, size), method="bicubic", antialias=True)
-
-
-def random_frame(image: tf.Tensor, probability: float, max_width: int) -> tf.Tensor:
-    """With ``probability``, paint a frame of random width (2..``max_width`` px) and random colour round the image,
-    so that a frame (which some photo sources have) is no cue for a class."""
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    side = tf.random.uniform([], 2, max_width + 1, dtype=tf.int32)
-    rows, columns = tf.range(height)[:, None], tf.range(width)[None, :]
-    border = (rows < side) | (rows >= height - side) | (columns < side) | (columns >= width - side)
-    painted = tf.where(border[..., None], tf.random.uniform([1, 1, 3], 0.0, 255.0), image)
-    return tf.cond(tf.random.uniform([]) < probability, lambda: painted, lambda: image)
-
-
-def photo_augment(image: tf.Tensor, size: int) -> tf.Tensor:
-    """One photo (uint8, any size) -> a float32 RGB 0..255 training view of ``size`` x ``size``: random-resized crop,
-    flip, colour and brightness jitter, JPEG re-compression (half the time), a random frame (a fifth of the time).
-    Chosen to break the cues by which photo sources differ (style, compression, frames, framing)."""
-    image = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.image.random_jpeg_quality(image, 30, 95), lambda: image)
-    image = random_resized_crop(tf.cast(image, tf.float32) / 255.0, size)
-    image = tf.image.random_flip_left_right(image)
-    image = tf.image.random_brightness(image, 0.2)
-    image = tf.image.random_contrast(image, 0.7, 1.3)
-    image = tf.image.random_saturation(image, 0.6, 1.4)
-    image = tf.image.random_hue(image, 0.04)
-    image = tf.clip_by_value(image, 0.0, 1.0) * 255.0
-    return random_frame(image, 0.2, max(2, size // 12))
-
-
 def photo_dataset(
     paths: list[Path], targets: np.ndarray, size: int, batch_size: int, seed: int = 0, balance: bool = True
 ) -> tf.data.Dataset:
-    """An endless training pipeline over image files: (float32 RGB 0..255 views from ``photo_augment``, targets).
+    """An endless training pipeline over image files: (float32 RGB 0..255 square views from
+    ``cam.augment.photo_augment``, each seeded by (seed, its place in the stream)), targets).
 
     ``targets`` are one row per file (one-hot or soft labels). ``balance`` draws every class equally often (each
     class's files shuffled and repeated; classes mixed with equal weights), so the rarer horses count as much as the
@@ -251,11 +211,17 @@ def photo_dataset(
         streams.append(files.shuffle(len(paths[chosen]), seed=seed, reshuffle_each_iteration=True).repeat())
     dataset = streams[0] if len(streams) == 1 else tf.data.Dataset.sample_from_datasets(streams, seed=seed)
 
-    def view(path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return photo_augment(image, size), target
+    def augmented(path: bytes, index: np.int64) -> np.ndarray:
+        with Image.open(path.decode()) as image:
+            rng = np.random.default_rng((seed, int(index)))
+            return photo_augment(image, size, rng, square=True).astype(np.float32)
 
-    dataset = dataset.map(view, num_parallel_calls=tf.data.AUTOTUNE)
+    def view(index: tf.Tensor, file: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        path, target = file
+        image = tf.numpy_function(augmented, [path, index], tf.float32, stateful=False)
+        return tf.ensure_shape(image, (size, size, 3)), target
+
+    dataset = dataset.enumerate().map(view, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

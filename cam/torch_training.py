@@ -12,7 +12,8 @@ float16 HED weights fit the GPU machine's 64 MiB transfer), the same train/valid
 ``cam.training.train`` (seed 0), and each training image's target (one-hot mixed with the calibrated teacher, as
 ``cam.training.training_targets`` makes it). ``fit`` needs only torch, numpy and Pillow. ``import`` (here, with
 Keras) copies the weights into the Keras builder, checks that both give the same outputs, and saves the
-checkpoint with a card that records this recipe. The augmentation is ``cam.data.photo_augment``'s, in Pillow.
+checkpoint with a card that records this recipe. The augmentation is ``cam.augment.photo_augment``, the one
+every training route uses.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image
 from torch import nn
+
+from cam.augment import photo_augment
 
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # as cam.models (not imported: it needs Keras)
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
@@ -101,43 +104,7 @@ class NoPoolPhotos(nn.Module):
 MODELS = {"vgg16_photos": VGG16Photos, "nopool_gap_photos": NoPoolPhotos}
 
 
-# --- augmentation (cam.data.photo_augment, in Pillow) -------------------------------------------------------------
-
-
-def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator, scale=(0.3, 1.0)) -> Image.Image:
-    """A random box of ``scale`` of the area and aspect 3/4..4/3 (clipped to the image), resized to size x size."""
-    width, height = image.size
-    area = width * height * rng.uniform(*scale)
-    aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-    w = min(width, max(1, round(math.sqrt(area * aspect))))
-    h = min(height, max(1, round(math.sqrt(area / aspect))))
-    left, top = rng.integers(0, width - w + 1), rng.integers(0, height - h + 1)
-    return image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
-
-
-def photo_augment(image: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """JPEG re-compression (quality 30-95, half the time), random-resized crop, flip, a small rotation (a third of
-    the time, up to 10 degrees), brightness/contrast/saturation/hue jitter, a random frame (a fifth of the time)."""
-    if rng.random() < 0.5:
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=int(rng.integers(30, 96)))
-        image = Image.open(buffer).convert("RGB")
-    image = random_resized_crop(image, size, rng)
-    if rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if rng.random() < 1 / 3:
-        image = image.rotate(rng.uniform(-10, 10), Image.Resampling.BILINEAR, fillcolor=tuple(rng.integers(0, 256, 3)))
-    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.8, 1.2))
-    image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.7, 1.3))
-    image = ImageEnhance.Color(image).enhance(rng.uniform(0.6, 1.4))
-    hsv = np.asarray(image.convert("HSV")).copy()
-    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(rng.uniform(-0.04, 0.04) * 255)) % 256
-    pixels = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB")).copy()
-    if rng.random() < 0.2:
-        side = int(rng.integers(2, max(3, size // 12 + 1)))
-        colour = rng.integers(0, 256, 3)
-        pixels[:side], pixels[-side:], pixels[:, :side], pixels[:, -side:] = colour, colour, colour, colour
-    return pixels
+# --- views ---------------------------------------------------------------------------------------------------------
 
 
 def squashed(image: Image.Image, size: int) -> np.ndarray:
@@ -166,7 +133,7 @@ class Packed(torch.utils.data.Dataset):
         image = Image.open(io.BytesIO(data)).convert("RGB")
         if self.training:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            pixels = photo_augment(image, self.size, rng)
+            pixels = photo_augment(image, self.size, rng, square=True)
         else:
             pixels = squashed(image, self.size)
         image_tensor = torch.from_numpy(np.array(pixels, np.float32)).permute(2, 0, 1)

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cam.data import load_masks, load_split, photo_dataset, random_frame, random_resized_crop, sources_of
+from cam.data import load_masks, load_split, photo_dataset, sources_of
 from cam.metrics import mask_scores
 from cam.models import (
     IMAGENET_MEAN_BGR,
@@ -131,22 +131,6 @@ def test_photo_dataset_without_balance_draws_files_uniformly(tmp_path: Path) -> 
     targets = np.eye(2, dtype="float32")[data.labels]
     labels = np.concatenate([y.numpy() for _, y in photo_dataset(data.paths, targets, 24, 14, balance=False).take(10)])
     assert labels.argmax(1).mean() == pytest.approx(2 / 14)  # every 14 draws are one pass over the 14 files
-
-
-def test_random_resized_crop_of_the_whole_area_is_the_squashed_image() -> None:
-    """scale (1, 1) on a square image: the crop is the whole image, only resized."""
-    image = tf.random.uniform((40, 40, 3))
-    crop = random_resized_crop(image, 20, scale=(1.0, 1.0))
-    expected = tf.image.resize(image, (20, 20), method="bicubic", antialias=True)
-    np.testing.assert_allclose(crop.numpy(), expected.numpy(), atol=1e-6)
-
-
-def test_random_frame_paints_one_colour_round_the_image_and_keeps_the_inside() -> None:
-    image = tf.fill((30, 30, 3), 100.0)
-    framed = random_frame(image, probability=1.0, max_width=4).numpy()
-    assert np.all(framed[0] == framed[0, 0]) and np.all(framed[:, 0] == framed[0, 0])  # top row, left column
-    assert np.all(framed[5:25, 5:25] == 100.0)
-    np.testing.assert_array_equal(random_frame(image, probability=0.0, max_width=4).numpy(), image.numpy())
 
 
 def test_masks_load_at_the_photo_size_and_align_with_their_photo(tmp_path: Path) -> None:

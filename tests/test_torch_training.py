@@ -1,5 +1,5 @@
 """Training on a PyTorch-only GPU machine: the PyTorch twins of the photo pair are the Keras models (same outputs
-after conversion), the weight pieces fit the machine's file limits, and the augmentation keeps the contract."""
+after conversion) and the weight pieces fit the machine's file limits (the augmentation: tests/test_augment.py)."""
 
 from pathlib import Path
 
@@ -49,14 +49,6 @@ def test_weight_pieces_respect_the_machines_file_limit_and_round_trip(tmp_path: 
     loaded = torch_training.load_state(tmp_path / "m", index)
     for key, value in state.items():
         np.testing.assert_array_equal(loaded[key], value.numpy())
-
-
-def test_photo_augment_gives_a_square_rgb_view_reproducible_from_its_seed() -> None:
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 160, 3), dtype=np.uint8))
-    views = [torch_training.photo_augment(image, 64, np.random.default_rng(s)) for s in (1, 1, 2)]
-    assert views[0].shape == (64, 64, 3) and views[0].dtype == np.uint8
-    np.testing.assert_array_equal(views[0], views[1])
-    assert not np.array_equal(views[0], views[2])
 
 
 def test_validation_images_are_squashed_exactly_as_the_dashboard_does() -> None:
