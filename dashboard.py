@@ -9,12 +9,25 @@ to the server's log, never to the page.
 
 from __future__ import annotations
 
+import sys
+
+import streamlit as st
+
+# A server's first run imports TensorFlow (about 10 s on 2 cores) before anything could be drawn: the page says
+# at once that it is starting, before those imports (hence the imports below this; ruff's E402 is off here).
+STARTING = ("Starting up: loading the two networks and preparing their first look at a photo. This happens once "
+            "after the server starts and takes about 20 to 50 seconds; later photos take a second or two.")
+STARTING_ICON = ":material/hourglass_top:"
+st.set_page_config(page_title="Where does the network look?", page_icon=":material/search:", layout="wide")
+STARTUP_NOTICE = st.empty()
+if "tensorflow" not in sys.modules:
+    STARTUP_NOTICE.info(STARTING, icon=STARTING_ICON)
+
 import contextlib
 import functools
 import gc
 import hashlib
 import random
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
-import streamlit as st
 from plotly.subplots import make_subplots
 from streamlit.delta_generator import DeltaGenerator
 from streamlit.logger import get_logger
@@ -70,8 +82,6 @@ PANELS_PER_ROW = 3
 # as one of the first three.
 MAX_EXTRA_METHODS = len(METHODS) - len(STUDY)
 FALLBACK = "layer_cam"  # shown in Grad-CAM's place when Grad-CAM's map is empty
-STARTING = ("Starting up: loading the two networks and preparing their first look at a photo. This happens once "
-            "after the server starts and takes about 20 to 50 seconds; later photos take a second or two.")
 VERDICT_ICONS = {"agree": ":material/check_circle:", "disagree": ":material/compare_arrows:",
                  "not sure": ":material/help:"}
 DEFAULT_DETAIL = "standard"
@@ -719,14 +729,13 @@ def close_figures_only() -> None:
 
 def main() -> None:
     started = time.perf_counter()
-    st.set_page_config(page_title="Where does the network look?", page_icon=":material/search:", layout="wide")
     st.markdown(PAGE_STYLE, unsafe_allow_html=True)
     navigation.links()
     exit_promptly_on_stop()
     keep_offered_downloads()
-    loading = st.empty()
+    loading = STARTUP_NOTICE
     if not warmed():
-        loading.info(STARTING, icon=":material/hourglass_top:")
+        loading.info(STARTING, icon=STARTING_ICON)
     problems = apply_link() if "image" not in st.session_state else []
 
     with st.sidebar:

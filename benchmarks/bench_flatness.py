@@ -1,39 +1,92 @@
-"""How flat are the raw Grad-CAM maps? Median min/max (cam.metrics.min_max_ratio) and the share of all-zero maps,
-per layer, over 200 test images of each VGG16 of the registry, explaining its own top class.
+"""How often does a method say nothing, and how flat are the raw Grad-CAM maps? For every registry method on a
+model set's two networks, on a class-balanced sample of a test split at the photos' own aspect (short side
+--size, as the page feeds them), each network explaining its own top class: the share of blank maps
+(``cam.pipeline.flat``: all zero, constant or not finite, what the page calls "nothing found") and, for Grad-CAM,
+the median min/max of its raw maps (``cam.metrics.min_max_ratio``; near 1 a map is flat and its colours are
+min-max noise; the photo VGG16 must stay at or under 0.5).
 
-    python -m benchmarks.bench_flatness [DATA_ROOT]      # DATA_ROOT holds cifar4/ and photos4/ (default ../shared/data)
+    python -m benchmarks.bench_flatness --data ../shared/data/photos4 --set photos --size 128 --n 1000 --slow-n 100
 
-Near 1 a map is flat and the colours shown are min-max noise (the CIFAR VGG16's default layer); the photo VGG16's
-default layer must stay at or under 0.5.
+Slow methods (Score-CAM) are computed on the first --slow-n photos of the sample only.
 """
 
-import sys
-from pathlib import Path
+from __future__ import annotations
+
+import argparse
+import json
 
 import numpy as np
 
 from cam.data import load_split
-from cam.methods import grad_cam
+from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer
 from cam.metrics import min_max_ratio
-from cam.models import load_model
+from cam.models import MODEL_SETS, load_model
+from cam.pipeline import flat
+from cam.predict import by_shape
+from cam.registry import METHODS, explain
 
-LAYERS = {
-    ("vgg16", "cifar4"): ("block5_conv3_bn", "block5_conv3", "block4_conv3_bn"),
-    ("vgg16_photos", "photos4"): ("block5_conv3", "block4_conv3"),
-}
+BATCH = 16
+
+
+def balanced_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` indices, as many of each class (as far as there are), in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    chosen = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: n // len(classes)] for c in classes])
+    return rng.permutation(chosen)
 
 
 def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data")
-    for (name, dataset), layers in LAYERS.items():
-        loaded = load_model(name)
-        data = load_split(root / dataset, "test", loaded.input_size)
-        images = data.images[np.random.default_rng(0).choice(len(data.labels), 200, replace=False)].astype("float32")
-        for layer in layers:
-            maps = np.concatenate([grad_cam(loaded.model, images[i : i + 25], layer=layer) for i in range(0, 200, 25)])
-            empty = (maps.reshape(len(maps), -1).max(axis=1) <= 0).mean()
-            print(f"{name} {layer} {maps.shape[1]}x{maps.shape[2]}: median min/max "
-                  f"{np.nanmedian(min_max_ratio(maps)):.3f}, all-zero maps {empty:.1%}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="image-folder root with test/<class>/")
+    parser.add_argument("--set", default="photos", choices=list(MODEL_SETS))
+    parser.add_argument("--size", type=int, help="short side (default: the networks' card size)")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--slow-n", type=int, default=100)
+    parser.add_argument("--methods", default="all", help="comma-separated registry keys, or all")
+    args = parser.parse_args()
+
+    model_set = MODEL_SETS[args.set]
+    loaded = {GRADCAM_MODEL: load_model(model_set.gradcam), GAP_MODEL: load_model(model_set.gap)}
+    models = {role: item.model for role, item in loaded.items()}
+    layer = loaded[GRADCAM_MODEL].card["gradcam_layer"]
+    size = args.size or loaded[GRADCAM_MODEL].input_size
+    chosen = list(METHODS.values()) if args.methods == "all" else [METHODS[k] for k in args.methods.split(",")]
+    data = load_split(args.data, "test", size, classes=loaded[GRADCAM_MODEL].classes, squash=False)
+    sample = balanced_sample(data.labels, args.n)
+    images = [data.images[i] for i in sample]
+    explainer = Explainer(models[GRADCAM_MODEL], layer, models[GAP_MODEL])
+    blank: dict[str, list[bool]] = {method.key: [] for method in chosen}
+    ratios: list[float] = []
+    for indices in by_shape(images).values():
+        for start in range(0, len(indices), BATCH):
+            part = indices[start : start + BATCH]
+            x = np.stack([images[i] for i in part]).astype(np.float32)
+            explanation = explainer(x)
+            explanation.explain_cam_class()
+            cheap = [m for m in chosen if not m.slow]
+            explain(explanation, cheap, models, {role: x for role in models}, layer)
+            slow_rows = [row for row, i in enumerate(part) if i < args.slow_n]
+            for method in (m for m in chosen if m.slow and slow_rows):
+                maps = method.compute(models[method.role], x[slow_rows], explanation.classes[method.role][slow_rows],
+                                      layer)
+                blank[method.key] += [flat(m) for m in maps]
+            for method in cheap:
+                blank[method.key] += [flat(m) for m in explanation.maps[method.key]]
+            if "grad_cam" in explanation.maps:
+                ratios += list(min_max_ratio(explanation.maps["grad_cam"]))
+    result = {
+        "set": args.set, "size": size, "photos": len(images), "layer": layer,
+        "blank_share": {key: round(float(np.mean(values)), 4) for key, values in blank.items()},
+        "maps": {key: len(values) for key, values in blank.items()},
+        "grad_cam_median_min_max": round(float(np.nanmedian(ratios)), 4) if ratios else None,
+    }
+    print(f"{model_set.title}: {len(images)} test photos of {args.data}, own aspect, short side {size}")
+    for key, share in result["blank_share"].items():
+        print(f"  {key:<18} blank on {share:6.1%} of {result['maps'][key]} maps")
+    if ratios:
+        print(f"  Grad-CAM ({layer}): median min/max of the raw maps {result['grad_cam_median_min_max']:.3f}")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
