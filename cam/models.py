@@ -112,8 +112,11 @@ def caffe_preprocessing(name: str = "caffe_preprocess") -> layers.Conv2D:
     return layer
 
 
-def _classifier_head(x, num_classes: int, dropout: float, name_prefix: str = "") -> keras.KerasTensor:
-    logits = layers.Dense(num_classes, name="logits")(layers.Dropout(dropout, name=f"{name_prefix}dropout")(x))
+def _classifier_head(
+    x, num_classes: int, dropout: float, name_prefix: str = "", use_bias: bool = True
+) -> keras.KerasTensor:
+    dropped = layers.Dropout(dropout, name=f"{name_prefix}dropout")(x)
+    logits = layers.Dense(num_classes, use_bias=use_bias, name="logits")(dropped)
     return layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
 
 
@@ -126,9 +129,16 @@ def vgg16(
     dropout: float = 0.5,
     normalization: type[layers.BatchNormalization] = layers.BatchNormalization,
     head_norm: bool = False,
+    head: str = "mlp",
 ) -> keras.Model:
     """Keras's VGG16 convolutional layers (same names and shapes, so ``block5_conv3`` is addressable and
-    ImageNet weights fit) with a compact head: GAP -> Dense(head_units, relu) -> Dense(num_classes).
+    ImageNet weights fit) with a compact head, ``head``:
+
+    - "mlp": block5_pool -> GAP -> Dense(head_units, relu) -> Dense(num_classes).
+    - "linear": the head of CAM's VGG (Zhou et al. 2016): block5_conv3 -> GAP -> Dense(num_classes) without bias,
+      no block5_pool. Grad-CAM at block5_conv3 is then CAM / (h w) (Selvaraju et al. 2017, sec. 3.1), and with
+      class-centred weights (``centre_classes``) the top class's map is never blank: its mean is the top logit,
+      which is at least the mean logit, 0.
 
     ``input_size=None`` (the default) takes any height and width. ``batch_norm`` adds a BatchNormalization after
     each conv's ReLU (named ``<conv>_bn``; torchvision's vgg16_bn puts it before); it is what makes training from
@@ -140,6 +150,8 @@ def vgg16(
     without BatchNorm. ``weights="imagenet"`` copies the convolutions from ``keras.applications.VGG16`` (needs a
     download).
     """
+    if head not in ("mlp", "linear"):
+        raise ValueError(f"head must be 'mlp' or 'linear', not {head!r}")
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = caffe_preprocessing()(inputs)
     for block, (convs, filters) in enumerate(VGG16_BLOCKS, start=1):
@@ -147,12 +159,20 @@ def vgg16(
             x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_conv{index}")(x)
             if batch_norm:
                 x = normalization(name=f"block{block}_conv{index}_bn")(x)
-        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        if block < len(VGG16_BLOCKS) or head == "mlp":
+            x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if head == "linear":
+        return _vgg16_weights(keras.Model(inputs, _classifier_head(x, num_classes, dropout, use_bias=False),
+                                          name="vgg16"), weights)
     if head_norm:  # pretrained convolutions without BatchNorm give features of large scale: normalise them for the head
         x = normalization(name="gap_bn")(x)
     x = layers.Dense(head_units, activation="relu", name="fc1")(layers.Dropout(dropout, name="fc1_dropout")(x))
-    model = keras.Model(inputs, _classifier_head(x, num_classes, dropout), name="vgg16")
+    return _vgg16_weights(keras.Model(inputs, _classifier_head(x, num_classes, dropout), name="vgg16"), weights)
+
+
+def _vgg16_weights(model: keras.Model, weights: str | None) -> keras.Model:
+    """``model`` with its convolutions from ``keras.applications.VGG16`` for weights="imagenet" (a download)."""
     if weights == "imagenet":
         base = _download_or_explain(
             lambda: keras.applications.VGG16(include_top=False, weights="imagenet"),
@@ -164,6 +184,12 @@ def vgg16(
     elif weights is not None:
         raise ValueError(f"weights must be None or 'imagenet', not {weights!r}")
     return model
+
+
+def centre_classes(kernel: np.ndarray) -> np.ndarray:
+    """A bias-free head's kernel (K, C) minus its mean over classes: softmax(f W) is unchanged for every f (each
+    logit moves by the same f . mean), and the logits then sum to 0, so the top class's is never negative."""
+    return kernel - kernel.mean(axis=1, keepdims=True)
 
 
 def nopool_gap(

@@ -263,29 +263,38 @@ def class_biases(probabilities: np.ndarray, labels: np.ndarray, steps: int = 500
 
 
 def training_targets(config: TrainConfig, data: ImageSet, log=print) -> np.ndarray:
-    """One target row per training image: one-hot, or with ``config.teacher`` the mix (1 - w) one-hot + w teacher
-    (w = ``teacher_weight``; the teacher's .npz holds ``files`` relative to the data root and ``probabilities``).
+    """One target row per training image: ``teacher_targets`` with ``config.teacher`` and ``teacher_weight``."""
+    return teacher_targets(config.teacher, config.data, data.paths, data.labels, config.teacher_weight,
+                           len(data.classes), log)
+
+
+def teacher_targets(
+    teacher: str | Path | None, root: str | Path, paths: list[Path], labels: np.ndarray, weight: float,
+    num_classes: int, log=print,
+) -> np.ndarray:
+    """One target row per image: one-hot, or with a ``teacher`` file the mix (1 - weight) one-hot + weight teacher
+    (the teacher's .npz holds ``files`` relative to the data root ``root`` and ``probabilities``).
     The teacher's class priors are first refitted to the training labels (``class_biases``): its four classes
     gather unequal shares of ImageNet (horse is one class of 1000), which skews it against some of ours."""
-    one_hot = np.eye(len(data.classes), dtype=np.float32)[data.labels]
-    if not config.teacher:
+    one_hot = np.eye(num_classes, dtype=np.float32)[labels]
+    if not teacher:
         return one_hot
-    soft = np.load(config.teacher)
+    soft = np.load(teacher)
     by_file = dict(zip((str(f) for f in soft["files"]), soft["probabilities"], strict=True))
-    keys = [Path(path).relative_to(config.data).as_posix() for path in data.paths]
+    keys = [Path(path).relative_to(root).as_posix() for path in paths]
     missing = [key for key in keys if key not in by_file]
     if missing:
-        raise ValueError(f"the teacher file {config.teacher} lacks {len(missing)} training images, e.g. {missing[0]}")
-    teacher = np.stack([by_file[key] for key in keys]).astype(np.float64)
-    biases = class_biases(teacher, data.labels)
-    calibrated = np.exp(np.log(np.clip(teacher, 1e-8, 1.0)) + biases)
+        raise ValueError(f"the teacher file {teacher} lacks {len(missing)} training images, e.g. {missing[0]}")
+    probabilities = np.stack([by_file[key] for key in keys]).astype(np.float64)
+    biases = class_biases(probabilities, labels)
+    calibrated = np.exp(np.log(np.clip(probabilities, 1e-8, 1.0)) + biases)
     calibrated /= calibrated.sum(axis=1, keepdims=True)
-    before, after = ((t.argmax(1) == data.labels).mean() for t in (teacher, calibrated))
+    before, after = ((t.argmax(1) == labels).mean() for t in (probabilities, calibrated))
     log(
         f"teacher: class log-biases {np.round(biases, 2).tolist()} refitted on the training labels; "
         f"its training accuracy {before:.3f} -> {after:.3f}"
     )
-    return ((1 - config.teacher_weight) * one_hot + config.teacher_weight * calibrated).astype(np.float32)
+    return ((1 - weight) * one_hot + weight * calibrated).astype(np.float32)
 
 
 class SaveEveryEpoch(keras.callbacks.Callback):
