@@ -4,6 +4,10 @@ the same rows and maps, broken files as rows with their sentence, resuming, and 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +209,45 @@ def test_the_report_scored_on_two_ray_workers_equals_the_single_process_run(ray_
     backwards = evaluation.evaluate(config, *models, "reversed", log=lambda line: None,
                                     map_parts=lambda jobs: parts(jobs[::-1])[::-1])
     pd.testing.assert_frame_equal(backwards["frame"], here["frame"], check_exact=True)
+
+
+def ray_worker_pids() -> list[int]:
+    """Processes of Ray Data's map actors on this machine (their title names the map worker)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::") and "MapWorker" in title:
+                pids.append(int(entry.name))
+    return pids
+
+
+@SLOW
+def test_a_worker_killed_mid_run_is_replaced_and_every_row_appears_once(ray_local, tmp_path: Path) -> None:
+    """SIGKILL one of the two actors once rows are being written: Ray restarts it and retries its batch; the run
+    completes with every picture's row exactly once and no error."""
+    source = write_image_folder(tmp_path / "photos", {"test": 8})  # 32 pictures
+    out = tmp_path / "out"
+    finished: list = []
+    runner = threading.Thread(target=lambda: finished.append(batch.run(source, out, SETTINGS, workers=2,
+                                                                       progress=False)))
+    runner.start()
+    def rows_written() -> int:
+        return len(list((out / batch.ITEMS).rglob(batch.ROW))) if (out / batch.ITEMS).exists() else 0
+
+    deadline = time.monotonic() + 300
+    while not rows_written():
+        assert time.monotonic() < deadline and runner.is_alive(), "no row was written"
+        time.sleep(0.05)
+    workers = ray_worker_pids()
+    assert workers, "no Ray map worker found"
+    os.kill(workers[0], signal.SIGKILL)
+    killed_with = rows_written()
+    runner.join(600)
+    assert not runner.is_alive() and finished and finished[0].complete
+    assert killed_with < 32  # the kill came mid-run
+    table = batch.read_table(out)
+    assert len(table) == 32 and table["item"].is_unique and (table["error"] == "").all()
