@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from scipy.optimize import minimize
 
 from cam.augment import photo_augment
 from cam.data import list_classes, list_images, split_train_validation
-from cam.device import describe_device
+from cam.device import cpu_name, describe_device
 from cam.images import own_aspect
 from cam.models import centre_classes, load_checkpoint, save_checkpoint, vgg16
 from cam.predict import by_shape, images_per_batch
@@ -202,27 +203,28 @@ def save_head(
     trained, kernel: np.ndarray, args, cached: list, accuracy: dict, l2: float, n_train: int, n_validation: int
 ) -> Path:
     """Write the new checkpoint and its card (the trained card's fields kept, the head's recipe added)."""
-    card = dict(trained.card)
+    model = linear_head_model(trained.model, kernel)
+    before = trained.card["training"]
+    card = {**trained.card, "parameters": int(model.count_params())}
     card["training"] = {
-        "init": f"{trained.card['name']}'s convolutions, kept as they were ({trained.card['training'].get('init')}; "
-                f"trained by {trained.card['training'].get('trainer')})",
+        "init": f"{before.get('init')}; fine-tuned by {before.get('trainer')} with an MLP head (see 'previous'); "
+                "these convolutions kept as they were, the head replaced by CAM's and fitted here",
         "head": "block5_conv3 -> GAP -> Dense(4) without bias, weights centred over the classes (CAM's VGG head): "
                 "Grad-CAM at block5_conv3 is CAM / (h w), and the top class's map is never blank",
         "trainer": "cam.head_training: the head fitted by L-BFGS (softmax cross-entropy, L2) on cached pooled "
                    f"features, on {describe_device()}",
-        "views": f"(view, short side) {sorted(cached)}, own aspect; view 0 is the clean photo, the others "
+        "views": f"(short side, view) {sorted(cached)}, own aspect; view 0 is the clean photo, the others "
                  "cam.augment.photo_augment's; photos4's short side is 160, so 192 and 224 are upsampled",
         "targets": (f"{1 - args.teacher_weight:g} one-hot + {args.teacher_weight:g} EfficientNet-Lite0 teacher "
                     "(class biases refitted)") if args.teacher else "one-hot",
         "l2": l2,
         "split": f"{n_train} train / {n_validation} validation from train/, seed {SPLIT_SEED}",
         "validation_accuracy_by_size": accuracy,
-        "machine": f"{platform.processor() or platform.machine()} {platform.platform()}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "previous": trained.card["training"],
     }
     card["metrics"] = {}
-    model = linear_head_model(trained.model, kernel)
     path = save_checkpoint(model, card, args.save)
     print(f"wrote {path} and its card")
     return path

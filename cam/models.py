@@ -544,9 +544,10 @@ REGISTRY: dict[str, ModelSpec] = {
             "VGG16 (ours, photos, 128 px)",
             "vgg16",
             128,
-            "`python -m cam.torch_training` pack / fit / import on a GPU (see README)",
+            "`python -m cam.head_training` cache / fit on a CPU, on the convolutions trained by "
+            "`python -m cam.torch_training` on a GPU (see README)",
             batch_norm=False,
-            head_norm=True,
+            head="linear",
         ),
         _ours(
             "nopool_gap_photos",

@@ -360,7 +360,9 @@ def pack(
     print(f"packed {len(paths)} images ({size:.1f} MB) and {len(names)} HED layers in {out}")
 
 
-KERAS_BUILDS = {  # registry name -> (architecture, builder options), as cam.models.REGISTRY declares them
+# registry name -> (architecture, builder options) of each twin. VGG16Photos has the MLP head (GAP -> BatchNorm ->
+# Dense(256) -> Dense): it trained the convolutions of the shipped VGG16, whose head cam.head_training then refitted.
+KERAS_BUILDS = {
     "vgg16_photos": ("vgg16", {"batch_norm": False, "head_norm": True}),
     "nopool_gap_photos": ("nopool_gap_dilated", {}),
 }

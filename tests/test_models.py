@@ -23,6 +23,7 @@ from cam.models import (
     untrained_stand_in,
     vgg16,
 )
+from cam.predict import predict_probabilities
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -168,6 +169,10 @@ def test_shipped_checkpoint_loads_matches_card_and_beats_chance(name, dataset, s
     pick = np.random.default_rng(0).choice(len(data.labels), 40, replace=False)
     predicted = loaded.model.predict_on_batch(data.images[pick].astype("float32")).argmax(1)
     assert (predicted == data.labels[pick]).mean() > 0.6
+    if dataset == "photos4":  # the photo pair also at short side 224, each photo at its own aspect
+        larger = load_split(SHARED_DATA / dataset, "test", 224, squash=False)
+        predicted = predict_probabilities(loaded.model, [larger.images[i] for i in pick]).argmax(1)
+        assert (predicted == larger.labels[pick]).mean() > 0.6
     maps = grad_cam(loaded.model, data.images[pick[:4]], layer=loaded.card["gradcam_layer"])
     assert np.isfinite(maps).all()
     native = {"vgg16_photos": 8, "nopool_gap_photos": 128}.get(name)
