@@ -58,13 +58,13 @@ def main() -> None:
     explainer = Explainer(models[GRADCAM_MODEL], layer, models[GAP_MODEL])
     blank: dict[str, list[bool]] = {method.key: [] for method in chosen}
     ratios: list[float] = []
+    cheap = [m for m in chosen if not m.slow]
     for indices in by_shape(images).values():
         for start in range(0, len(indices), BATCH):
             part = indices[start : start + BATCH]
             x = np.stack([images[i] for i in part]).astype(np.float32)
             explanation = explainer(x)
             explanation.explain_cam_class()
-            cheap = [m for m in chosen if not m.slow]
             explain(explanation, cheap, models, {role: x for role in models}, layer)
             slow_rows = [row for row, i in enumerate(part) if i < args.slow_n]
             for method in (m for m in chosen if m.slow and slow_rows):

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 from scipy.optimize import minimize
 
@@ -35,29 +34,19 @@ from cam.data import list_classes, list_images, split_train_validation
 from cam.device import cpu_name, describe_device
 from cam.images import own_aspect
 from cam.models import centre_classes, load_checkpoint, save_checkpoint, vgg16
-from cam.predict import by_shape, images_per_batch
+from cam.predict import predict_probabilities
+from cam.training import TrainConfig, teacher_targets
 
 CHUNK = 256  # images per saved part of the cache: what a stopped run can lose
 FEATURE_LAYER = "block5_conv3"
-VALIDATION_FRACTION, SPLIT_SEED = 0.1, 0  # the split of cam.training.train
+# The train/validation split of cam.training.train, so that the fitted head is judged on the same photos.
+VALIDATION_FRACTION, SPLIT_SEED = TrainConfig.validation_fraction, TrainConfig.seed
 
 
-def feature_model(model: keras.Model, layer: str = FEATURE_LAYER) -> tf.types.experimental.PolymorphicFunction:
-    """images (B, H, W, 3) RGB 0..255 -> the spatial mean of ``layer``'s maps (B, K), one graph per shape."""
-    features = keras.Model(model.inputs, model.get_layer(layer).output)
-    return tf.function(lambda x: tf.reduce_mean(features(x, training=False), axis=(1, 2)), reduce_retracing=True)
-
-
-def pooled_features(pooled, images: list[np.ndarray]) -> np.ndarray:
-    """``pooled`` (from ``feature_model``) on images of any shapes, batched by shape: (N, K) float32."""
-    rows: dict[int, np.ndarray] = {}
-    for indices in by_shape(images).values():
-        step = images_per_batch(*images[indices[0]].shape[:2])
-        for start in range(0, len(indices), step):
-            chosen = indices[start : start + step]
-            batch = np.stack([images[i] for i in chosen]).astype(np.float32)
-            rows.update(zip(chosen, pooled(batch).numpy(), strict=True))
-    return np.stack([rows[i] for i in range(len(images))])
+def feature_model(model: keras.Model, layer: str = FEATURE_LAYER) -> keras.Model:
+    """images (B, H, W, 3) RGB 0..255 -> the spatial mean of ``layer``'s maps (B, K); ``predict_probabilities``
+    runs it on images of any shapes, batched by shape."""
+    return keras.Model(model.inputs, keras.layers.GlobalAveragePooling2D()(model.get_layer(layer).output))
 
 
 def view(path: Path, short_side: int, view_index: int, image_index: int, seed: int = 0) -> np.ndarray:
@@ -91,7 +80,7 @@ def cache_features(
             if not chunk.exists():
                 images = [view(paths[i], short_side, view_index, i, seed)
                           for i in range(start, min(start + CHUNK, len(paths)))]
-                np.save(chunk.with_suffix(".tmp.npy"), pooled_features(pooled, images))
+                np.save(chunk.with_suffix(".tmp.npy"), predict_probabilities(pooled, images))
                 chunk.with_suffix(".tmp.npy").rename(chunk)
             chunks.append(np.load(chunk))
             done = min(start + CHUNK, len(paths))
@@ -155,8 +144,6 @@ def plan_entry(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cam.training import teacher_targets
-
     parser = argparse.ArgumentParser(prog="python -m cam.head_training", description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("cache", "fit"))
     parser.add_argument("--checkpoint", type=Path, required=True, help="the trained network whose convolutions stay")

@@ -29,7 +29,8 @@ def predict_probabilities(
     model: keras.Model, images: np.ndarray | list[np.ndarray], batch_size: int | None = None
 ) -> np.ndarray:
     """Softmax outputs for uint8 or float RGB 0..255 images (N, H, W, 3), or a list of images of several shapes
-    (batched by shape), in batches of ``batch_size`` images (default ``images_per_batch(H, W)``)."""
+    (batched by shape), in batches of ``batch_size`` images (default ``images_per_batch(H, W)``). Any model with
+    one (N, K) output works the same (``cam.head_training`` reads pooled features this way)."""
     if isinstance(images, list):
         outputs = np.zeros((len(images), model.output_shape[-1]), np.float32)
         for indices in by_shape(images).values():

@@ -96,7 +96,7 @@ def test_the_new_model_keeps_the_trained_convolutions(linear_vgg) -> None:
     np.testing.assert_array_equal(model.get_layer("block3_conv2").get_weights()[0],
                                   trained.get_layer("block3_conv2").get_weights()[0])
     images = two_images(64, 64)
-    pooled = head_training.pooled_features(head_training.feature_model(trained), list(images))
+    pooled = predict_probabilities(head_training.feature_model(trained), list(images))
     np.testing.assert_allclose(predict_probabilities(model, images), softmax(pooled @ kernel), rtol=1e-4, atol=1e-6)
 
 
@@ -111,8 +111,8 @@ def test_a_stopped_cache_continues_from_its_saved_parts(tmp_path: Path, monkeypa
     first = head_training.load_cache(out, paths)
     assert sorted(first) == [(32, 0), (32, 1)] and first[32, 0].shape == (3, 512)
     # The clean view is the photo at its own aspect, as the page feeds it.
-    direct = head_training.pooled_features(head_training.feature_model(linear_vgg),
-                                           [head_training.view(p, 32, 0, i) for i, p in enumerate(paths)])
+    direct = predict_probabilities(head_training.feature_model(linear_vgg),
+                                   [head_training.view(p, 32, 0, i) for i, p in enumerate(paths)])
     np.testing.assert_allclose(first[32, 0], direct, rtol=1e-5)
     # A run stopped after its parts: the final files are made again from the parts, no image is looked at again.
     for final in out.glob("*.npz"):
