@@ -40,10 +40,9 @@ from streamlit.delta_generator import DeltaGenerator
 from streamlit.logger import get_logger
 from streamlit.runtime import Runtime
 from streamlit.runtime.runtime import RuntimeState
-from streamlit.runtime.scriptrunner import script_runner
 
 import navigation
-from cam import gallery, render, serving, share
+from cam import gallery, library_patches, render, serving, share
 from cam.device import describe_device
 from cam.examples import EXAMPLES
 from cam.images import DECODE_MAX_SIDE, Decoded, ImageError, crop, decode_image, detail_sizes, resize
@@ -67,6 +66,7 @@ from cam.registry import METHODS, STUDY, Method, selected
 from cam.verdict import Judge, Verdict
 
 log = get_logger(__name__)
+get_logger("cam")  # the library's own lines (patches active, memory returned, exit) go to the server's log too
 IMAGENET_MODEL = "vgg16_imagenet"  # offered as the Grad-CAM model of every set (downloaded on first use)
 TOP = "Top prediction"
 FIRST_PICTURE = gallery.reference(gallery.BUILT_IN, "", next(iter(EXAMPLES)))  # a first visit's worked example
@@ -716,17 +716,6 @@ def warmed() -> set[tuple]:
 
 
 # ------------------------------------------------------------------------------------------------ page
-def close_figures_only() -> None:
-    """Streamlit's clean-up after every run of the script, without its ``keras.backend.clear_session()``.
-
-    Streamlit clears Keras after each run to free models built by the script. Ours are built once, cached and
-    shared by every session; clearing drops TensorFlow's kernel cache and runs a full garbage collection after
-    each click, which doubled the networks' time of the next view (0.45 s -> 0.9 s measured for the photo pair)
-    and can happen while another session's model is computing. Matplotlib figures are still closed."""
-    if "matplotlib.pyplot" in sys.modules:
-        sys.modules["matplotlib.pyplot"].close("all")
-
-
 def main() -> None:
     started = time.perf_counter()
     st.markdown(PAGE_STYLE, unsafe_allow_html=True)
@@ -893,7 +882,5 @@ def main() -> None:
     log.info("view of %s: %s", choice.key[:24], ", ".join(f"{step} {ms:.0f} ms" for step, ms in timings.items()))
 
 
-# Streamlit's hook is private: where it is missing (another version), the dashboard works as before, only slower.
-if hasattr(script_runner, "_clean_problem_modules"):
-    script_runner._clean_problem_modules = close_figures_only
+library_patches.apply_all()
 main()

@@ -449,6 +449,24 @@ def test_downloads_keep_working_through_a_rapid_series_of_uploads(served: tuple[
 
 
 @pytest.mark.browser
+def test_a_photo_named_with_3000_characters_is_accepted_and_its_name_shortened(served: tuple[str, Path, Path]) -> None:
+    """Streamlit's uploader sends the name twice in one header line; with python-multipart's own limit the server
+    refused it ("AxiosError ... 400" in the uploader, the previous result left on screen). Now it is shown."""
+    url, log, folder = served
+    name = "a" * 2996 + ".jpg"
+    data = photo(folder / "long.jpg", (200, 150), seed=7).read_bytes()
+    with browser_page(require_browser()) as page:
+        open_app(page, url)
+        before = page.evaluate(PANEL_SOURCES)
+        page.locator(UPLOAD_INPUT).set_input_files([{"name": name, "mimeType": "image/jpeg", "buffer": data}])
+        wait_for_panels(page, before)
+        text = page.inner_text("body")
+        assert "AxiosError" not in text and "400" not in text
+        shown = re.search(r"Uploaded photo “(a+)…(a+\.jpg)”", text)
+        assert shown is not None and len(shown[1]) + len(shown[2]) < 80, text[:500]
+
+
+@pytest.mark.browser
 @pytest.mark.slow
 def test_score_cam_shows_progress_and_can_be_cancelled(tmp_path: Path) -> None:
     """A link asking for Score-CAM on the photo networks (a minute and more of passes on a CPU): the page shows a
