@@ -6,7 +6,9 @@ Out-of-class pictures: the sample images that ship inside installed packages (``
 matplotlib, both needed only here), none of a bird, cat, dog or horse, each taken whole and as five crops (four
 quadrants and the centre half). Their source images are split in two by a seeded draw: one half (with a validation
 part of photos4/train, photos not used for the statistics) chooses the rule and threshold, the other half and
-photos4/test report it. Prints every candidate on the choosing half and the chosen one on the reporting half.
+photos4/test report it. Candidates per network: a Mahalanobis distance of its pooled features or of its layers'
+statistics (``cam.verdict.layer_statistics``) in a few numbers of principal directions, the pooled features' norm, or
+no check. Prints the best candidates on the choosing half and the chosen one on the reporting half.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from cam.data import list_classes, list_images
 from cam.images import load_image
 from cam.models import MODEL_SETS, load_model
-from cam.verdict import DIMENSIONS, FeatureReader, FeatureStats, fit_stats, training_sample
+from cam.verdict import FEATURES, Choice, FeatureReader, FeatureStats, fit_stats, statistics_layers, training_sample
 
 # (package, file inside it): pictures of things that are not birds, cats, dogs or horses. Left out on purpose:
 # scikit-image's chelsea (a cat), horse (a horse's silhouette) and its tiny test and chessboard files.
@@ -35,7 +37,7 @@ OUT_OF_CLASS = {
                    "mpl-data/sample_data/Minduka_Present_Blue_Pack.png"),
     "sklearn": ("datasets/images/china.jpg", "datasets/images/flower.jpg"),
 }
-CANDIDATE_DIMENSIONS = (16, 64, 256)
+CANDIDATE_DIMENSIONS = (16, 64, 128, 256)
 CANDIDATE_QUANTILES = (0.95, 0.97, 0.99)
 TEST_LIMIT = 0.05  # at most this share of known photos may be called "not sure"
 
@@ -65,8 +67,9 @@ def stats_bytes(stats: FeatureStats) -> int:
 
 
 def read_all(args: argparse.Namespace, ood_images: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Features and probabilities of every part (fit, held, test, ood) per network, each kept in ``args.cache``
-    (a folder) once read, so that an interrupted run goes on where it stopped."""
+    """Features of each kind (``FEATURES``) and probabilities of every part (fit, held, test, ood) per network, as
+    out[network][f"{kind} {part}"] and out[network][f"{part}_p"], each kept in ``args.cache`` (a folder) once read,
+    so that an interrupted run goes on where it stopped."""
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     fit_paths, _, held_paths, _ = training_sample(args.data, args.n, args.held_out)
@@ -74,16 +77,19 @@ def read_all(args: argparse.Namespace, ood_images: list[np.ndarray]) -> dict[str
     model_set = MODEL_SETS[args.set]
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in (model_set.gradcam, model_set.gap):
-        out[name], read = {}, None
-        for part, paths in (("fit", fit_paths), ("held", held_paths), ("test", test_paths), ("ood", None)):
-            file = cache / f"{name}_{part}_{len(paths) if paths else len(ood_images)}.npz"
-            if not file.is_file():
-                read = read or FeatureReader(load_model(name))
-                features, probabilities = read(ood_images if paths is None else [load_image(p) for p in paths])
-                np.savez(file, features=features, probabilities=probabilities)
-                print(f"{name}: {part} read", flush=True)
-            with np.load(file) as data:
-                out[name][part], out[name][part + "_p"] = data["features"], data["probabilities"]
+        out[name], loaded = {}, None
+        for kind in FEATURES:
+            read = None
+            for part, paths in (("fit", fit_paths), ("held", held_paths), ("test", test_paths), ("ood", None)):
+                file = cache / f"{name}_{kind}_{part}_{len(paths) if paths else len(ood_images)}.npz"
+                if not file.is_file():
+                    loaded = loaded or load_model(name)
+                    read = read or FeatureReader(loaded, statistics_layers(loaded, kind))
+                    features, probabilities = read(ood_images if paths is None else [load_image(p) for p in paths])
+                    np.savez(file, features=features, probabilities=probabilities)
+                    print(f"{name}: {kind} features of {part} read", flush=True)
+                with np.load(file) as data:
+                    out[name][f"{kind} {part}"], out[name][part + "_p"] = data["features"], data["probabilities"]
     return out
 
 
@@ -119,13 +125,17 @@ def main() -> None:
     parts = read_all(args, ood_images)
     names = list(parts)
 
+    whole = np.arange(len(ood_images)) % len(views(ood_images[0])) == 0  # the first view of each picture
+
     def shares(flags: dict[str, np.ndarray]) -> dict[str, float]:
         return {"held": flags["held"].mean(), "test": flags["test"].mean(),
-                "ood_choosing": flags["ood"][choosing].mean(), "ood_report": flags["ood"][~choosing].mean()}
+                "ood_choosing": flags["ood"][choosing].mean(), "ood_report": flags["ood"][~choosing].mean(),
+                "ood_whole": flags["ood"][whole & ~choosing].mean()}
 
     def line(r: dict[str, float]) -> str:
         return (f"train held-out {r['held']:.1%}, out-of-class choosing {r['ood_choosing']:.1%} "
-                f"| reporting: out-of-class {r['ood_report']:.1%}, photos4/test {r['test']:.1%}")
+                f"| reporting: out-of-class {r['ood_report']:.1%} (whole pictures {r['ood_whole']:.1%}), "
+                f"photos4/test {r['test']:.1%}")
 
     print("\nbaseline, probability only: not sure when either network is under 70% or they disagree")
     base = {part: np.logical_or.reduce([parts[n][part + "_p"].max(axis=1) < 0.7 for n in names])
@@ -135,27 +145,29 @@ def main() -> None:
 
     print("\ncandidates (chosen on train held-out and the choosing half; not sure when either network's check fails):")
     results = []
-    options = [(check, dimensions) for check in ("mahalanobis",) for dimensions in CANDIDATE_DIMENSIONS]
-    options += [("low_norm", DIMENSIONS), ("none", DIMENSIONS)]
+    options = [Choice("mahalanobis", kind, d) for kind in FEATURES for d in CANDIDATE_DIMENSIONS]
+    options += [Choice("low_norm"), Choice("none")]
     for quantile in CANDIDATE_QUANTILES:
-        stats = {(n, check, d): fit_stats(parts[n]["fit"], labels, classes, parts[n]["held"], d, quantile, check)
-                 for n in names for check, d in options}
+        stats = {(n, o): fit_stats(parts[n][f"{o.features} fit"], labels, classes, parts[n][f"{o.features} held"],
+                                   o.dimensions, quantile, o.check) for n in names for o in options}
+        unusual = {(n, o, part): stats[(n, o)].unusual(parts[n][f"{o.features} {part}"]) > 1
+                   for n in names for o in options for part in ("held", "test", "ood")}
         for first, second in itertools.product(options, options):
-            pair = (stats[(names[0], *first)], stats[(names[1], *second)])
-            r = shares({part: np.logical_or(*(s.unusual(parts[n][part]) > 1 for s, n in zip(pair, names, strict=True)))
+            r = shares({part: unusual[(names[0], first, part)] | unusual[(names[1], second, part)]
                         for part in ("held", "test", "ood")})
-            r["bytes"] = sum(stats_bytes(s) for s in pair)
+            r["bytes"] = stats_bytes(stats[(names[0], first)]) + stats_bytes(stats[(names[1], second)])
             results.append(((quantile, first, second), r))
     results.sort(key=lambda item: -item[1]["ood_choosing"])
-    for key, r in results[:12]:
+    for key, r in [item for item in results if item[1]["held"] <= TEST_LIMIT][:12]:
         print(f"  q={key[0]} {names[0]} {key[1]}, {names[1]} {key[2]}: {line(r)}")
     allowed = [(key, r) for key, r in results if r["held"] <= TEST_LIMIT - 0.01]
     key, r = max(allowed, key=lambda item: (item[1]["ood_choosing"], -item[1]["held"], -item[1]["bytes"]))
     print(f"\nchosen (train held-out at most {TEST_LIMIT - 0.01:.0%}): quantile {key[0]}, {names[0]} {key[1]}, "
           f"{names[1]} {key[2]}: {line(r)}")
     print(f"reported: out-of-class (other half, {int((~choosing).sum())} views of {len(files) - len(choosing_files)} "
-          f"pictures) called 'not sure' {r['ood_report']:.1%}; photos4/test ({len(parts[names[0]]['test'])}) "
-          f"called 'not sure' {r['test']:.1%}")
+          f"pictures) called 'not sure' {r['ood_report']:.1%} (the whole pictures: {r['ood_whole']:.1%}); "
+          f"photos4/test ({len(parts[names[0]]['pooled test'])}) called 'not sure' {r['test']:.1%}; statistics "
+          f"{r['bytes'] / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -275,14 +275,15 @@ def verdict(args: argparse.Namespace) -> int:
     from cam.models import load_model
     from cam.verdict import CHOSEN, fit_model, stats_path
 
-    for name, check in zip(models_of(args), CHOSEN, strict=True):
+    for name, choice in zip(models_of(args), CHOSEN, strict=True):
         loaded = load_model(name)
         if not loaded.trained:
             raise ValueError(f"{name} has no checkpoint here; train it first")
-        stats = fit_model(loaded, data_root(args.data), args.n, args.held_out, args.seed, check)
+        stats = fit_model(loaded, data_root(args.data), args.n, args.held_out, args.seed, choice)
         path = stats.save(stats_path(loaded.card["name"]))
-        print(f"{name}: check '{check}' on {args.n} training photos (threshold {stats.threshold:.1f}, norm floor "
-              f"{stats.floor:.2f}), wrote {path} ({path.stat().st_size / 1e3:.0f} KB)")
+        print(f"{name}: check '{choice.check}' of its {choice.features} features on {args.n} training photos "
+              f"(threshold {stats.threshold:.1f}, norm floor {stats.floor:.2f}), wrote {path} "
+              f"({path.stat().st_size / 1e3:.0f} KB)")
     return 0
 
 
@@ -389,8 +390,9 @@ def _add_verdict(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "verdict",
         help="fit the statistics behind the 'not sure' verdict (run again after retraining a pair)",
-        description="fit: each model's pooled features on a seeded sample of DATA/train, per class, with a threshold "
-        "from other training photos; written to checkpoints/<model>.ood.npz, read by the dashboard and explain.",
+        description="fit: each model's features (cam.verdict.CHOSEN) on a seeded sample of DATA/train, per class, "
+        "with a threshold from other training photos; written to checkpoints/<model>.ood.npz, read by the dashboard "
+        "and explain.",
     )
     parser.add_argument("action", choices=("fit",))
     _add_model_choice(parser)

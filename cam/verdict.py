@@ -1,16 +1,17 @@
 """The verdict: one sentence from both networks' answers, saying whether they agree, disagree, or should not be
 trusted because the photo may be none of the things they know ("not sure").
 
-Probability alone cannot tell an unknown object from a known one here: the networks were trained on soft targets,
-so a confident answer is rare even on their own classes, and a coffee cup can still get 60-80%. "Not sure" therefore
-reads a network's pooled features (the GAP layer's output, what the head sees), checked against statistics of its
-training photos (``FeatureStats``): the Mahalanobis distance to the nearest class, d(f) = min_c (f - mu_c)^T S^-1
-(f - mu_c) with one covariance S shared by the classes (in its top ``DIMENSIONS`` principal directions), or the
-features' length (a short vector: little of what the network reacts to). Each is scaled so that 1 is the threshold
-that ``QUANTILE`` of held-out training photos pass. Which check each network gets (``CHOSEN``) was measured by
-``python -m benchmarks.bench_verdict``; ``python -m cam verdict fit`` writes the statistics next to each checkpoint
-(``checkpoints/<name>.ood.npz``). Without a statistics file the verdict falls back to the probability rule
-(``SURE_PROBABILITY``) and says so in its details.
+Probability alone cannot tell an unknown object from a known one here: a coffee cup can get 97%. "Not sure" therefore
+reads a network's features, checked against statistics of its training photos (``FeatureStats``). Two kinds of
+features: the pooled ones (the GAP layer's output, what the head sees), or the statistics of several layers
+(``layer_statistics``: each channel's mean and spread over the image, on a log scale, at ``STATISTICS_LAYERS``), which
+describe colour, texture and parts at every depth of the network and so also what a 4-class head has learned to
+ignore. The checks: the Mahalanobis distance to the nearest class, d(f) = min_c (f - mu_c)^T S^-1 (f - mu_c) with one
+covariance S shared by the classes (in its top principal directions), or the features' length (a short vector: little
+of what the network reacts to). Each is scaled so that 1 is the threshold that ``QUANTILE`` of held-out training
+photos pass. Which check each network gets (``CHOSEN``) was measured by ``python -m benchmarks.bench_verdict``;
+``python -m cam verdict fit`` writes the statistics next to each checkpoint (``checkpoints/<name>.ood.npz``). Without a
+statistics file the verdict falls back to the probability rule (``SURE_PROBABILITY``) and says so in its details.
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ if TYPE_CHECKING:  # cam.pipeline imports the methods (TensorFlow); only its Ima
 
 log = logging.getLogger(__name__)
 FEATURE_LAYER = "gap"  # the pooled features the head reads, in both of our architectures
-DIMENSIONS = 16  # principal directions of the shared covariance kept (VGG16: 512 features, NoPool-GAP: 256)
+# Per architecture (a card's "architecture"): the layers whose per-channel statistics make the "layers" features,
+# one at the end of each stage of the network.
+STATISTICS_LAYERS = {
+    "vgg16": ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3"),
+    "nopool_gap_dilated": ("conv3_relu", "conv6_relu", "conv10_relu", "conv12_relu", "cam_features"),
+    "nopool_gap": ("conv2_relu", "conv4_relu", "conv8_relu", "conv12_relu", "conv16_relu", "cam_features"),
+}
+LOG_OFFSET = 1e-3  # log(x + LOG_OFFSET): channel statistics span several orders of magnitude
+DIMENSIONS = 16  # principal directions of the shared covariance kept by default
 QUANTILE = 0.97  # share of held-out training photos that pass a check (chosen by benchmarks.bench_verdict)
 SURE_PROBABILITY = 0.7  # the fallback without statistics: a network below this top probability is not sure
 KNOWN = "birds, cats, dogs and horses"
@@ -44,32 +53,47 @@ def stats_path(name: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ features
-class FeatureReader:
-    """The pooled features (layer ``FEATURE_LAYER``) of a model for images of any size, each turned into the
-    model's input at the standard detail by ``cam.images.own_aspect``, as the explanations see it."""
+def layer_statistics(activations: Sequence[np.ndarray]) -> np.ndarray:
+    """Features (B, 2 * sum C) from activations [(B, h, w, C), ...]: per layer, each channel's log mean and log
+    standard deviation over the image, log(x + LOG_OFFSET)."""
+    parts = []
+    for values in activations:
+        values = np.asarray(values, np.float64)
+        parts += [values.mean(axis=(1, 2)), values.std(axis=(1, 2))]
+    return np.log(np.concatenate(parts, axis=1) + LOG_OFFSET)
 
-    def __init__(self, loaded: LoadedModel):
+
+class FeatureReader:
+    """A model's features for images of any size, each turned into the model's input at the standard detail by
+    ``cam.images.own_aspect``, as the explanations see it: the pooled ones (layer ``FEATURE_LAYER``), or with
+    ``layers``, the ``layer_statistics`` of those layers."""
+
+    def __init__(self, loaded: LoadedModel, layers: Sequence[str] = ()):
         import keras
 
-        self.loaded = loaded
+        self.loaded, self.layers = loaded, tuple(layers)
         model = loaded.model
-        self._model = keras.Model(model.inputs, [model.get_layer(FEATURE_LAYER).output, model.output])
+        outputs = [model.get_layer(name).output for name in self.layers or (FEATURE_LAYER,)]
+        self._model = keras.Model(model.inputs, [*outputs, model.output])
 
-    def __call__(self, images: Sequence[np.ndarray], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: Sequence[np.ndarray], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """Features (N, K) and probabilities (N, C) of ``images`` (RGB uint8 arrays), each at its own aspect with the
         short side the model was trained at (the standard detail); images whose inputs share a shape go in one
         batch."""
         from cam.predict import by_shape
 
         inputs = [own_aspect(image, self.loaded.input_size).astype(np.float32) for image in images]
-        features = np.zeros((len(inputs), self._model.outputs[0].shape[-1]))
-        probabilities = np.zeros((len(inputs), self._model.outputs[1].shape[-1]))
+        features: list[np.ndarray | None] = [None] * len(inputs)
+        probabilities = np.zeros((len(inputs), self._model.outputs[-1].shape[-1]))
         for indices in by_shape(inputs).values():
             for start in range(0, len(indices), batch_size):
                 chosen = indices[start : start + batch_size]
-                features[chosen], probabilities[chosen] = self._model.predict_on_batch(
+                *outputs, probabilities[chosen] = self._model.predict_on_batch(
                     np.stack([inputs[i] for i in chosen]))
-        return features, probabilities
+                batch = layer_statistics(outputs) if self.layers else np.asarray(outputs[0], np.float64)
+                for row, index in zip(batch, chosen, strict=True):
+                    features[index] = row
+        return np.stack(features) if features else np.zeros((0, 0)), probabilities
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -79,7 +103,8 @@ class FeatureStats:
     Mahalanobis: z = (f - mean) @ projection whitens the shared within-class covariance in its top principal
     directions, ``centres`` are the classes' means in z, and ``threshold`` the squared distance that QUANTILE of
     held-out photos stay under. Low norm: a photo whose feature vector is shorter than ``floor`` (what all but
-    1 - QUANTILE of held-out photos exceed) gives the network little to go on."""
+    1 - QUANTILE of held-out photos exceed) gives the network little to go on. ``layers``: the features are the
+    ``layer_statistics`` of these layers; empty: the pooled features."""
 
     mean: np.ndarray  # (K,)
     projection: np.ndarray  # (K, D)
@@ -88,6 +113,7 @@ class FeatureStats:
     classes: tuple[str, ...]
     floor: float = 0.0  # 0: the norm is not checked
     check: str = "mahalanobis"  # one of CHECKS
+    layers: tuple[str, ...] = ()
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """min over classes of the squared Mahalanobis distance, divided by the threshold (N,): above 1 is far."""
@@ -104,7 +130,8 @@ class FeatureStats:
     def save(self, path: Path) -> Path:
         np.savez_compressed(path, mean=self.mean.astype(np.float32), projection=self.projection.astype(np.float32),
                             centres=self.centres.astype(np.float32), threshold=self.threshold,
-                            classes=np.asarray(self.classes), floor=self.floor, check=self.check)
+                            classes=np.asarray(self.classes), floor=self.floor, check=self.check,
+                            layers=np.asarray(self.layers, dtype=str))
         return path
 
     @classmethod
@@ -112,21 +139,37 @@ class FeatureStats:
         with np.load(path) as data:
             return cls(data["mean"].astype(np.float64), data["projection"].astype(np.float64),
                        data["centres"].astype(np.float64), float(data["threshold"]),
-                       tuple(str(name) for name in data["classes"]), float(data["floor"]), str(data["check"]))
+                       tuple(str(name) for name in data["classes"]), float(data["floor"]), str(data["check"]),
+                       tuple(str(name) for name in data["layers"]) if "layers" in data else ())
 
 
-# What "not sure" checks, per role (the Grad-CAM model, the GAP model), as measured by benchmarks.bench_verdict: the
-# VGG16's pooled features did not tell other pictures from our photos (neither by Mahalanobis distance, kNN, nor
-# norm), so it is not checked; NoPool-GAP's are often short on other pictures.
 CHECKS = ("mahalanobis", "low_norm", "none")
-CHOSEN = ("none", "low_norm")
+FEATURES = ("pooled", "layers")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What "not sure" checks on one network: a check (``CHECKS``) of which features (``FEATURES``), and how many
+    principal directions a Mahalanobis distance keeps."""
+
+    check: str
+    features: str = "pooled"
+    dimensions: int = DIMENSIONS
+
+
+# Per role (the Grad-CAM model, the GAP model), as measured by benchmarks.bench_verdict on the photo pair: the
+# pooled features of a 4-class network tell few other pictures from our photos (VGG16's: 23% at 4% of our photos),
+# the statistics of its layers most of them.
+CHOSEN = (Choice("mahalanobis", "layers", 128), Choice("none"))
 
 
 def fit_stats(features: np.ndarray, labels: np.ndarray, classes: Sequence[str], held_out: np.ndarray,
-              dimensions: int = DIMENSIONS, quantile: float = QUANTILE, check: str = "mahalanobis") -> FeatureStats:
+              dimensions: int = DIMENSIONS, quantile: float = QUANTILE, check: str = "mahalanobis",
+              layers: Sequence[str] = ()) -> FeatureStats:
     """Statistics of training ``features`` (N, K) with class ``labels`` (N,); the threshold of ``check`` is set by the
     ``quantile`` of ``held_out`` features (M, K) of other photos: their distances (mahalanobis) or, from below,
-    their norms (low_norm); "none" never calls a photo unusual."""
+    their norms (low_norm); "none" never calls a photo unusual. ``layers``: those the features came from (see
+    ``FeatureStats``)."""
     if check not in CHECKS:
         raise ValueError(f"unknown check {check!r}; choose from {', '.join(CHECKS)}")
     mean = features.mean(axis=0)
@@ -140,7 +183,7 @@ def fit_stats(features: np.ndarray, labels: np.ndarray, classes: Sequence[str], 
     unscaled = FeatureStats(mean, projection, centres, 1.0, tuple(classes))
     threshold = float(np.quantile(unscaled.distances(held_out), quantile)) if check == "mahalanobis" else np.inf
     floor = float(np.quantile(np.linalg.norm(held_out, axis=1), 1 - quantile)) if check == "low_norm" else 0.0
-    return FeatureStats(mean, projection, centres, threshold, tuple(classes), floor, check)
+    return FeatureStats(mean, projection, centres, threshold, tuple(classes), floor, check, tuple(layers))
 
 
 def training_sample(root: str | Path, n: int, held_out: int, seed: int = 0
@@ -156,18 +199,31 @@ def training_sample(root: str | Path, n: int, held_out: int, seed: int = 0
     return [paths[i] for i in fit], labels[fit], [paths[i] for i in rest], classes
 
 
+def statistics_layers(loaded: LoadedModel, features: str) -> tuple[str, ...]:
+    """The layers whose statistics ``features`` ("layers") reads in ``loaded``; () for the pooled features."""
+    if features not in FEATURES:
+        raise ValueError(f"unknown features {features!r}; choose from {', '.join(FEATURES)}")
+    if features == "pooled":
+        return ()
+    architecture = loaded.card.get("architecture")
+    if architecture not in STATISTICS_LAYERS:
+        raise ValueError(f"no statistics layers are known for the architecture {architecture!r}")
+    return STATISTICS_LAYERS[architecture]
+
+
 def fit_model(loaded: LoadedModel, root: str | Path, n: int = 1200, held_out: int = 400, seed: int = 0,
-              check: str = "mahalanobis") -> FeatureStats:
-    """The statistics of ``loaded`` for ``check`` on a seeded sample of ``root``/train (see ``training_sample``)."""
+              choice: Choice = Choice("mahalanobis")) -> FeatureStats:
+    """The statistics of ``loaded`` for ``choice`` on a seeded sample of ``root``/train (see ``training_sample``)."""
     from cam.images import load_image
 
     fit_paths, labels, held_paths, classes = training_sample(root, n, held_out, seed)
     if list(classes) != loaded.classes:
         raise ValueError(f"the dataset's classes {classes} are not the model's {loaded.classes}")
-    read = FeatureReader(loaded)
+    layers = statistics_layers(loaded, choice.features)
+    read = FeatureReader(loaded, layers)
     features, _ = read([load_image(path) for path in fit_paths])
     held, _ = read([load_image(path) for path in held_paths])
-    return fit_stats(features, labels, classes, held, check=check)
+    return fit_stats(features, labels, classes, held, choice.dimensions, check=choice.check, layers=layers)
 
 
 def load_stats(name: str) -> FeatureStats | None:
@@ -252,7 +308,11 @@ class Judge:
             if stats is not None and stats.classes != tuple(loaded.classes):
                 log.warning("feature statistics of %s are for classes %s; ignored", name, stats.classes)
                 stats = None
-            self.parts[name] = None if stats is None else (FeatureReader(loaded), stats)
+            try:
+                self.parts[name] = None if stats is None else (FeatureReader(loaded, stats.layers), stats)
+            except ValueError as error:  # a layer the network lacks
+                log.warning("feature statistics of %s unusable (%s); the verdict uses probabilities only", name, error)
+                self.parts[name] = None
 
     def answers(self, result: ImageResult) -> list[Answer]:
         """Each model's answer on ``result``'s image: its top class (four-class name), probability, distance."""
@@ -267,13 +327,16 @@ class Judge:
             distance, check = None, "mahalanobis"
             if part is not None:
                 reader, stats = part
-                check = stats.check
-                # The Explainer's pass gave the GAP model's pooled features already, at the standard detail; at another
-                # detail, and for the other model, a pass at the size the statistics were fitted at.
-                pooled = result.explanation.pooled.get(role)
-                standard = result.view is None or result.view.short_side == loaded.input_size
-                features = pooled[0] if pooled is not None and standard else reader([result.image])[0][0]
-                distance = 0.0 if check == "none" else float(stats.unusual(features)[0])
+                check, distance = stats.check, 0.0
+                if check != "none":
+                    # The Explainer's pass gave the GAP model's pooled features already, at the standard detail; at
+                    # another detail, for the other model, or for layer statistics, a pass at the size the statistics
+                    # were fitted at.
+                    pooled = result.explanation.pooled.get(role)
+                    standard = result.view is None or result.view.short_side == loaded.input_size
+                    given = pooled is not None and standard and not stats.layers
+                    features = pooled[0] if given else reader([result.image])[0][0]
+                    distance = float(stats.unusual(features)[0])
             answers.append(Answer(model_name(loaded), cifar4_name(loaded, top), float(probabilities[top]), distance,
                                   check))
         return answers

@@ -246,7 +246,7 @@ def test_verdict_fit_writes_small_statistics_that_explain_then_uses(checkpoints,
     printed = capsys.readouterr().out
     for name in ("vgg16", "nopool_gap"):
         stats = checkpoints / f"{name}.ood.npz"
-        assert stats.is_file() and stats.stat().st_size < 300_000 and str(stats) in printed
+        assert stats.is_file() and stats.stat().st_size < 2_000_000 and str(stats) in printed
     assert cli.main(["explain", str(photos["street"]), "--set", "cifar", "--out", str(tmp_path / "out")]) == 0
     said = capsys.readouterr().out
     assert re.search(r"  verdict: (Both networks say|The networks disagree|Not sure: )", said)

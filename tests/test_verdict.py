@@ -11,7 +11,18 @@ import pytest
 import cam.models
 from cam.methods import Explainer
 from cam.pipeline import explain_image
-from cam.verdict import Answer, FeatureReader, FeatureStats, Judge, fit_stats, stats_path, verdict
+from cam.verdict import (
+    CHOSEN,
+    STATISTICS_LAYERS,
+    Answer,
+    FeatureReader,
+    FeatureStats,
+    Judge,
+    fit_stats,
+    layer_statistics,
+    stats_path,
+    verdict,
+)
 
 
 def test_the_sentence_says_agree_disagree_or_not_sure() -> None:
@@ -125,11 +136,57 @@ def test_the_low_norm_check_and_no_check() -> None:
         fit_stats(features, labels, ("bird", "cat", "dog", "horse"), held, check="energy")
 
 
-def test_the_shipped_statistics_are_small_and_match_their_networks() -> None:
-    for name, check in (("vgg16_photos", "none"), ("nopool_gap_photos", "low_norm")):
+def test_the_shipped_statistics_are_small_and_match_their_networks_and_the_choice() -> None:
+    for name, choice in zip(("vgg16_photos", "nopool_gap_photos"), CHOSEN, strict=True):
         path = Path(cam.models.CHECKPOINTS) / f"{name}.ood.npz"
         if not path.is_file():
             pytest.skip(f"{path.name} not shipped here")
         stats = FeatureStats.load(path)
-        assert path.stat().st_size < 300_000 and stats.check == check
-        assert stats.classes == tuple(cam.models.read_card(path.with_name(f"{name}.json"))["classes"])
+        card = cam.models.read_card(path.with_name(f"{name}.json"))
+        assert path.stat().st_size < 2_000_000 and stats.check == choice.check
+        assert stats.layers == (STATISTICS_LAYERS[card["architecture"]] if choice.features == "layers" else ())
+        assert stats.classes == tuple(card["classes"])
+        if choice.check == "mahalanobis":
+            assert stats.projection.shape[1] == choice.dimensions
+
+
+def test_layer_statistics_are_each_channels_log_mean_and_log_spread() -> None:
+    layer = np.array([[[[1.0, 0.0], [3.0, 0.0]], [[1.0, 0.0], [3.0, 0.0]]]])  # (1, 2, 2, 2): channel 0 is 1, 3, 1, 3
+    other = np.full((1, 1, 3, 1), 2.0)
+    features = layer_statistics([layer, other])
+    # Means 2 and 0, spreads 1 and 0 for the first layer; mean 2 and spread 0 for the second.
+    assert np.allclose(features, np.log(np.array([[2.0, 0.0, 1.0, 0.0, 2.0, 0.0]]) + 1e-3))
+
+
+def test_the_judge_reads_layer_statistics_with_a_pass_of_its_own(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path)
+    loaded = stand_in("nopool_gap", {"dog": 5.0})
+    layers = STATISTICS_LAYERS[loaded.card["architecture"]]
+    read = FeatureReader(loaded, layers)
+    rng = np.random.default_rng(1)
+    photos = [rng.integers(0, 256, (40, 40 + 8 * k, 3), dtype=np.uint8) for k in range(3)]
+    features, _ = read(photos)
+    # The same as each photo's activations taken one by one and summarised in numpy.
+    inner = keras.Model(loaded.model.inputs, [loaded.model.get_layer(name).output for name in layers])
+    for photo, row in zip(photos, features, strict=True):
+        x = cam.verdict.own_aspect(photo, loaded.input_size).astype(np.float32)[None]
+        assert np.allclose(row, layer_statistics(inner.predict_on_batch(x)), atol=1e-4)
+    assert features.shape == (3, 2 * sum(loaded.model.get_layer(name).output.shape[-1] for name in layers))
+
+    flat = [np.full((32, 32, 3), value, np.uint8) for value in range(0, 240, 4)]
+    fitted, _ = read(flat)
+    stats = fit_stats(fitted, np.arange(60) % 4, loaded.classes, fitted[::3], dimensions=8, layers=layers)
+    stats.save(stats_path("nopool_gap"))
+    assert FeatureStats.load(stats_path("nopool_gap")).layers == layers
+    result = explain_image(photos[0], Explainer(None, None, loaded.model), None, loaded)
+    judged = Judge([loaded])(result)
+    assert judged.kind == "not sure" and "distance of its features" in judged.detail
+    flat_result = explain_image(flat[5], Explainer(None, None, loaded.model), None, loaded)
+    assert Judge([loaded]).answers(flat_result)[0].distance < 1  # one of the 'training' pictures: near
+    # Statistics naming a layer the network lacks are not a crash: the probability rule.
+    FeatureStats(stats.mean, stats.projection, stats.centres, stats.threshold, stats.classes,
+                 layers=("no_such_layer",)).save(stats_path("nopool_gap"))
+    assert "probability rule" in Judge([loaded])(result).detail
