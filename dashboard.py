@@ -85,9 +85,10 @@ FALLBACK = "layer_cam"  # shown in Grad-CAM's place when Grad-CAM's map is empty
 VERDICT_ICONS = {"agree": ":material/check_circle:", "disagree": ":material/compare_arrows:",
                  "not sure": ":material/help:"}
 DEFAULT_DETAIL = "standard"
-# Score-CAM's masked photos per batch here (256 in the library): between batches other visitors' fast passes go
-# first, so they wait at most one batch (about a second for the photo VGG16 on 2 CPU cores).
-SLOW_BATCH = 16
+# Score-CAM's masked photos per batch here (256 in the library): between batches other visitors' fast passes and
+# views go first, so they wait at most one batch (about 0.25 s for the photo VGG16 on 2 CPU cores; batches of 16
+# took a second, and Score-CAM is only about 15% slower in batches of 4: benchmarks/bench_fairness.py).
+SLOW_BATCH = 4
 SLOW_CACHE_MB = 64
 TRIM_EVERY_S = 20  # how often the server hands freed memory back to the system (see cam.serving)
 KEPT_DOWNLOADS = "kept_downloads"  # the hidden container of keep_offered_downloads
@@ -124,6 +125,12 @@ class Served:
 
 # ------------------------------------------------------------------------------------------------ caches
 @st.cache_resource(show_spinner=False)
+def views() -> serving.Views:
+    """The visitors' views under way, shared by all sessions: slow methods pause between batches while any is."""
+    return serving.Views()
+
+
+@st.cache_resource(show_spinner=False)
 def serve(name: str) -> Served:
     """Load a model once per server process. Failures are cached too: retrying an offline download on every
     rerun would stall the page; a fixed checkpoint needs a restart. The reason goes to the log in full."""
@@ -131,9 +138,9 @@ def serve(name: str) -> Served:
         loaded = REGISTRY[name].load()
     except Exception as error:  # any failure removes this model's panels only
         log.warning("model %s could not be loaded: %s: %s", name, type(error).__name__, error)
-        return Served(name, None, problem_in_words(error), serving.ModelGate())
+        return Served(name, None, problem_in_words(error), serving.ModelGate(views()))
     settle_heap()
-    return Served(name, loaded, "", serving.ModelGate())
+    return Served(name, loaded, "", serving.ModelGate(views()))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -854,6 +861,7 @@ def main() -> None:
     if zoom:
         st.button("Zoom out", icon=":material/zoom_out:", on_click=zoom_out, args=(choice.key,), key="zoom_out")
     timings["figure sent"] = (time.perf_counter() - begun) * 1000
+    views().leave()  # the panels are on their way: other visitors' slow methods may go on
     slots = panel_texts(panels, result, colormap)
     loading.empty()
     warmed().add((gradcam_name, layer, cam_name))
@@ -883,4 +891,5 @@ def main() -> None:
 
 
 library_patches.apply_all()
-main()
+with views().view():
+    main()

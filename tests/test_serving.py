@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cam.serving import BoundedCache, ModelGate, nbytes
+from cam.serving import BoundedCache, ModelGate, Views, nbytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,3 +81,30 @@ def test_a_stopped_process_whose_main_thread_hangs_ends_by_itself() -> None:
               "threading.Event().wait()  # the main thread never returns, as in a hang\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=60, capture_output=True)
     assert done.returncode == 0
+
+
+def test_slow_work_pauses_while_another_visitors_view_is_under_way() -> None:
+    views = Views()
+    gate, order = ModelGate(views), []
+    started, finish = threading.Event(), threading.Event()
+
+    def visitor() -> None:  # a view: under way until its panels are sent, whether or not it uses this model
+        with views.view():
+            started.set()
+            finish.wait()
+            order.append("view's panels sent")
+            views.leave()
+            order.append("view's last steps")
+
+    with views.view():  # the slow work's own view does not hold it back
+        with gate.slow() as step_aside:
+            order.append("slow 0")
+            thread = threading.Thread(target=visitor, daemon=True)
+            thread.start()
+            started.wait()
+            threading.Timer(0.3, finish.set).start()
+            assert views.under_way == 1
+            step_aside()  # waits for the visitor's panels
+            order.append("slow 1")
+    thread.join(5)
+    assert order.index("slow 1") > order.index("view's panels sent") and views.under_way == 0
