@@ -613,12 +613,14 @@ def prepared_files(signature: tuple, panels: list[Panel], result: ImageResult, c
 def downloads(files: dict[str, bytes], panels: list[Panel], slots: list[DeltaGenerator], choice: Choice,
               size: tuple[int, int]) -> None:
     """The download buttons: each panel's PNG in its slot, then the comparison as a web page and all side by side.
-    What they offer is kept in the session for ``keep_offered_downloads``."""
-    offered = []
+    What they offer is kept in the session for ``keep_offered_downloads`` as soon as each button is drawn: a run
+    stopped halfway by the next upload leaves its new buttons on screen beside the previous run's."""
+    offered, previous = [], st.session_state.get("offered", [])
 
     def offer(slot: DeltaGenerator, label: str, data: bytes, name: str, mime: str, **options) -> None:
         slot.download_button(label, data, name, mime, on_click="ignore", icon=":material/download:", **options)
         offered.append((data, name, mime))
+        st.session_state["offered"] = offered + [kept for kept in previous if kept not in offered]
 
     for slot, panel in zip(slots, panels, strict=True):
         offer(slot, f"{panel.title} (PNG)", files[panel.key], f"{choice.stem}_{panel.key}.png", "image/png",
