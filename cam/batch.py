@@ -400,16 +400,21 @@ class PartWorker:
         self.methods = selected(methods)
         self.explainer = Explainer(gradcam.model, gradcam.card["gradcam_layer"], cam_model.model)
 
-    def faithfulness(self, *job) -> dict:
-        from cam.evaluation import faithfulness_part
+    def run(self, kind: str, *job) -> dict | list:
+        """One part of ``kind`` (``cam.evaluation.MapParts``): "faithfulness" or "sanity"."""
+        from cam.evaluation import faithfulness_part, sanity_part
 
-        return faithfulness_part(self.explainer, self.models, self.methods, *job)
+        if kind == "faithfulness":
+            return faithfulness_part(self.explainer, self.models, self.methods, *job)
+        if kind == "sanity":
+            return sanity_part(self.models, *job)
+        raise ValueError(f"unknown kind of part {kind!r}")
 
 
 class RayParts:
-    """``cam.evaluation``'s faithfulness parts on a pool of ``workers`` Ray actors (inside ``ray_session``), one GPU
-    each where the cluster has GPUs: the models travel once through the object store, each actor builds its own
-    Explainer, and the results come back in the jobs' order."""
+    """``cam.evaluation``'s parts (faithfulness, sanity) on a pool of ``workers`` Ray actors (inside
+    ``ray_session``), one GPU each where the cluster has GPUs: the models travel once through the object store, each
+    actor builds its own Explainer, and the results come back in the jobs' order."""
 
     def __init__(self, models: dict, methods: Sequence[str], workers: int, threads: int = 1):
         import ray
@@ -420,8 +425,8 @@ class RayParts:
         shared = [ray.put(models)]  # in a list, so that each actor unpacks it after limiting its threads
         self.pool = ActorPool([actor.remote(shared, list(methods), threads) for _ in range(workers)])
 
-    def __call__(self, jobs: list[tuple]) -> list[dict]:
-        return list(self.pool.map(lambda worker, job: worker.faithfulness.remote(*job), jobs))
+    def __call__(self, kind: str, jobs: list[tuple]) -> list:
+        return list(self.pool.map(lambda worker, job: worker.run.remote(kind, *job), jobs))
 
 
 def worker_threads(workers: int) -> int:

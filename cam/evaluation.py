@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 
@@ -33,11 +34,12 @@ from cam.metrics import (
     mask_scores,
     min_max_ratio,
     perturbation_curves,
+    randomization_stages,
     rank_correlation,
 )
 from cam.models import LoadedModel, with_precision
 from cam.predict import by_shape, predict_probabilities
-from cam.registry import STUDY, Method, explain, selected
+from cam.registry import METHODS, STUDY, Method, explain, selected
 
 Log = Callable[[str], None]
 RESAMPLES = 2000
@@ -155,7 +157,9 @@ def _scores(
 
 
 # ------------------------------------------------------------------------------------------------ faithfulness
-MapParts = Callable[[list[tuple]], list[dict]]  # jobs (faithfulness_part's arguments after models) -> their results
+# (kind, jobs) -> the jobs' results in their order; kind "faithfulness": faithfulness_part's arguments after the models,
+# "sanity": sanity_part's.
+MapParts = Callable[[str, list[tuple]], list]
 
 
 def faithfulness_part(
@@ -219,7 +223,7 @@ def _faithfulness(
             log(f"  faithfulness: {len(parts)}/{len(jobs)} parts of {config.batch_size} images "
                 f"({time.perf_counter() - started:.0f} s)")
     else:
-        parts = map_parts(jobs)
+        parts = map_parts("faithfulness", jobs)
     frames, curves, native, precision_gap = [], {}, {}, {}
     for method in methods:
         key = method.key
@@ -368,16 +372,33 @@ def _mask_scores(
 
 
 # ------------------------------------------------------------------------------------------------------ sanity
+def _sanity_maps(model: keras.Model, layer: str | None, batches: list[tuple[str, np.ndarray, np.ndarray]]
+                 ) -> list[np.ndarray]:
+    """Each batch's maps (method key, classes, images) on ``model``, at the images' size."""
+    return [at_size(METHODS[key].compute(model, x, classes, layer), x.shape[1:3]) for key, classes, x in batches]
+
+
+def sanity_part(models: dict[str, LoadedModel], role: str, stage: str, seed: int,
+                batches: list[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """The maps of ``batches`` [(method key, classes, images), ...] on ``role``'s model randomised down to ``stage``
+    (``cascading_randomization`` with ``seed``, replayed up to that stage: the same clone wherever this runs)."""
+    loaded = models[role]
+    for name, clone in cascading_randomization(loaded.model, seed):
+        if name == stage:
+            return _sanity_maps(clone, loaded.card["gradcam_layer"] if role == GRADCAM_MODEL else None, batches)
+    raise ValueError(f"{loaded.card['name']} has no randomization stage {stage!r}")
+
+
 def _sanity(
     models: dict[str, LoadedModel], methods: list[Method], sample: ImageSet, items: list[str],
-    config: EvaluationConfig, log: Log,
+    config: EvaluationConfig, log: Log, map_parts: MapParts | None = None,
 ) -> list[pd.DataFrame]:
     """Cascading randomization on the sample, explaining each image's true class, with each method's own function
-    (the Explainer compiles for one model, and every stage is a new clone)."""
+    (the Explainer compiles for one model, and every stage is a new clone). One part per model and stage
+    (``sanity_part``): here, one after the other, or by ``map_parts``; the numbers are the same."""
     names = [sample.classes[label] for label in sample.labels]
     frames = []
     for role, loaded in models.items():
-        layer = loaded.card["gradcam_layer"] if role == GRADCAM_MODEL else None
         indices = _indices(loaded, names)
         known = np.flatnonzero(indices >= 0)
         rows = {m.key: known[: config.limit(m, len(known))] for m in methods if m.role == role}
@@ -385,22 +406,30 @@ def _sanity(
         if not own:
             continue
         # Per input shape and method, the sample rows it scores and their images: one batch each.
-        batches = []
+        picks, batches = [], []
         for group in by_shape([sample.images[k] for k in known]).values():
             x = np.stack([sample.images[k] for k in known[group]]).astype(np.float32)
             for m in own:
                 picked = np.isin(known[group], rows[m.key])
                 if picked.any():
-                    batches.append((m, known[group][picked], x[picked]))
-        trained = [at_size(m.compute(loaded.model, x, indices[picked], layer), x.shape[1:3])
-                   for m, picked, x in batches]
+                    picks.append(known[group][picked])
+                    batches.append((m.key, indices[known[group][picked]], x[picked]))
+        trained = _sanity_maps(loaded.model, loaded.card["gradcam_layer"] if role == GRADCAM_MODEL else None, batches)
+        stages = randomization_stages(loaded.model)
+        jobs = [(role, stage, config.seed, batches) for stage in stages]
         started = time.perf_counter()
-        for stage, clone in cascading_randomization(loaded.model, config.seed):  # each clone made once
-            for (m, picked, x), maps in zip(batches, trained, strict=True):
-                randomized = at_size(m.compute(clone, x, indices[picked], layer), x.shape[1:3])
-                frames.append(_scores("sanity", [items[k] for k in picked], [names[k] for k in picked], m.key,
+        if map_parts is None:
+            results = []
+            for job in jobs:
+                results.append(sanity_part(models, *job))
+                log(f"  sanity: {loaded.card['name']} randomised down to {job[1]} "
+                    f"({time.perf_counter() - started:.0f} s)")
+        else:
+            results = map_parts("sanity", jobs)
+        for stage, randomized_maps in zip(stages, results, strict=True):
+            for (key, _, _), picked, maps, randomized in zip(batches, picks, trained, randomized_maps, strict=True):
+                frames.append(_scores("sanity", [items[k] for k in picked], [names[k] for k in picked], key,
                                       {"spearman": rank_correlation(maps, randomized)}, stage))
-            log(f"  sanity: {loaded.card['name']} randomised down to {stage} ({time.perf_counter() - started:.0f} s)")
     return frames
 
 
@@ -474,7 +503,7 @@ def evaluate(
     if config.sanity_n > 0:
         few = min(config.sanity_n, len(chosen))
         few_images = sample.subset(np.arange(few))
-        frames += timed("sanity", lambda: _sanity(models, methods, few_images, items[:few], config, log))
+        frames += timed("sanity", lambda: _sanity(models, methods, few_images, items[:few], config, log, map_parts))
     frame = pd.concat(frames, ignore_index=True)
     return {
         "meta": {

@@ -37,9 +37,9 @@ def run(
     log: Log = print, workers: int = 0, address: str | None = None,
 ) -> int:
     """Evaluate and write the report to ``out``; ``models`` = (Grad-CAM model, GAP model), default vgg16 and
-    nopool_gap. ``workers`` > 0: the faithfulness scoring runs on that many Ray actors (``cam.batch.RayParts``), on
-    the cluster at ``address`` or a Ray started here; the numbers are the same. Returns 0, or 2 after printing why
-    the data or the models could not be used."""
+    nopool_gap. ``workers`` > 0: the faithfulness and sanity scoring run on that many Ray actors
+    (``cam.batch.RayParts``), on the cluster at ``address`` or a Ray started here; the numbers are the same.
+    Returns 0, or 2 after printing why the data or the models could not be used."""
     try:
         models = models or (load_model("vgg16"), load_model("nopool_gap"))
         with ray_session(address, max(workers, os.cpu_count() or 1)) if workers else contextlib.nullcontext():

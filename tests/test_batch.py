@@ -195,19 +195,22 @@ def test_the_page_lists_configured_batches_sorts_and_shows_a_photos_panels(
 @SLOW
 def test_the_report_scored_on_two_ray_workers_equals_the_single_process_run(ray_local, tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", {"test": 3})
-    config = evaluation.EvaluationConfig(data, n=10, mosaics=0, sanity_n=0, steps=4, batch_size=4, seed=3)
+    config = evaluation.EvaluationConfig(data, n=10, mosaics=0, sanity_n=3, steps=4, batch_size=4, seed=3)
     models = load_model(CIFAR.gradcam), load_model(CIFAR.gap)
     here = evaluation.evaluate(config, *models, "here", log=lambda line: None)
     parts = batch.RayParts(dict(zip((GRADCAM_MODEL, GAP_MODEL), models, strict=True)), STUDY, workers=2)
     on_ray = evaluation.evaluate(config, *models, "on ray", log=lambda line: None, map_parts=parts)
-    assert len(here["frame"]) == 10 * 3 * 6  # 10 images (3 parts: 4, 4, 2), 3 methods, 6 scores each
+    faithful = here["frame"][here["frame"]["set"] == "test"]
+    assert len(faithful) == 10 * 3 * 6  # 10 images (3 parts: 4, 4, 2), 3 methods, 6 scores each
+    sanity = here["frame"][here["frame"]["set"] == "sanity"]
+    assert sanity["item"].nunique() == 3 and sanity["stage"].nunique() > 3 and sanity["value"].notna().any()
     pd.testing.assert_frame_equal(on_ray["frame"], here["frame"], check_exact=True)
     for key in ("summary", "differences", "curves", "resolution"):
         assert on_ray[key] == here[key]
     assert on_ray["meta"]["precision_gap"] == here["meta"]["precision_gap"]
     # The parts' own seeds make the scores independent of the order: scoring the parts in reverse changes nothing.
     backwards = evaluation.evaluate(config, *models, "reversed", log=lambda line: None,
-                                    map_parts=lambda jobs: parts(jobs[::-1])[::-1])
+                                    map_parts=lambda kind, jobs: parts(kind, jobs[::-1])[::-1])
     pd.testing.assert_frame_equal(backwards["frame"], here["frame"], check_exact=True)
 
 
