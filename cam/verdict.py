@@ -284,9 +284,15 @@ def verdict(answers: Sequence[Answer]) -> Verdict:
     detail = f"{rule}. " + "; ".join(
         f"{a.network}: {a.class_name or 'another class'} {a.probability:.0%}, {numbers(a)}" for a in answers) + "."
     if unsure:
-        who = ("neither network is confident" if len(unsure) == len(answers) > 1
-               else f"{' and '.join(a.network for a in unsure)} is not confident")
-        return Verdict("not sure", f"**Not sure**: {who}; they know only {KNOWN}.", detail)
+        # Far features say more than low confidence: a network can be 98% sure of a picture unlike its photos.
+        far = [a for a in unsure if a.distance is not None and a.distance > 1.0]
+        if far:
+            whose = far[0].network if len(far) == 1 < len(answers) else "the networks"
+            why = f"this picture looks unlike the photos {whose} learned from"
+        else:
+            why = ("neither network is confident" if len(unsure) == len(answers) > 1
+                   else f"{' and '.join(a.network for a in unsure)} is not confident")
+        return Verdict("not sure", f"**Not sure**: {why}; they know only {KNOWN}.", detail)
     names = list(dict.fromkeys(a.class_name for a in answers))
     if len(names) == 1:
         shares = ", ".join(f"{a.network} {a.probability:.0%}" for a in answers)

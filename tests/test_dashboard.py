@@ -478,8 +478,8 @@ def test_the_verdict_agrees_or_is_not_sure(setup: Path) -> None:
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error
     said = texts(at.markdown)
-    assert (":material/help: **Not sure**: neither network is confident; they know only birds, cats, dogs and "
-            "horses.") in said
+    assert (":material/help: **Not sure**: this picture looks unlike the photos the networks learned from; they know "
+            "only birds, cats, dogs and horses.") in said
     assert "distance of its features to the training photos' classes" in said and "probability rule" not in said
 
 

@@ -33,14 +33,15 @@ def test_the_sentence_says_agree_disagree_or_not_sure() -> None:
         "disagree", "The networks disagree: VGG16 says dog, NoPool-GAP says cat.")
     far = verdict([Answer("VGG16", "dog", 0.99, 3.0), Answer("NoPool-GAP", "dog", 0.95, 1.5)])
     assert far.kind == "not sure"
-    assert far.sentence == ("**Not sure**: neither network is confident; they know only birds, cats, dogs and "
-                            "horses.")
+    assert far.sentence == ("**Not sure**: this picture looks unlike the photos the networks learned from; they know "
+                            "only birds, cats, dogs and horses.")
     one_far = verdict([Answer("VGG16", "dog", 0.99, 0.5), Answer("NoPool-GAP", "cat", 0.95, 1.01)])
-    assert one_far.kind == "not sure" and "NoPool-GAP is not confident" in one_far.sentence
+    assert one_far.kind == "not sure" and "looks unlike the photos NoPool-GAP learned from" in one_far.sentence
     assert "3.00 of the threshold" in far.detail and "probability rule" not in far.detail
     # Without statistics a network is judged by its probability, and the details say so.
     fallback = verdict([Answer("VGG16", "dog", 0.65), Answer("NoPool-GAP", "dog", 0.95)])
     assert fallback.kind == "not sure" and "probability rule" in fallback.detail
+    assert "VGG16 is not confident" in fallback.sentence
     assert verdict([Answer("VGG16", "dog", 0.75), Answer("NoPool-GAP", "dog", 0.95)]).kind == "agree"
     # A class outside the four (ImageNet's "coffee mug") is not one of theirs.
     assert verdict([Answer("VGG16", None, 0.99), Answer("NoPool-GAP", "cat", 0.9, 0.1)]).kind == "not sure"
