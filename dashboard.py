@@ -63,7 +63,7 @@ from cam.pipeline import (
     with_fallback,
 )
 from cam.registry import METHODS, STUDY, Method, selected
-from cam.verdict import Judge, Verdict
+from cam.verdict import KNOWN, Judge, Verdict
 
 log = get_logger(__name__)
 get_logger("cam")  # the library's own lines (patches active, memory returned, exit) go to the server's log too
@@ -791,7 +791,8 @@ def main() -> None:
         cam_name = None
     st.markdown("### Where does the network look?")
     st.caption("Three ways of colouring the parts of a photo that made a neural network decide what it shows. "
-               "Choose a photo on the left; compare where each map looks and how sharp it is.")
+               "Choose a photo on the left; compare where each map looks and how sharp it is. The networks know only "
+               f"{KNOWN}.")
     for problem in problems:
         st.info(problem, icon=":material/link_off:")
     if "gallery_problem" in st.session_state:
