@@ -372,9 +372,10 @@ def _mask_scores(
 
 
 # ------------------------------------------------------------------------------------------------------ sanity
-def _sanity_maps(model: keras.Model, layer: str | None, batches: list[tuple[str, np.ndarray, np.ndarray]]
-                 ) -> list[np.ndarray]:
-    """Each batch's maps (method key, classes, images) on ``model``, at the images' size."""
+def _sanity_maps(model: keras.Model, loaded: LoadedModel, role: str,
+                 batches: list[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """Each batch's maps (method key, classes, images) on ``model`` (``loaded``'s or a clone), at the images' size."""
+    layer = loaded.card["gradcam_layer"] if role == GRADCAM_MODEL else None
     return [at_size(METHODS[key].compute(model, x, classes, layer), x.shape[1:3]) for key, classes, x in batches]
 
 
@@ -385,7 +386,7 @@ def sanity_part(models: dict[str, LoadedModel], role: str, stage: str, seed: int
     loaded = models[role]
     for name, clone in cascading_randomization(loaded.model, seed):
         if name == stage:
-            return _sanity_maps(clone, loaded.card["gradcam_layer"] if role == GRADCAM_MODEL else None, batches)
+            return _sanity_maps(clone, loaded, role, batches)
     raise ValueError(f"{loaded.card['name']} has no randomization stage {stage!r}")
 
 
@@ -394,8 +395,8 @@ def _sanity(
     config: EvaluationConfig, log: Log, map_parts: MapParts | None = None,
 ) -> list[pd.DataFrame]:
     """Cascading randomization on the sample, explaining each image's true class, with each method's own function
-    (the Explainer compiles for one model, and every stage is a new clone). One part per model and stage
-    (``sanity_part``): here, one after the other, or by ``map_parts``; the numbers are the same."""
+    (the Explainer compiles for one model, and every stage is a new clone). Here the stages are walked once; with
+    ``map_parts``, one part per model and stage (``sanity_part``); the numbers are the same."""
     names = [sample.classes[label] for label in sample.labels]
     frames = []
     for role, loaded in models.items():
@@ -414,18 +415,17 @@ def _sanity(
                 if picked.any():
                     picks.append(known[group][picked])
                     batches.append((m.key, indices[known[group][picked]], x[picked]))
-        trained = _sanity_maps(loaded.model, loaded.card["gradcam_layer"] if role == GRADCAM_MODEL else None, batches)
+        trained = _sanity_maps(loaded.model, loaded, role, batches)
         stages = randomization_stages(loaded.model)
-        jobs = [(role, stage, config.seed, batches) for stage in stages]
         started = time.perf_counter()
         if map_parts is None:
             results = []
-            for job in jobs:
-                results.append(sanity_part(models, *job))
-                log(f"  sanity: {loaded.card['name']} randomised down to {job[1]} "
+            for stage, clone in cascading_randomization(loaded.model, config.seed):  # each clone made once
+                results.append(_sanity_maps(clone, loaded, role, batches))
+                log(f"  sanity: {loaded.card['name']} randomised down to {stage} "
                     f"({time.perf_counter() - started:.0f} s)")
         else:
-            results = map_parts("sanity", jobs)
+            results = map_parts("sanity", [(role, stage, config.seed, batches) for stage in stages])
         for stage, randomized_maps in zip(stages, results, strict=True):
             for (key, _, _), picked, maps, randomized in zip(batches, picks, trained, randomized_maps, strict=True):
                 frames.append(_scores("sanity", [items[k] for k in picked], [names[k] for k in picked], key,

@@ -196,12 +196,14 @@ def cascading_randomization(model: keras.Model, seed: int = 0) -> Iterator[tuple
     """Cascading randomization (Adebayo et al. 2018): yields (stage, clone) where the clone has every trainable
     layer from ``stage`` up to the output re-initialised with its own initialisers; the stages go down from the
     output (``randomization_stages``) and the randomization accumulates. ``model`` is never changed; the SAME
-    clone is yielded each time, changed in place. Seeds Keras's global random generator."""
-    keras.utils.set_random_seed(seed)
+    clone is yielded each time, changed in place. Each stage reseeds Keras's global random generator from (``seed``,
+    stage number), so a stage's weights do not depend on what drew random numbers between stages (building a guided
+    clone does), and replaying the stages elsewhere gives the same clone."""
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     done: set[str] = set()
-    for stage in randomization_stages(model):
+    for number, stage in enumerate(randomization_stages(model)):
+        keras.utils.set_random_seed(seed * 10_000 + number)
         start = [layer.name for layer in clone.layers].index(stage)
         for layer in clone.layers[start:]:
             if layer.weights and layer.trainable and layer.name not in done:

@@ -207,6 +207,19 @@ def test_cascading_randomization_changes_grad_cam_and_not_the_original():
         np.testing.assert_array_equal(weight, original)
 
 
+def test_a_randomization_stage_does_not_depend_on_random_draws_between_stages():
+    model = tiny_cnn()
+    clean = [[w.copy() for w in clone.get_weights()] for _, clone in cascading_randomization(model, seed=3)]
+    disturbed = []
+    for _, clone in cascading_randomization(model, seed=3):
+        disturbed.append([w.copy() for w in clone.get_weights()])
+        keras.layers.Dense(50).build((None, 50))  # draws from Keras's global generator, as a guided clone does
+    for weights, again in zip(clean, disturbed, strict=True):
+        for w, v in zip(weights, again, strict=True):
+            np.testing.assert_array_equal(w, v)
+    assert any((w != v).any() for w, v in zip(clean[0], clean[1], strict=True))  # the stages differ
+
+
 def test_rank_correlation_edge_cases():
     maps = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
     assert rank_correlation(maps, maps)[0] == pytest.approx(1.0)
