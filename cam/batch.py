@@ -401,18 +401,14 @@ class PartWorker:
         self.explainer = Explainer(gradcam.model, gradcam.card["gradcam_layer"], cam_model.model)
 
     def run(self, kind: str, *job) -> dict | list:
-        """One part of ``kind`` (``cam.evaluation.MapParts``): "faithfulness" or "sanity"."""
-        from cam.evaluation import faithfulness_part, sanity_part
+        """One part of the report (``cam.evaluation.run_part``)."""
+        from cam.evaluation import run_part
 
-        if kind == "faithfulness":
-            return faithfulness_part(self.explainer, self.models, self.methods, *job)
-        if kind == "sanity":
-            return sanity_part(self.models, *job)
-        raise ValueError(f"unknown kind of part {kind!r}")
+        return run_part(kind, self.explainer, self.models, self.methods, job)
 
 
 class RayParts:
-    """``cam.evaluation``'s parts (faithfulness, sanity) on a pool of ``workers`` Ray actors (inside
+    """``cam.evaluation``'s parts (faithfulness, localization, sanity) on a pool of ``workers`` Ray actors (inside
     ``ray_session``), one GPU each where the cluster has GPUs: the models travel once through the object store, each
     actor builds its own Explainer, and the results come back in the jobs' order."""
 

@@ -80,12 +80,14 @@ class EvaluationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """One map to localize: its item name, the class it explains, that class's boxes and the image's size."""
+    """One map to localize: its item name, the class it explains, and where that class is at ``size`` (the size its
+    map is compared at): its ``boxes``, or a figure/ground ``mask`` (H, W, True = object) of that size."""
 
     item: str
     name: str
-    boxes: list[Box]
     size: tuple[int, int]
+    boxes: tuple[Box, ...] = ()
+    mask: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------------------------------ maps
@@ -156,10 +158,55 @@ def _scores(
     )
 
 
-# ------------------------------------------------------------------------------------------------ faithfulness
-# (kind, jobs) -> the jobs' results in their order; kind "faithfulness": faithfulness_part's arguments after the models,
-# "sanity": sanity_part's.
+# ------------------------------------------------------------------------------------------------------ parts
+# (kind, jobs) -> the jobs' results in their order (each job: run_part's ``job``).
 MapParts = Callable[[str, list[tuple]], list]
+
+
+def _parts(images: list[np.ndarray], config: EvaluationConfig) -> list[tuple[list[int], np.ndarray, EvaluationConfig]]:
+    """The images in parts of one input shape and at most ``config.batch_size``: each part's indices, its float32
+    images, and ``config`` with the part's share of the slow methods' budget (``slow_n`` less the images before it),
+    so that a slow method is scored on the same first ``slow_n`` images wherever the parts run."""
+    parts, before = [], 0
+    for indices in by_shape(images).values():
+        for start in range(0, len(indices), config.batch_size):
+            chunk = indices[start : start + config.batch_size]
+            x = np.stack([images[i] for i in chunk]).astype(np.float32)
+            parts.append((chunk, x, dataclasses.replace(config, slow_n=max(0, config.slow_n - before))))
+            before += len(chunk)
+    return parts
+
+
+def run_part(
+    kind: str, explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], job: tuple,
+) -> dict | list:
+    """One part of the report, wherever it runs (here, or on a Ray worker: ``cam.batch.RayParts``): ``kind``
+    "faithfulness" (``job``: faithfulness_part's arguments after the methods), "localization" (localization_part's)
+    or "sanity" (sanity_part's after the models)."""
+    if kind == "faithfulness":
+        return faithfulness_part(explainer, models, methods, *job)
+    if kind == "localization":
+        return localization_part(explainer, models, methods, *job)
+    if kind == "sanity":
+        return sanity_part(models, *job)
+    raise ValueError(f"unknown kind of part {kind!r}")
+
+
+def _run_parts(
+    kind: str, jobs: list[tuple], explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method],
+    log: Log, map_parts: MapParts | None = None,
+) -> list:
+    """``run_part`` on every job, in this process one after the other, or by ``map_parts``; results in order."""
+    if map_parts is not None:
+        return map_parts(kind, jobs)
+    results, started = [], time.perf_counter()
+    for job in jobs:
+        results.append(run_part(kind, explainer, models, methods, job))
+        log(f"  {kind}: {len(results)}/{len(jobs)} parts ({time.perf_counter() - started:.0f} s)")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ faithfulness
 
 
 def faithfulness_part(
@@ -207,23 +254,9 @@ def _faithfulness(
     ``map_parts`` (e.g. on Ray workers, ``cam.batch.RayParts``), which returns the results in the jobs' order.
     Merged: the per-map frames (method by method), the mean curves, the most common native map shapes and the
     precision gap per model."""
-    jobs, before = [], 0
-    for indices in by_shape(list(sample.images)).values():  # a part holds images of one input shape
-        for start in range(0, len(indices), config.batch_size):
-            chunk = indices[start : start + config.batch_size]
-            x = np.stack([sample.images[i] for i in chunk]).astype(np.float32)
-            budget = dataclasses.replace(config, slow_n=max(0, config.slow_n - before))
-            jobs.append((x, [items[i] for i in chunk], budget, (config.seed, len(jobs))))
-            before += len(chunk)
-    started = time.perf_counter()
-    if map_parts is None:
-        parts = []
-        for job in jobs:
-            parts.append(faithfulness_part(explainer, models, methods, *job))
-            log(f"  faithfulness: {len(parts)}/{len(jobs)} parts of {config.batch_size} images "
-                f"({time.perf_counter() - started:.0f} s)")
-    else:
-        parts = map_parts("faithfulness", jobs)
+    jobs = [(x, [items[i] for i in chunk], budget, (config.seed, k))
+            for k, (chunk, x, budget) in enumerate(_parts(list(sample.images), config))]
+    parts = _run_parts("faithfulness", jobs, explainer, models, methods, log, map_parts)
     frames, curves, native, precision_gap = [], {}, {}, {}
     for method in methods:
         key = method.key
@@ -247,7 +280,8 @@ def _localize(
     targets: list[Target], tolerance: float,
 ) -> list[pd.DataFrame]:
     """Localization scores of each method's maps (one per target, or the first ones for a slow method) where its
-    model knows the target's class (``wanted`` >= 0), each map compared with the target's boxes at its size."""
+    model knows the target's class (``wanted`` >= 0), each map compared with the target's boxes or mask at its size,
+    pointing within ``tolerance`` pixels."""
     frames = []
     for method in methods:
         method_maps = maps[method.key]
@@ -258,46 +292,64 @@ def _localize(
         for size in {targets[k].size for k in rows}:  # upsample the maps of one image size together
             group = [k for k in rows if targets[k].size == size]
             for k, map_ in zip(group, at_size(method_maps[group], size), strict=True):
-                scores[k] = localization_scores(map_, targets[k].boxes, tolerance)
+                target = targets[k]
+                scores[k] = (localization_scores(map_, list(target.boxes), tolerance) if target.mask is None
+                             else mask_scores(map_, target.mask, tolerance))
         values = {metric: [scores[k][metric] for k in rows] for metric in scores[rows[0]]}
         items, names = [targets[k].item for k in rows], [targets[k].name for k in rows]
         frames.append(_scores(set_, items, names, method.key, values))
     return frames
 
 
-def _mosaic_scores(
-    explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], data: ImageSet,
-    config: EvaluationConfig, skipped: Counter, log: Log,
+def localization_part(
+    explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], set_: str, x: np.ndarray,
+    passes: list[list[Target]], tolerance: float, config: EvaluationConfig,
 ) -> list[pd.DataFrame]:
-    """Localization on 2x2 mosaics: each tile's class explained in turn and compared with the tile's box. The tiles
-    are the middle squares of the test photos (nothing squashed); a mosaic is shown at the short side of the run."""
+    """Localization scores of one part (``x``: float32 images of one shape, at most ``config.batch_size``): in each
+    pass, image i's map of ``targets[i]``'s class, compared with that target (``_localize``). A model explains class 0
+    where it does not know the class, and those maps are dropped. The first pass's CAMs (of every class at once)
+    serve the later passes; Grad-CAM needs a pass per class."""
+    frames, cams = [], None
+    for targets in passes:
+        wanted = {role: _indices(loaded, [target.name for target in targets]) for role, loaded in models.items()}
+        explained = _explain(explainer, x, np.maximum(wanted[GRADCAM_MODEL], 0), config.batch_size,
+                             with_cam=cams is None)
+        cams = cams or explained
+        maps = _maps(explained, np.maximum(wanted[GAP_MODEL], 0), methods, models, x, config, cams)
+        frames += _localize(set_, maps, methods, wanted, targets, tolerance)
+    return frames
+
+
+def _localization_jobs(
+    set_: str, images: list[np.ndarray], passes: list[list[Target]], tolerance: float, config: EvaluationConfig,
+) -> list[tuple]:
+    """``localization_part``'s jobs (its arguments after the methods): the images in parts, each with its targets in
+    every pass (``passes[p][i]``: image i's target in pass p)."""
+    return [(set_, x, [[targets[i] for i in chunk] for targets in passes], tolerance, budget)
+            for chunk, x, budget in _parts(images, config)]
+
+
+def _mosaic_jobs(
+    models: dict[str, LoadedModel], data: ImageSet, config: EvaluationConfig, skipped: Counter,
+) -> list[tuple]:
+    """Localization on 2x2 mosaics: each tile's class explained in turn (a pass per tile) and compared with the
+    tile's box. The tiles are the middle squares of the test photos (nothing squashed); a mosaic is shown at the
+    short side of the run."""
     squares = np.stack([crop(image, view_box(*image.shape[:2], max_aspect=1.0)) for image in data.images])
     built, sources = mosaics(squares, data.labels, config.mosaics, config.seed)
     x = model_input(built, input_shape(*built.shape[1:3], _short_side(config, models)))
     boxes = tile_boxes(*squares.shape[1:3])
-    frames, cams = [], None
+    passes = []
     for tile in range(4):
-        started = time.perf_counter()
         names = [data.classes[label] for label in data.labels[sources[:, tile]]]
-        wanted = _known("mosaics", models, names, skipped)
-        # A model that does not know a class explains class 0 there; _localize drops those maps. Grad-CAM needs a
-        # pass per class, while the first tile's pass already gives the CAMs of every class for all tiles.
-        explained = _explain(explainer, x, np.maximum(wanted[GRADCAM_MODEL], 0), config.batch_size,
-                             with_cam=cams is None)
-        cams = cams or explained
-        targets = [Target(f"mosaic-{i:04d}/tile-{tile}", name, [boxes[tile]], built.shape[1:3])
-                   for i, name in enumerate(names)]
-        # No pointing tolerance: 15 px would reach halfway into the neighbouring 32-px tiles.
-        maps = _maps(explained, np.maximum(wanted[GAP_MODEL], 0), methods, models, x, config, cams)
-        frames += _localize("mosaics", maps, methods, wanted, targets, 0.0)
-        log(f"  mosaics: tile {tile + 1}/4 of {len(built)} mosaics ({time.perf_counter() - started:.0f} s)")
-    return frames
+        _known("mosaics", models, names, skipped)
+        passes.append([Target(f"mosaic-{i:04d}/tile-{tile}", name, built.shape[1:3], (boxes[tile],))
+                       for i, name in enumerate(names)])
+    # No pointing tolerance: 15 px would reach halfway into the neighbouring 32-px tiles.
+    return _localization_jobs("mosaics", list(x), passes, 0.0, config)
 
 
-def _box_scores(
-    explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], config: EvaluationConfig,
-    skipped: Counter, log: Log,
-) -> list[pd.DataFrame]:
+def _box_jobs(models: dict[str, LoadedModel], config: EvaluationConfig, skipped: Counter, log: Log) -> list[tuple]:
     """Localization on annotated images: each class present explained and compared with its boxes at the image's
     original size, within the pointing tolerance."""
     annotations = read_boxes(config.boxes)
@@ -319,56 +371,30 @@ def _box_scores(
         resized = own_aspect(image, _short_side(config, models))
         for name in annotation.names:
             images.append(resized)
-            targets.append(Target(f"{annotation.image}/{name}", name, annotation.boxes(name), image.shape[:2]))
+            targets.append(Target(f"{annotation.image}/{name}", name, image.shape[:2], tuple(annotation.boxes(name))))
     log(f"  boxes: {len(targets)} (image, class) pairs from {len(annotations)} annotations")
     wanted = _known("boxes", models, [target.name for target in targets], skipped)
     # Pairs whose class neither model knows are not explained at all; elsewhere an unknown class explains class 0.
-    keep = np.flatnonzero((wanted["gradcam"] >= 0) | (wanted["cam"] >= 0))
-    if not len(keep):
-        return []
-    frames = []
-    for indices in by_shape([images[k] for k in keep]).values():
-        rows = keep[indices]
-        group = {role: values[rows] for role, values in wanted.items()}
-        x = np.stack([images[k] for k in rows]).astype(np.float32)
-        explained = _explain(explainer, x, np.maximum(group[GRADCAM_MODEL], 0), config.batch_size)
-        maps = _maps(explained, np.maximum(group[GAP_MODEL], 0), methods, models, x, config)
-        frames += _localize("boxes", maps, methods, group, [targets[k] for k in rows], POINTING_TOLERANCE)
-    return frames
+    keep = np.flatnonzero((wanted[GRADCAM_MODEL] >= 0) | (wanted[GAP_MODEL] >= 0))
+    return _localization_jobs("boxes", [images[k] for k in keep], [[targets[k] for k in keep]], POINTING_TOLERANCE,
+                              config)
 
 
-def _mask_scores(
-    explainer: Explainer, models: dict[str, LoadedModel], methods: list[Method], data: ImageSet,
-    config: EvaluationConfig, skipped: Counter, log: Log,
-) -> list[pd.DataFrame]:
+def _mask_jobs(
+    models: dict[str, LoadedModel], data: ImageSet, config: EvaluationConfig, skipped: Counter, log: Log,
+) -> list[tuple]:
     """Localization on the test photos that have a figure/ground mask (``masks/test/<class>/``): each photo's true
     class explained, every map compared with the mask at the photo's own size (``cam.metrics.mask_scores``)."""
     masks = load_masks(config.data, data)
-    if not masks:
-        return []
     rows = sorted(masks)
     names = [data.classes[data.labels[k]] for k in rows]
     items = [str(Path(data.paths[k]).relative_to(config.data)) for k in rows]
     log(f"  masks: {len(rows)} masked test photos")
-    wanted = _known("masks", models, names, skipped)
-    frames = []
-    for group in by_shape([data.images[k] for k in rows]).values():
-        x = np.stack([data.images[rows[i]] for i in group]).astype(np.float32)
-        known = {role: values[group] for role, values in wanted.items()}
-        explained = _explain(explainer, x, np.maximum(known[GRADCAM_MODEL], 0), config.batch_size)
-        maps = _maps(explained, np.maximum(known[GAP_MODEL], 0), methods, models, x, config)
-        for method in methods:
-            method_maps = maps[method.key]
-            kept = [i for i in range(len(method_maps)) if known[method.role][i] >= 0]
-            # The mask of the part of the photo the networks saw (all of it up to 2:1), at the photo's size.
-            seen = [crop(mask, view_box(*mask.shape)) for mask in (masks[rows[group[i]]] for i in kept)]
-            scores = [mask_scores(at_size(method_maps[i : i + 1], mask.shape)[0], mask)
-                      for i, mask in zip(kept, seen, strict=True)]
-            if scores:
-                values = {metric: [score[metric] for score in scores] for metric in scores[0]}
-                frames.append(_scores("masks", [items[group[i]] for i in kept], [names[group[i]] for i in kept],
-                                      method.key, values))
-    return frames
+    _known("masks", models, names, skipped)
+    # The mask of the part of the photo the networks saw (all of it up to 2:1), at the photo's size.
+    seen = [crop(masks[k], view_box(*masks[k].shape)) for k in rows]
+    targets = [Target(item, name, mask.shape, mask=mask) for item, name, mask in zip(items, names, seen, strict=True)]
+    return _localization_jobs("masks", [data.images[k] for k in rows], [targets], POINTING_TOLERANCE, config)
 
 
 # ------------------------------------------------------------------------------------------------------ sanity
@@ -457,8 +483,8 @@ def evaluate(
 ) -> dict:
     """Every score of every map of ``config.methods``, summarised: the content of report.json, with the per-map
     table as ``frame``; ``command`` (the line that reproduces the run) is recorded in ``meta``. ``map_parts``
-    scores the faithfulness parts elsewhere (``_faithfulness``). Raises DataError, BoxError or ExplanationError for
-    inputs it cannot use."""
+    scores the parts (faithfulness, localization, sanity: ``run_part``) elsewhere, with the same numbers. Raises
+    DataError, BoxError or ExplanationError for inputs it cannot use."""
     started = time.perf_counter()
     if gradcam_model.input_size != cam_model.input_size:
         raise ExplanationError(
@@ -489,17 +515,20 @@ def evaluate(
         "faithfulness and resolution",
         lambda: _faithfulness(explainer, models, methods, sample, items, config, log, map_parts),
     )
+
+    def localize(jobs: list[tuple]) -> list[pd.DataFrame]:
+        return [frame for part in _run_parts("localization", jobs, explainer, models, methods, log, map_parts)
+                for frame in part]
+
     n_mosaics = config.mosaics if len(data.classes) >= 4 else 0
     if n_mosaics:
-        frames += timed("localization on mosaics",
-                        lambda: _mosaic_scores(explainer, models, methods, data, config, skipped, log))
+        frames += timed("localization on mosaics", lambda: localize(_mosaic_jobs(models, data, config, skipped)))
     elif config.mosaics:
         skipped[f"mosaics: need 4 classes, the data has {len(data.classes)}"] = config.mosaics
     if (Path(config.data) / "masks" / "test").is_dir():
-        frames += timed("localization on masks",
-                        lambda: _mask_scores(explainer, models, methods, data, config, skipped, log))
+        frames += timed("localization on masks", lambda: localize(_mask_jobs(models, data, config, skipped, log)))
     if config.boxes:
-        frames += timed("localization on boxes", lambda: _box_scores(explainer, models, methods, config, skipped, log))
+        frames += timed("localization on boxes", lambda: localize(_box_jobs(models, config, skipped, log)))
     if config.sanity_n > 0:
         few = min(config.sanity_n, len(chosen))
         few_images = sample.subset(np.arange(few))

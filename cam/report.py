@@ -37,7 +37,7 @@ def run(
     log: Log = print, workers: int = 0, address: str | None = None,
 ) -> int:
     """Evaluate and write the report to ``out``; ``models`` = (Grad-CAM model, GAP model), default vgg16 and
-    nopool_gap. ``workers`` > 0: the faithfulness and sanity scoring run on that many Ray actors
+    nopool_gap. ``workers`` > 0: the faithfulness, localization and sanity scoring run on that many Ray actors
     (``cam.batch.RayParts``), on the cluster at ``address`` or a Ray started here; the numbers are the same.
     Returns 0, or 2 after printing why the data or the models could not be used."""
     try:

@@ -195,13 +195,22 @@ def test_the_page_lists_configured_batches_sorts_and_shows_a_photos_panels(
 @SLOW
 def test_the_report_scored_on_two_ray_workers_equals_the_single_process_run(ray_local, tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", {"test": 3})
-    config = evaluation.EvaluationConfig(data, n=10, mosaics=0, sanity_n=3, steps=4, batch_size=4, seed=3)
+    (data / "masks/test/horse").mkdir(parents=True)
+    for index, columns in ((0, slice(0, 16)), (2, slice(8, 32))):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[:, columns] = 255
+        Image.fromarray(mask).save(data / f"masks/test/horse/{index:03d}.png")
+    config = evaluation.EvaluationConfig(data, n=10, mosaics=6, sanity_n=3, steps=4, batch_size=4, seed=3)
     models = load_model(CIFAR.gradcam), load_model(CIFAR.gap)
     here = evaluation.evaluate(config, *models, "here", log=lambda line: None)
     parts = batch.RayParts(dict(zip((GRADCAM_MODEL, GAP_MODEL), models, strict=True)), STUDY, workers=2)
     on_ray = evaluation.evaluate(config, *models, "on ray", log=lambda line: None, map_parts=parts)
     faithful = here["frame"][here["frame"]["set"] == "test"]
     assert len(faithful) == 10 * 3 * 6  # 10 images (3 parts: 4, 4, 2), 3 methods, 6 scores each
+    mosaics = here["frame"][here["frame"]["set"] == "mosaics"]
+    assert mosaics["item"].nunique() == 6 * 4 and len(mosaics) == 6 * 4 * 3 * 4  # 2 parts; 4 scores per map
+    masks = here["frame"][here["frame"]["set"] == "masks"]
+    assert set(masks["item"]) == {"test/horse/000.png", "test/horse/002.png"} and len(masks) == 2 * 3 * 3
     sanity = here["frame"][here["frame"]["set"] == "sanity"]
     assert sanity["item"].nunique() == 3 and sanity["stage"].nunique() > 3 and sanity["value"].notna().any()
     pd.testing.assert_frame_equal(on_ray["frame"], here["frame"], check_exact=True)
