@@ -28,6 +28,7 @@ import functools
 import gc
 import hashlib
 import random
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from cam import gallery, library_patches, render, serving, share
 from cam.device import describe_device
 from cam.examples import EXAMPLES
 from cam.images import DECODE_MAX_SIDE, Decoded, ImageError, crop, decode_image, detail_sizes, resize
-from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, feature_layers, in_steps
+from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, feature_layers
 from cam.models import MODEL_SETS, REGISTRY, LoadedModel, accuracy_on_photos, default_set, problem_in_words
 from cam.names import markdown_literal, shorten
 from cam.pipeline import (
@@ -63,6 +64,7 @@ from cam.pipeline import (
     with_fallback,
 )
 from cam.registry import METHODS, STUDY, Method, selected
+from cam.slow_work import SlowWorker
 from cam.verdict import KNOWN, Judge, Verdict
 
 log = get_logger(__name__)
@@ -85,10 +87,10 @@ FALLBACK = "layer_cam"  # shown in Grad-CAM's place when Grad-CAM's map is empty
 VERDICT_ICONS = {"agree": ":material/check_circle:", "disagree": ":material/compare_arrows:",
                  "not sure": ":material/help:"}
 DEFAULT_DETAIL = "standard"
-# Score-CAM's masked photos per batch here (256 in the library): between batches other visitors' fast passes and
-# views go first, so they wait at most one batch (about 0.25 s for the photo VGG16 on 2 CPU cores; batches of 16
-# took a second, and Score-CAM is only about 15% slower in batches of 4: benchmarks/bench_fairness.py).
-SLOW_BATCH = 4
+# Score-CAM's masked photos per batch here (256 in the library): its progress bar moves, and a cancel takes effect,
+# after each batch (about a second for the photo VGG16 on 2 CPU cores). It runs apart at low priority (cam.slow_work),
+# so the batch size no longer decides how long other visitors wait.
+SLOW_BATCH = 16
 SLOW_CACHE_MB = 64
 TRIM_EVERY_S = 20  # how often the server hands freed memory back to the system (see cam.serving)
 KEPT_DOWNLOADS = "kept_downloads"  # the hidden container of keep_offered_downloads
@@ -119,17 +121,11 @@ class Served:
     name: str
     loaded: LoadedModel | None
     problem: str
-    # TensorFlow calls on one model run one at a time, whichever session makes them; fast passes go first.
-    lock: serving.ModelGate
+    # TensorFlow calls on one model run one at a time, whichever session makes them (slow methods run apart).
+    lock: threading.Lock
 
 
 # ------------------------------------------------------------------------------------------------ caches
-@st.cache_resource(show_spinner=False)
-def views() -> serving.Views:
-    """The visitors' views under way, shared by all sessions: slow methods pause between batches while any is."""
-    return serving.Views()
-
-
 @st.cache_resource(show_spinner=False)
 def serve(name: str) -> Served:
     """Load a model once per server process. Failures are cached too: retrying an offline download on every
@@ -138,9 +134,9 @@ def serve(name: str) -> Served:
         loaded = REGISTRY[name].load()
     except Exception as error:  # any failure removes this model's panels only
         log.warning("model %s could not be loaded: %s: %s", name, type(error).__name__, error)
-        return Served(name, None, problem_in_words(error), serving.ModelGate(views()))
+        return Served(name, None, problem_in_words(error), threading.Lock())
     settle_heap()
-    return Served(name, loaded, "", serving.ModelGate(views()))
+    return Served(name, loaded, "", threading.Lock())
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -182,11 +178,11 @@ def settle_heap() -> None:
 
 @contextlib.contextmanager
 def locks(*names: str | None) -> Iterator[None]:
-    """Hold the locks of the named models (None: no model) for a fast pass, ahead of any slow method."""
+    """Hold the locks of the named models (None: no model) for a pass."""
     with contextlib.ExitStack() as stack:
         for name in names:
             if name:
-                stack.enter_context(serve(name).lock.fast())
+                stack.enter_context(serve(name).lock)
         yield
 
 
@@ -226,8 +222,8 @@ def explained(
     methods: tuple[str, ...], view: PhotoView, image: np.ndarray,
 ) -> Explanation:
     """``explanation_of`` the fast methods, plus the maps of the slow ones (registry ``slow``), each computed
-    with a progress bar and a button to cancel it, one visitor at a time, stepping aside between batches for the
-    fast passes of other visitors."""
+    with a progress bar and a button to cancel it, one visitor's at a time, in a process of low priority (so that
+    other visitors' passes go first)."""
     explanation = explanation_of(key, gradcam_name, cam_name, layer, class_name,
                                  tuple(k for k in methods if not METHODS[k].slow), view.short_side, image)
     names = {GRADCAM_MODEL: gradcam_name, GAP_MODEL: cam_name}
@@ -246,32 +242,34 @@ def explained(
     return explanation
 
 
+@st.cache_resource(show_spinner=False)
+def slow_worker() -> SlowWorker:
+    """The process that computes slow methods at low priority, one visitor's at a time (cam.slow_work)."""
+    return SlowWorker(SLOW_BATCH)
+
+
 def slow_map(method: Method, served: Served, layer: str | None, classes: np.ndarray,
              x: np.ndarray) -> tuple[np.ndarray, float]:
     """The maps of one slow method on the model input ``x`` and their seconds, with a progress bar and a cancel
     button while they last."""
     shown = st.empty()
     with shown.container():
-        progress = st.progress(0.0, text=f"{method.label}: waiting for its turn (another visitor's is running)…")
+        progress = st.progress(0.0, text=progress_text(method, 0, 0))
         st.button(f"Cancel {method.label}", key=f"cancel:{method.key}", on_click=drop_method, args=(method.key,),
                   icon=":material/cancel:", help=f"Removes the {method.label} panel; the other panels stay.")
-    # Every Streamlit call below is also where a click on "Cancel" (a rerun) stops the computation.
-    with served.lock.slow(waiting=lambda: progress.progress(0.0, text=progress_text(method, 0, 0))) as step_aside:
-
-        def between_batches(done: int, total: int) -> None:
-            progress.progress(done / total, text=progress_text(method, done, total))
-            step_aside()
-
-        started = time.perf_counter()
-        with in_steps(between_batches, SLOW_BATCH):
-            maps = method.compute(served.loaded.model, x, classes, layer)
+    started = time.perf_counter()
+    # Each progress call is also where a click on "Cancel" (a rerun) stops the computation.
+    maps = slow_worker().compute(
+        method.key, served.name, served.loaded, layer, classes, x,
+        lambda done, total: progress.progress(done / total if total else 0.0, text=progress_text(method, done, total)),
+    )
     shown.empty()
     return maps, time.perf_counter() - started
 
 
 def progress_text(method: Method, done: int, total: int) -> str:
     if not total:
-        return f"{method.label}: waiting for its turn (another visitor's is running)…"
+        return f"{method.label}: waiting to start (another visitor's may be running)…"
     return f"{method.label}: {done} of {total} passes through the network…"
 
 
@@ -864,7 +862,7 @@ def main() -> None:
     if zoom:
         st.button("Zoom out", icon=":material/zoom_out:", on_click=zoom_out, args=(choice.key,), key="zoom_out")
     timings["figure sent"] = (time.perf_counter() - begun) * 1000
-    views().leave()  # the panels are on their way: other visitors' slow methods may go on
+    slow_worker().leave()  # the panels are on their way: another visitor's slow method may go on
     slots = panel_texts(panels, result, colormap)
     loading.empty()
     warmed().add((gradcam_name, layer, cam_name))
@@ -894,5 +892,5 @@ def main() -> None:
 
 
 library_patches.apply_all()
-with views().view():
+with slow_worker().view():  # another visitor's slow method pauses until this view's panels are sent
     main()

@@ -1,6 +1,6 @@
-"""What a public dashboard server needs beyond the page itself, with nothing of Streamlit in it: a model lock under
-which the study's fast pass never waits behind a slow method of another visitor (and slow work pauses while other
-visitors' views are under way), a cache bounded in bytes, and a prompt exit when the server is told to stop."""
+"""What a public dashboard server needs beyond the page itself, with nothing of Streamlit in it: a cache bounded in
+bytes, the C heap's free memory handed back, and a prompt exit when the server is told to stop. (Slow methods run
+apart, at low priority: ``cam.slow_work``.)"""
 
 from __future__ import annotations
 
@@ -13,137 +13,11 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 
 import numpy as np
 
 log = logging.getLogger(__name__)
-WAIT_TICK_S = 0.5  # how often a slow method waiting for its turn reports that it is still waiting
-VIEW_TICK_S = 0.05  # how often slow work that waits for visitors' views checks whether they are done
-
-
-class Views:
-    """Visitors' views under way: each from the start of a run of the page's script (``view``) until its panels are
-    sent or it turns to slow work (``leave``), counted per thread (Streamlit runs each script run in a thread of its
-    own). Slow work waits between its batches while any is under way, so that another visitor's view has the
-    processor to itself, not only the models: on a small machine the slow work's batches otherwise take half of it
-    from that view's decoding and drawing."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._threads: set[int] = set()
-
-    @contextlib.contextmanager
-    def view(self) -> Iterator[None]:
-        """This thread's view is under way within the block (unless it ``leave``s earlier)."""
-        with self._lock:
-            self._threads.add(threading.get_ident())
-        try:
-            yield
-        finally:
-            self.leave()
-
-    def leave(self) -> None:
-        """This thread's view no longer goes first (its panels are sent, or it starts slow work)."""
-        with self._lock:
-            self._threads.discard(threading.get_ident())
-
-    @property
-    def under_way(self) -> int:
-        with self._lock:
-            return len(self._threads)
-
-
-class ModelGate:
-    """The lock of one model shared by every session, where fast work goes first.
-
-    Fast work (the fused pass of the study's three methods, about a second) holds the model for its whole pass.
-    Slow work (Score-CAM: hundreds of passes, a minute and more on a CPU) runs one at a time, takes the model only
-    when no fast work waits and no visitor's view is under way (``views``, shared by the gates of all models), and
-    between its batches calls ``step_aside``, which lets every fast pass and view waiting go first. So one
-    visitor's slow method delays another's three panels by at most one batch, never by its whole run.
-    """
-
-    def __init__(self, views: Views | None = None) -> None:
-        self._state = threading.Condition()
-        self._busy = False
-        self._fast_waiting = 0
-        self._slow_turn = threading.Lock()  # slow work queues here, one at a time
-        self._views = views
-
-    @contextlib.contextmanager
-    def fast(self) -> Iterator[None]:
-        """Hold the model for one fast pass, ahead of any slow work that waits."""
-        with self._state:
-            self._fast_waiting += 1
-            try:
-                self._state.wait_for(lambda: not self._busy)
-            finally:
-                self._fast_waiting -= 1
-            self._busy = True
-        try:
-            yield
-        finally:
-            self._release()
-
-    @contextlib.contextmanager
-    def slow(self, waiting: Callable[[], None] | None = None) -> Iterator[Callable[[], None]]:
-        """Hold the model for slow work; yields ``step_aside``, to be called between its batches. While the turn of
-        another slow work or a fast pass lasts, ``waiting()`` is called every WAIT_TICK_S seconds (it may raise to
-        give up, e.g. when the visitor cancels)."""
-        if self._views is not None:
-            self._views.leave()  # this thread's own view must not hold its slow work back
-        while not self._slow_turn.acquire(timeout=WAIT_TICK_S):
-            if waiting:
-                waiting()
-        try:
-            self._take_when_free(waiting)
-            try:
-                yield self.step_aside
-            finally:
-                self._release()
-        finally:
-            self._slow_turn.release()
-
-    @property
-    def fast_waiting(self) -> int:
-        """How many fast passes wait for the model now."""
-        with self._state:
-            return self._fast_waiting
-
-    def step_aside(self) -> None:
-        """Called by slow work between batches: when fast passes wait or views are under way, let them all finish,
-        then go on."""
-        with self._state:
-            if not self._fast_waiting and not self._views_under_way():
-                return
-            self._busy = False
-            self._state.notify_all()
-        self._take_when_free(None)
-
-    def _views_under_way(self) -> bool:
-        return self._views is not None and self._views.under_way > 0
-
-    def _take_when_free(self, waiting: Callable[[], None] | None) -> None:
-        """Take the model once it is free, no fast pass waits and no view is under way; ``waiting()`` is called
-        every WAIT_TICK_S seconds meanwhile. Views are polled (every VIEW_TICK_S): they end without a signal here."""
-        def free() -> bool:
-            return not self._busy and not self._fast_waiting and not self._views_under_way()
-
-        since = time.monotonic()
-        while True:
-            with self._state:
-                if self._state.wait_for(free, timeout=VIEW_TICK_S):
-                    self._busy = True
-                    return
-            if waiting and time.monotonic() - since >= WAIT_TICK_S:
-                waiting()
-                since = time.monotonic()
-
-    def _release(self) -> None:
-        with self._state:
-            self._busy = False
-            self._state.notify_all()
 
 
 def nbytes(value: object) -> int:
