@@ -92,7 +92,6 @@ DEFAULT_DETAIL = "standard"
 # so the batch size no longer decides how long other visitors wait.
 SLOW_BATCH = 16
 SLOW_CACHE_MB = 64
-TRIM_EVERY_S = 20  # how often the server hands freed memory back to the system (see cam.serving)
 KEPT_DOWNLOADS = "kept_downloads"  # the hidden container of keep_offered_downloads
 PAGE_STYLE = (
     "<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:3rem}"  # results above the fold
@@ -161,7 +160,7 @@ def exit_promptly_on_stop() -> bool:
     runtime is a stand-in (its state is no RuntimeState) and whose process is pytest's."""
     if not Runtime.exists() or not isinstance(Runtime.instance().state, RuntimeState):
         return False
-    serving.return_free_memory_every(TRIM_EVERY_S)
+    serving.return_free_memory_every()
     return serving.exit_promptly_when_stopped(
         lambda: Runtime.instance().state in (RuntimeState.STOPPING, RuntimeState.STOPPED))
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable
 import numpy as np
 
 log = logging.getLogger(__name__)
+TRIM_EVERY_S = 20  # how often freed C-heap memory goes back to the system (return_free_memory_every)
 
 
 def nbytes(value: object) -> int:
@@ -73,7 +74,7 @@ class BoundedCache:
 _trim_started = threading.Event()
 
 
-def return_free_memory_every(seconds: float) -> bool:
+def return_free_memory_every(seconds: float = TRIM_EVERY_S) -> bool:
     """Start (once per process) a daemon thread that hands the C heap's free pages back to the system every
     ``seconds`` (glibc's ``malloc_trim(0)``); returns whether it started one now (False elsewhere than glibc).
 

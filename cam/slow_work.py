@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 NICENESS = 19  # the lowest priority: the child runs on what the server leaves
 TICK_S = 0.5  # how often a caller that waits (its turn, the child's start, a long batch) is called back
 PAUSE, RESUME = getattr(signal, "SIGSTOP", None), getattr(signal, "SIGCONT", None)  # neither on Windows
+# A child idle this long ends, handing back its memory (about 1.3 GB after a Score-CAM of the photo VGG16: TensorFlow,
+# the model, buffers of its passes); the next slow method starts another (about 10 s).
+IDLE_S = 120.0
 
 
 class SlowWorkError(RuntimeError):
@@ -55,6 +58,9 @@ def _child(connection: Connection, cancel: Event, niceness: int, batch: int) -> 
     import cam.models  # noqa: F401  (the models' custom layers, before a model arrives)
     from cam.methods import in_steps
     from cam.registry import METHODS
+    from cam.serving import return_free_memory_every
+
+    return_free_memory_every()  # a job's passes free hundreds of MB the C heap would otherwise keep
 
     models = {}
     with contextlib.suppress(EOFError, OSError, KeyboardInterrupt):  # the server went away: end quietly
@@ -128,11 +134,12 @@ class SlowWorker:
     The child is also paused (SIGSTOP, where the system has it) while any visitor's view is under way (``view``),
     from the start of its page's run until its panels are sent (``leave``): even at the lowest priority it took
     about a third of another visitor's upload time on 2 cores (the caches and memory it shares), paused it takes
-    none."""
+    none. A child idle for ``idle_s`` seconds ends (its memory goes back to the system)."""
 
-    def __init__(self, batch: int, niceness: int = NICENESS) -> None:
-        self.batch, self.niceness = batch, niceness
+    def __init__(self, batch: int, niceness: int = NICENESS, idle_s: float = IDLE_S) -> None:
+        self.batch, self.niceness, self.idle_s = batch, niceness, idle_s
         self._turn = threading.Lock()
+        self._idle_timer: threading.Timer | None = None
         self._child: _Child | None = None
         self._finalizer: weakref.finalize | None = None
         self._views: set[int] = set()  # the threads whose view is under way
@@ -209,6 +216,25 @@ class SlowWorker:
                 self._child.cancel.set()  # the child stops at its next batch; the next job reads its answer
             raise
         finally:
+            self._end_when_idle()
+            self._turn.release()
+
+    def _end_when_idle(self) -> None:
+        """(Re)start the countdown after which an idle child ends; called holding the turn."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = threading.Timer(self.idle_s, self._end_if_idle)
+        self._idle_timer.daemon = True
+        self._idle_timer.start()
+
+    def _end_if_idle(self) -> None:
+        if not self._turn.acquire(blocking=False):  # a job runs; it restarts the countdown when done
+            return
+        try:
+            if self._child is not None:
+                log.info("ending the slow-work process %d: idle for %.0f s", self._child.process.pid, self.idle_s)
+                self._end_child()
+        finally:
             self._turn.release()
 
     def _started(self) -> _Child:
@@ -237,8 +263,14 @@ class SlowWorker:
         except (EOFError, OSError) as error:
             raise SlowWorkError(f"the slow-work process stopped ({type(error).__name__})") from error
 
-    def close(self) -> None:
-        """End the child (a later job starts another)."""
+    def _end_child(self) -> None:
         if self._finalizer is not None:
             self._finalizer()
         self._child = None
+
+    def close(self) -> None:
+        """End the child (a later job starts another)."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        with self._turn:
+            self._end_child()

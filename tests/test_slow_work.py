@@ -199,3 +199,14 @@ def test_a_paused_child_ends_when_the_server_dies(tmp_path: Path) -> None:
     else:
         os.kill(pid, signal.SIGKILL)
         pytest.fail(f"the paused child {pid} outlived its server")
+
+
+def test_an_idle_child_ends_and_the_next_job_starts_another(tiny: LoadedModel) -> None:
+    worker = SlowWorker(BATCH, idle_s=1.0)
+    worker.compute("score_cam", "tiny", tiny, "conv", CLASSES, IMAGES, lambda *call: None)
+    first = worker._child.process
+    first.join(timeout=30)  # ends by itself, a second after its job
+    assert first.exitcode == 0 and worker.pid is None
+    maps = worker.compute("score_cam", "tiny", tiny, "conv", CLASSES, IMAGES, lambda *call: None)
+    np.testing.assert_allclose(maps, here(tiny), rtol=1e-6, atol=1e-7)
+    worker.close()
