@@ -430,10 +430,11 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
         "bfloat16 where it is fast, 3-7x on CPUs with AMX, else float32); the report states how far its "
         "probabilities are from float32",
     )
-    parser.add_argument("--workers", type=_at_least(0), default=0, metavar="N",
-                        help="score faithfulness on N Ray actors (same numbers; default 0: in this process)")
+    parser.add_argument("--workers", type=_at_least(0), default=1, metavar="N",
+                        help="score the maps on N Ray actors (the same numbers with any N; default 1; 0: no Ray, "
+                        "this process)")
     parser.add_argument("--address", metavar="HOST:PORT",
-                        help="with --workers: a running Ray cluster (default: $RAY_ADDRESS, else Ray started here)")
+                        help="a running Ray cluster (default: $RAY_ADDRESS, else Ray started in this process)")
     parser.set_defaults(run=report)
 
 

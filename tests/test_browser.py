@@ -481,3 +481,24 @@ def test_score_cam_shows_progress_and_can_be_cancelled(tmp_path: Path) -> None:
         page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
         assert [caption.split(" on ")[0] for caption in captions(page)] == list(PANEL_METHODS)
         assert "score_cam" not in page.url
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_another_visitors_upload_gets_its_panels_while_a_score_cam_computes(tmp_path: Path) -> None:
+    """Issue 20's stall: one visitor's Score-CAM (a minute of passes) held the shared model, and another visitor's
+    upload waited for all of it. Now that upload's three panels are drawn while the Score-CAM's progress bar is
+    still on the first visitor's page."""
+    env = {**offline_env(tmp_path), "CAM_CHECKPOINTS": str(ROOT / "checkpoints")}
+    progress = '[data-testid="stProgress"]'
+    with running_server(tmp_path / "stall.log", env) as (server, url), browser_page(require_browser()) as slow:
+        upload = fresh(slow)
+        open_app(upload, url)  # the networks loaded and compiled for everyone
+        slow.goto(f"{url}/?set=photos&methods=score_cam")
+        slow.locator(progress).wait_for(timeout=TIMEOUT_MS)
+        slow.wait_for_function(  # the Score-CAM is under way: its first batch of passes is done
+            "() => /[1-9][0-9]* of [0-9]+ passes/.test(document.querySelector('[data-testid=\"stProgress\"]')"
+            "?.innerText || '')", timeout=TIMEOUT_MS)
+        upload_and_wait(upload, photo(tmp_path / "meanwhile.jpg", (400, 300), seed=7))
+        assert slow.locator(progress).count() == 1  # still computing
+        slow.get_by_role("button", name="Cancel Score-CAM").click()

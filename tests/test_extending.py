@@ -54,7 +54,8 @@ def test_a_new_method_reaches_the_report(dummy, tmp_path) -> None:
     args = cli.build_parser().parse_args(["report", "--data", str(tmp_path / "data"), "--n", "4", "--mosaics", "2",
                                           "--sanity-n", "2", "--steps", "2", "--methods", "nopool_cam,brightness"])
     models = (tiny("tiny_vgg", "conv2"), tiny("tiny_gap", "cam_features"))
-    assert report.run(cli.report_config(args), tmp_path / "out", models=models, log=lambda message: None) == 0
+    assert report.run(cli.report_config(args), tmp_path / "out", models=models, log=lambda message: None,
+                      workers=0) == 0
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| Brightness (dummy) | tiny_vgg |" in text  # the answer table
     assert "| Metric | Better | NoPool-GAP CAM | Brightness (dummy) |" in text  # the score tables

@@ -77,7 +77,7 @@ def produced(tmp_path_factory):
     models = (tiny("tiny_vgg", "conv2"), tiny("tiny_gap", "cam_features"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Explainer, "__call__", recording)
-        assert report.run(config, root / "out", models=models, log=messages.append) == 0
+        assert report.run(config, root / "out", models=models, log=messages.append, workers=0) == 0
     return root / "out", config, messages, cam_passes
 
 
@@ -159,7 +159,7 @@ def test_command_line_reproduces_the_arguments(produced):
 def test_missing_data_is_an_error_not_a_traceback(tmp_path, capsys):
     config = evaluation.EvaluationConfig(tmp_path, n=2, mosaics=0, sanity_n=0, steps=4, batch_size=4)
     models = (tiny("tiny_vgg", "conv2"), tiny("tiny_gap", "cam_features"))
-    assert report.run(config, tmp_path / "out", models=models, log=lambda message: None) == 2
+    assert report.run(config, tmp_path / "out", models=models, log=lambda message: None) == 2  # before Ray starts
     assert "No 'test' folder" in capsys.readouterr().err
 
 
