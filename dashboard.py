@@ -268,7 +268,7 @@ def slow_map(method: Method, served: Served, layer: str | None, classes: np.ndar
 
 def progress_text(method: Method, done: int, total: int) -> str:
     if not total:
-        return f"{method.label}: waiting to start (another visitor's may be running)…"
+        return f"{method.label}: getting ready (it waits while another visitor's is running)…"
     return f"{method.label}: {done} of {total} passes through the network…"
 
 
