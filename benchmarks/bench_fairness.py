@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,6 +48,9 @@ from tests.test_browser import (  # noqa: E402
     streamlit_server,
     upload_and_wait,
 )
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 SLOW_LINK = "methods=score_cam,layer_cam_fused,gradient_x_input"
 PROGRESS = '[data-testid="stProgress"]'  # the slow method's progress bar
@@ -94,6 +98,17 @@ def slow_visitor(executable: str, url: str, computing: threading.Event, stop: th
             number += 1
 
 
+def uploads_alone(page: Page, photos: list[Path]) -> list[float]:
+    """A's time to its three panels for each photo, with no other visitor."""
+    times = []
+    for photo in photos:
+        began = time.time() * 1000
+        times.append((upload_and_wait(page, photo) - began) / 1000)
+        page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
+        print(f"  A alone: {times[-1]:.2f} s", file=sys.stderr, flush=True)
+    return times
+
+
 def measure(executable: str, photos: list[Path], runs: int, head_start: float, server_root: Path,
             niceness: int) -> dict:
     alone, beside, met_next, views = [], [], [], []
@@ -101,11 +116,7 @@ def measure(executable: str, photos: list[Path], runs: int, head_start: float, s
                                                                    root=server_root) as url:
         with browser_page(executable) as page:
             open_app(page, url)
-            for photo in photos[:runs]:
-                began = time.time() * 1000
-                alone.append((upload_and_wait(page, photo) - began) / 1000)
-                page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
-                print(f"  A alone: {alone[-1]:.2f} s", file=sys.stderr, flush=True)
+            alone += uploads_alone(page, photos[:runs])
             computing, stop = threading.Event(), threading.Event()
             other = threading.Thread(target=slow_visitor, args=(executable, url, computing, stop, views, niceness))
             other.start()
@@ -126,11 +137,7 @@ def measure(executable: str, photos: list[Path], runs: int, head_start: float, s
             finally:
                 stop.set()
                 other.join()
-            for photo in photos[4 * runs : 5 * runs]:  # alone again: the machine's speed drifts over minutes
-                began = time.time() * 1000
-                alone.append((upload_and_wait(page, photo) - began) / 1000)
-                page.wait_for_selector(SCRIPT_IDLE, timeout=TIMEOUT_MS)
-                print(f"  A alone: {alone[-1]:.2f} s", file=sys.stderr, flush=True)
+            alone += uploads_alone(page, photos[4 * runs : 5 * runs])  # again: the machine's speed drifts
     return {
         "alone_s": alone, "beside_slow_s": beside, "met_b_next_view_s": met_next, "slow_views_s": views,
         "alone_median_s": statistics.median(alone), "beside_median_s": statistics.median(beside),

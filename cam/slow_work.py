@@ -52,6 +52,7 @@ def _child(connection: Connection, cancel: Event, niceness: int, batch: int) -> 
     ("done", maps), ("cancelled",) or ("error", sentence). Ends when the server's end of the pipe closes."""
     with contextlib.suppress(AttributeError, OSError):  # no priorities on Windows: the child runs at normal ones
         os.setpriority(os.PRIO_PROCESS, 0, niceness)  # as the parent set it (os.nice would add to it)
+    with contextlib.suppress(AttributeError, OSError):
         # A process group of its own in the server's session: should the server die while this child is paused
         # (SIGSTOP), the group becomes orphaned and the system sends it SIGHUP, which ends it.
         os.setpgid(0, 0)
@@ -98,8 +99,8 @@ class _Child:
         self.process = context.Process(target=_child, args=(child_end, self.cancel, niceness, batch),
                                        name="cam-slow-work", daemon=True)
         self.process.start()
-        # At once from here too: the child's own os.nice comes only after Python's start-up and the unpickling of
-        # its arguments (seconds of importing, at normal priority, measured competing with other visitors).
+        # At once from here too: the child's own setpriority comes only after Python's start-up and the unpickling
+        # of its arguments (seconds of importing, at normal priority, measured competing with other visitors).
         with contextlib.suppress(AttributeError, OSError):
             os.setpriority(os.PRIO_PROCESS, self.process.pid, niceness)
         child_end.close()
@@ -242,13 +243,11 @@ class SlowWorker:
             if self._child is not None:
                 log.warning("the slow-work process %d had stopped (exit code %s); starting another",
                             self._child.process.pid, self._child.process.exitcode)
-                self._child.close()
+                self._end_child()
             with self._views_lock:
                 self._child = _Child(self.niceness, self.batch)
                 if self._views:
                     self._child.pause()
-            if self._finalizer is not None:
-                self._finalizer.detach()
             self._finalizer = weakref.finalize(self, self._child.close)
         return self._child
 
@@ -265,7 +264,7 @@ class SlowWorker:
 
     def _end_child(self) -> None:
         if self._finalizer is not None:
-            self._finalizer()
+            self._finalizer()  # the child's close, once
         self._child = None
 
     def close(self) -> None:
