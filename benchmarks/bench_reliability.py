@@ -50,8 +50,7 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cam.examples import EXAMPLES, EXAMPLES_DIR, example_photo  # noqa: E402
-from cam.gallery import IMAGE_SUFFIXES  # noqa: E402
-from cam.images import DECODE_MAX_SIDE, ImageError, load_image  # noqa: E402
+from cam.images import DECODE_MAX_SIDE, IMAGE_SUFFIXES, ImageError, load_image  # noqa: E402
 from tests.test_browser import (  # noqa: E402
     ANY_CAPTION,
     PANEL_METHODS,

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cam.gallery import IMAGE_SUFFIXES
+from cam.images import IMAGE_SUFFIXES
 
 ITEMS = "items"  # OUT/items/<item>/: one image's maps and row
 ROW = "row.json"
@@ -67,7 +67,7 @@ class BatchSettings:
 
 # ---------------------------------------------------------------------------------------------------- images
 def list_images(source: str | Path, skip: str | Path | None = None) -> tuple[Path, list[Path]]:
-    """(root, files): every picture under a folder (by suffix, ``cam.gallery.IMAGE_SUFFIXES``, sorted), or every
+    """(root, files): every picture under a folder (by suffix, ``cam.images.IMAGE_SUFFIXES``, sorted), or every
     file named by a text file, one per line (relative to the list's folder; blank lines and ``#`` comments
     skipped), whatever its suffix: a file that is no picture becomes a row with the reason. ``root`` is the folder,
     or the folder the listed files share; a folder's files under ``skip`` (a batch's output folder inside it, with

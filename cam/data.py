@@ -20,10 +20,9 @@ from PIL import Image
 
 from cam.augment import photo_augment
 from cam.gallery import configured_roots
-from cam.images import ImageError, load_image, own_aspect, resize
+from cam.images import IMAGE_SUFFIXES, ImageError, load_image, own_aspect, resize
 from cam.models import CIFAR4_CLASSES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 GITHUB_RAW = "https://raw.githubusercontent.com"

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cam.examples import EXAMPLES, EXAMPLES_DIR
+from cam.images import IMAGE_SUFFIXES
 from cam.names import shorten
 
 BUILT_IN = "examples"
 SPLITS = ("test", "train")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class GalleryError(ValueError):

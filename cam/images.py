@@ -20,6 +20,7 @@ MIN_SIDE = 8
 DECODE_MAX_SIDE = 2048
 # MPO is a JPEG holding several frames (some cameras write a second view): its first frame is the photo.
 SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # the files of those formats
 READABLE = "it reads JPEG, PNG, WebP, BMP, GIF (the first frame) and TIFF pictures"
 # Format names read as words rather than letter by letter; the others take "an" when their first letter's name
 # starts with a vowel sound (an MPO, an SVG, a PPM).

@@ -17,7 +17,7 @@ from cam.models import MODEL_SETS, REGISTRY, checkpoint_path
 from cam.registry import ROLES
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "reports" / "latest"
-EXAMPLE_COMMAND = "python -m cam report --data ../shared/data/cifar4 --n 1000 --mosaics 1000 --sanity-n 50"
+EXAMPLE_COMMAND = "python -m cam report --data data/cifar4 --n 1000 --mosaics 1000 --sanity-n 50"
 # How long EXAMPLE_COMMAND takes (the study's three methods); README.md says the same.
 EXAMPLE_DURATION = "about 6 minutes on 2 otherwise idle CPU cores (measured: 336 s)"
 SETS = {

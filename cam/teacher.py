@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from PIL import Image
 
+from cam.data import list_images
 from cam.device import describe_device
 from cam.imagenet_net import INPUT_SIZE, NAME
 from cam.models import checkpoint_path, imagenet_class_groups, load_checkpoint
@@ -79,18 +80,6 @@ def predict(model: keras.Model, paths: Sequence[Path], resize: str = DEFAULT_RES
     return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), np.float32)
 
 
-def list_split(root: Path, split: str) -> tuple[list[Path], np.ndarray]:
-    """The split's JPEG/PNG files, class by class in ``CLASSES`` order, and their folder labels (class indices)."""
-    paths, labels = [], []
-    for label, name in enumerate(CLASSES):
-        found = sorted(p for p in (root / split / name).glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-        paths += found
-        labels += [label] * len(found)
-    if not paths:
-        raise FileNotFoundError(f"no images under {root / split}/<class>/")
-    return paths, np.asarray(labels)
-
-
 def accuracy_lines(probabilities: np.ndarray, labels: np.ndarray) -> list[str]:
     """Overall and per-class accuracy of the argmax against ``labels``, one line each."""
     correct = probabilities.argmax(axis=1) == labels
@@ -126,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.compare and args.out is None:
         parser.error("--out is required (unless --compare)")
     model = load_teacher()
-    paths, labels = list_split(args.data, args.split)
+    paths, labels = list_images(args.data, args.split, list(CLASSES))
+    if not paths:
+        parser.error(f"no pictures under {args.data / args.split}/<class>/ for the classes {', '.join(CLASSES)}")
     if args.compare:
         compare(model, paths, labels, args.compare)
         return

@@ -5,7 +5,7 @@ Used as::
 
     python -m cam.torch_training pack --data ../shared/data/photos4 --teacher runs/teacher/train.npz --out .gpu
     python -m cam.torch_training fit --pack .gpu --model vgg16_photos --seconds 300 --out OUT   # on the GPU
-    python -m cam.torch_training import --weights OUT --model vgg16_photos --log OUT/vgg16_photos.json
+    python -m cam.torch_training import --run OUT --model vgg16_photos --data ../shared/data/photos4
 
 ``pack`` writes the training split as re-encoded JPEG bytes (short side 128, quality 75, so that data and the
 float16 HED weights fit the GPU machine's 64 MiB transfer), the same train/validation split as
