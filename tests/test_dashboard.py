@@ -110,7 +110,9 @@ def assert_panels(at: AppTest, size: str, count: int = 3) -> None:
     assert len(at.get("plotly_chart")) == 1
     labels = [button.label for button in visible_downloads(at)]
     assert "Download this comparison as a web page" in labels and len(labels) == count + 2
-    assert sum("strongest evidence" in text or "Grey: no influence" in text for text in texts(at.caption).split("\n"))
+    legends = [line for line in texts(at.caption).split("\n")
+               if "strongest evidence" in line or "Grey: no influence" in line]
+    assert len(legends) == count, legends  # one under each panel
 
 
 def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:

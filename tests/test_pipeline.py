@@ -96,6 +96,7 @@ def test_an_empty_or_constant_map_is_said_in_words():
     image = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     result = explain_image(image, Explainer(vgg.model, None, gap.model), vgg, gap, "bird")
     result.explanation.maps["grad_cam"][:] = 0.0
+    result.explanation.maps["guided_grad_cam"][:] = 0.0  # Grad-CAM's zeros times Guided Backprop
     result.explanation.maps["nopool_cam"][:] = 2.0
     panels = render_panels(result)
     advice = "This happens on some photos; compare the other panels or try another class."
@@ -103,5 +104,7 @@ def test_an_empty_or_constant_map_is_said_in_words():
                                f"*bird*. {advice}")
     assert panels[2].empty == ("This map is the same everywhere: NoPool-GAP CAM found no part of the photo that raises "
                                f"NoPool-GAP's score for *bird*. {advice}")
-    assert panels[1].empty == "" or "Guided Grad-CAM found no part" in panels[1].empty
+    assert panels[1].empty == ("This map is empty: Guided Grad-CAM found no part of the photo that raises VGG16's "
+                               f"score for *bird*. {advice}")
+    assert render_panels(explain_image(image, Explainer(vgg.model, None, gap.model), vgg, gap, "bird"))[1].empty == ""
     assert "Grey: no influence" in panels[1].legend and "evidence against *bird*" in panels[2].legend
