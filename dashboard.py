@@ -46,6 +46,7 @@ import navigation
 from cam import gallery, library_patches, render, serving, share
 from cam.device import describe_device
 from cam.examples import EXAMPLES
+from cam.imagenet_net import Screen
 from cam.images import DECODE_MAX_SIDE, Decoded, ImageError, crop, decode_image, detail_sizes, resize
 from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, feature_layers
 from cam.models import MODEL_SETS, REGISTRY, LoadedModel, accuracy_on_photos, default_set, problem_in_words
@@ -277,10 +278,16 @@ def drop_method(key: str) -> None:
     st.session_state["extra_methods"] = [k for k in st.session_state.get("extra_methods", []) if k != key]
 
 
+@st.cache_resource(show_spinner=False)
+def screen() -> Screen | None:
+    """The verdict's 1000-class network (cam.imagenet_net), one for every pair and session."""
+    return Screen.load()
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def judge_for(gradcam_name: str | None, cam_name: str | None) -> Judge:
     """The verdict's reader of both models' features and their statistics (cam.verdict), shared by all sessions."""
-    return Judge([serve(name).loaded for name in (gradcam_name, cam_name) if name])
+    return Judge([serve(name).loaded for name in (gradcam_name, cam_name) if name], screen())
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -8,7 +8,9 @@ quadrants and the centre half). Their source images are split in two by a seeded
 part of photos4/train, photos not used for the statistics) chooses the rule and threshold, the other half and
 photos4/test report it. Candidates per network: a Mahalanobis distance of its pooled features or of its layers'
 statistics (``cam.verdict.layer_statistics``) in a few numbers of principal directions, the pooled features' norm, or
-no check. Prints the best candidates on the choosing half and the chosen one on the reporting half.
+no check; and, besides them, the 1000-class screen (``cam.imagenet_net.Screen``): "not sure" when its probability on
+our four classes' ImageNet groups is under a cut (``SCREEN_CUTS``; 0: the screen is not asked). Prints the best
+candidates on the choosing half and the chosen one on the reporting half.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cam.data import list_classes, list_images
+from cam.imagenet_net import Screen
 from cam.images import load_image
 from cam.models import MODEL_SETS, load_model
 from cam.verdict import FEATURES, Choice, FeatureReader, FeatureStats, fit_stats, statistics_layers, training_sample
@@ -39,6 +42,7 @@ OUT_OF_CLASS = {
 }
 CANDIDATE_DIMENSIONS = (16, 64, 128, 256)
 CANDIDATE_QUANTILES = (0.95, 0.97, 0.99)
+SCREEN_CUTS = (0.0, 0.05, 0.1, 0.2, 0.3)
 TEST_LIMIT = 0.05  # at most this share of known photos may be called "not sure"
 
 
@@ -90,6 +94,18 @@ def read_all(args: argparse.Namespace, ood_images: list[np.ndarray]) -> dict[str
                     print(f"{name}: {kind} features of {part} read", flush=True)
                 with np.load(file) as data:
                     out[name][f"{kind} {part}"], out[name][part + "_p"] = data["features"], data["probabilities"]
+    out["screen"], screen = {}, None
+    for part, paths in (("held", held_paths), ("test", test_paths), ("ood", None)):
+        file = cache / f"screen_{part}_{len(paths) if paths else len(ood_images)}.npz"
+        if not file.is_file():
+            screen = screen or Screen.load()
+            if screen is None:
+                raise SystemExit("the 1000-class screen's checkpoint is missing (python -m cam.imagenet_net convert)")
+            images = ood_images if paths is None else [load_image(p) for p in paths]
+            np.savez(file, share=[sighting.share for sighting in screen.look(images)])
+            print(f"screen: {part} read", flush=True)
+        with np.load(file) as data:
+            out["screen"][part] = data["share"]
     return out
 
 
@@ -100,6 +116,35 @@ def test_sample(root: str, n: int) -> tuple[list[Path], np.ndarray]:
     return [paths[i] for i in order], labels[order]
 
 
+def cost(args: argparse.Namespace) -> None:
+    """Median time of the verdict's extra passes per photo, measured in turn on ``args.cost`` test photos after a
+    warm-up: each network's features that ``CHOSEN`` checks, and the 1000-class screen."""
+    import time
+
+    from cam.verdict import CHOSEN
+
+    passes = {}
+    for name, choice in zip((MODEL_SETS[args.set].gradcam, MODEL_SETS[args.set].gap), CHOSEN, strict=True):
+        if choice.check != "none":
+            loaded = load_model(name)
+            passes[f"{name} {choice.features}"] = FeatureReader(loaded, statistics_layers(loaded, choice.features))
+    passes["1000-class screen"] = Screen.load().look
+    paths, _ = test_sample(args.data, args.cost + 1)
+    images = [load_image(path) for path in paths]
+    times: dict[str, list[float]] = {name: [] for name in passes}
+    for index, image in enumerate(images):
+        for name, run in passes.items():
+            start = time.perf_counter()
+            run([image])
+            if index:  # the first photo warms up
+                times[name].append(time.perf_counter() - start)
+    medians = {name: float(np.median(values)) for name, values in times.items()}
+    total = sum(medians.values())
+    print(f"\ncost per photo (median of {args.cost}, in turn): " + ", ".join(
+        f"{name} {1000 * value:.0f} ms ({value / total:.0%})" for name, value in medians.items())
+        + f"; all {1000 * total:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos4"))
@@ -108,6 +153,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=400, help="other training photos: thresholds, choice")
     parser.add_argument("--test", type=int, default=0, help="photos of test/ to report on (default: all)")
     parser.add_argument("--cache", default="/tmp/bench_verdict", help="folder of features kept between runs")
+    parser.add_argument("--cost", type=int, default=20, help="photos to time the verdict's passes on (0: none)")
     args = parser.parse_args()
 
     files = out_of_class_files()
@@ -123,6 +169,7 @@ def main() -> None:
     choosing = np.asarray(choosing)
     _, labels, _, classes = training_sample(args.data, args.n, args.held_out)
     parts = read_all(args, ood_images)
+    screen = parts.pop("screen")
     names = list(parts)
 
     whole = np.arange(len(ood_images)) % len(views(ood_images[0])) == 0  # the first view of each picture
@@ -152,22 +199,27 @@ def main() -> None:
                                    o.dimensions, quantile, o.check) for n in names for o in options}
         unusual = {(n, o, part): stats[(n, o)].unusual(parts[n][f"{o.features} {part}"]) > 1
                    for n in names for o in options for part in ("held", "test", "ood")}
-        for first, second in itertools.product(options, options):
+        for first, second, cut in itertools.product(options, options, SCREEN_CUTS):
             r = shares({part: unusual[(names[0], first, part)] | unusual[(names[1], second, part)]
-                        for part in ("held", "test", "ood")})
+                        | (screen[part] < cut) for part in ("held", "test", "ood")})
             r["bytes"] = stats_bytes(stats[(names[0], first)]) + stats_bytes(stats[(names[1], second)])
-            results.append(((quantile, first, second), r))
+            results.append(((quantile, first, second, cut), r))
     results.sort(key=lambda item: -item[1]["ood_choosing"])
     for key, r in [item for item in results if item[1]["held"] <= TEST_LIMIT][:12]:
-        print(f"  q={key[0]} {names[0]} {key[1]}, {names[1]} {key[2]}: {line(r)}")
+        print(f"  q={key[0]} {names[0]} {key[1]}, {names[1]} {key[2]}, screen cut {key[3]}: {line(r)}")
     allowed = [(key, r) for key, r in results if r["held"] <= TEST_LIMIT - 0.01]
     key, r = max(allowed, key=lambda item: (item[1]["ood_choosing"], -item[1]["held"], -item[1]["bytes"]))
     print(f"\nchosen (train held-out at most {TEST_LIMIT - 0.01:.0%}): quantile {key[0]}, {names[0]} {key[1]}, "
-          f"{names[1]} {key[2]}: {line(r)}")
+          f"{names[1]} {key[2]}, screen cut {key[3]}: {line(r)}")
     print(f"reported: out-of-class (other half, {int((~choosing).sum())} views of {len(files) - len(choosing_files)} "
           f"pictures) called 'not sure' {r['ood_report']:.1%} (the whole pictures: {r['ood_whole']:.1%}); "
           f"photos4/test ({len(parts[names[0]]['pooled test'])}) called 'not sure' {r['test']:.1%}; statistics "
           f"{r['bytes'] / 1e6:.1f} MB")
+    print("\nthe screen alone (no feature check):")
+    for cut in SCREEN_CUTS[1:]:
+        print(f"  cut {cut}: " + line(shares({part: screen[part] < cut for part in ("held", "test", "ood")})))
+    if args.cost:
+        cost(args)
 
 
 if __name__ == "__main__":

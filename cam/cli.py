@@ -81,7 +81,7 @@ def explain_one(
     if result.view.cropped:
         print(f"  {result.view.sentence()}")
     if judge is not None:
-        print(f"  verdict: {judge(result).sentence.replace('**', '')}")
+        print(f"  verdict: {judge(result).sentence.replace('*', '')}")
     for role, loaded in ((GRADCAM_MODEL, gradcam), (GAP_MODEL, cam_model)):
         top = ", ".join(f"{name} {p:.3f}" for name, p in result.top_predictions(role, TOP_K))
         print(f"  {loaded.card['name']} top {TOP_K}: {top}")

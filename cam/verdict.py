@@ -2,7 +2,9 @@
 trusted because the photo may be none of the things they know ("not sure").
 
 Probability alone cannot tell an unknown object from a known one here: a coffee cup can get 97%. "Not sure" therefore
-reads a network's features, checked against statistics of its training photos (``FeatureStats``). Two kinds of
+asks, first, a network that knows ImageNet's 1,000 classes (``cam.imagenet_net.Screen``) how much of its probability
+falls on our four classes: under ``SCREEN_CUT``, the picture is none of them. Then it reads our networks' features,
+checked against statistics of their training photos (``FeatureStats``). Two kinds of
 features: the pooled ones (the GAP layer's output, what the head sees), or the statistics of several layers
 (``layer_statistics``: each channel's mean and spread over the image, on a log scale, at ``STATISTICS_LAYERS``), which
 describe colour, texture and parts at every depth of the network and so also what a 4-class head has learned to
@@ -20,10 +22,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from cam.imagenet_net import Screen, Sighting
 from cam.images import own_aspect
 from cam.models import LoadedModel, checkpoint_path
 
@@ -41,8 +44,12 @@ STATISTICS_LAYERS = {
 }
 LOG_OFFSET = 1e-3  # log(x + LOG_OFFSET): channel statistics span several orders of magnitude
 DIMENSIONS = 16  # principal directions of the shared covariance kept by default
-QUANTILE = 0.97  # share of held-out training photos that pass a check (chosen by benchmarks.bench_verdict)
+QUANTILE = 0.99  # share of held-out training photos that pass a check (chosen by benchmarks.bench_verdict)
 SURE_PROBABILITY = 0.7  # the fallback without statistics: a network below this top probability is not sure
+# "Not sure" when the 1000-class screen puts less than this share of its probability on our four classes' ImageNet
+# groups (chosen by benchmarks.bench_verdict); its top class is named when it is at least NAMED_PROBABILITY.
+SCREEN_CUT = 0.2
+NAMED_PROBABILITY = 0.3
 KNOWN = "birds, cats, dogs and horses"
 STATS_SUFFIX = ".ood.npz"
 
@@ -157,10 +164,10 @@ class Choice:
     dimensions: int = DIMENSIONS
 
 
-# Per role (the Grad-CAM model, the GAP model), as measured by benchmarks.bench_verdict on the photo pair: the
-# pooled features of a 4-class network tell few other pictures from our photos (VGG16's: 23% at 4% of our photos),
-# the statistics of its layers most of them.
-CHOSEN = (Choice("mahalanobis", "layers", 128), Choice("none"))
+# Per role (the Grad-CAM model, the GAP model), as measured by benchmarks.bench_verdict on the photo pair, together
+# with the screen (SCREEN_CUT): the pooled features of a 4-class network tell few other pictures from our photos
+# (VGG16's: 23% at 4% of our photos), the statistics of its layers most of them.
+CHOSEN = (Choice("mahalanobis", "layers", 16), Choice("mahalanobis", "layers", 64))
 
 
 def fit_stats(features: np.ndarray, labels: np.ndarray, classes: Sequence[str], held_out: np.ndarray,
@@ -260,10 +267,24 @@ class Verdict:
     detail: str  # the rule and the numbers behind it, for the technical details
 
 
-def verdict(answers: Sequence[Answer]) -> Verdict:
-    """One sentence from the networks' answers. "Not sure" when a network's features are far from every class of
-    its training photos (distance above 1), or, for a network without statistics, when its top probability is under
-    SURE_PROBABILITY, or when its top class is none of ours; else they agree or disagree."""
+def screen_words(sighting: Sighting) -> tuple[bool, str, str]:
+    """Whether the screen's ``sighting`` makes a picture "not sure", the reason in plain words, and its numbers."""
+    unsure = sighting.share < SCREEN_CUT
+    named = sighting.top_probability >= NAMED_PROBABILITY and not sighting.top_is_ours
+    seen = (f"*{sighting.top_name}* here ({sighting.top_probability:.0%})" if named
+            else "no bird, cat, dog or horse here")
+    why = f"a network that knows 1,000 kinds of things sees {seen}"
+    detail = (f"1000-class screen (EfficientNet-Lite0, ImageNet): {sighting.share:.0%} of its probability on our "
+              f"classes' ImageNet groups (not sure under {SCREEN_CUT:.0%}); its top class {sighting.top_name} "
+              f"{sighting.top_probability:.0%}")
+    return unsure, why, detail
+
+
+def verdict(answers: Sequence[Answer], sighting: Sighting | None = None) -> Verdict:
+    """One sentence from the networks' answers and the 1000-class screen's ``sighting`` (None: not asked). "Not
+    sure" when the screen puts under SCREEN_CUT of its probability on our classes, when a network's features are
+    far from every class of its training photos (distance above 1), or, for a network without statistics, when its
+    top probability is under SURE_PROBABILITY, or when its top class is none of ours; else they agree or disagree."""
     if not answers:
         raise ValueError("a verdict needs at least one network's answer")
     said = {"mahalanobis": "distance of its features to the training photos' classes",
@@ -281,18 +302,25 @@ def verdict(answers: Sequence[Answer]) -> Verdict:
     rule = (f"Not sure when a network's features are more unusual than those of {QUANTILE:.0%} of held-out "
             "training photos" if all(a.distance is not None for a in answers) else
             "Feature statistics missing for some network; the probability rule is used for it")
+    screened, screen_why, screen_detail = screen_words(sighting) if sighting else (False, "", "")
     detail = f"{rule}. " + "; ".join(
         f"{a.network}: {a.class_name or 'another class'} {a.probability:.0%}, {numbers(a)}" for a in answers) + "."
-    if unsure:
-        # Far features say more than low confidence: a network can be 98% sure of a picture unlike its photos.
+    if sighting:
+        detail += f" {screen_detail[0].upper()}{screen_detail[1:]}."
+    if screened or unsure:
+        # The screen says most (what the picture shows); far features more than low confidence: a network can be
+        # 98% sure of a picture unlike its photos.
         far = [a for a in unsure if a.distance is not None and a.distance > 1.0]
-        if far:
+        if screened:
+            why, ours = screen_why, "ours"
+        elif far:
             whose = far[0].network if len(far) == 1 < len(answers) else "the networks"
-            why = f"this picture looks unlike the photos {whose} learned from"
+            why, ours = f"this picture looks unlike the photos {whose} learned from", "they"
         else:
             why = ("neither network is confident" if len(unsure) == len(answers) > 1
                    else f"{' and '.join(a.network for a in unsure)} is not confident")
-        return Verdict("not sure", f"**Not sure**: {why}; they know only {KNOWN}.", detail)
+            ours = "they"
+        return Verdict("not sure", f"**Not sure**: {why}; {ours} know only {KNOWN}.", detail)
     names = list(dict.fromkeys(a.class_name for a in answers))
     if len(names) == 1:
         shares = ", ".join(f"{a.network} {a.probability:.0%}" for a in answers)
@@ -303,10 +331,12 @@ def verdict(answers: Sequence[Answer]) -> Verdict:
 
 
 class Judge:
-    """The verdict on images explained by a pair of models (``cam.pipeline.ImageResult``): reads each model's
+    """The verdict on images explained by a pair of models (``cam.pipeline.ImageResult``): asks the 1000-class
+    ``screen`` (by default the shipped one, when its checkpoint is there; None: not asked), and reads each model's
     features when it has statistics (one extra forward pass each), else uses its probabilities."""
 
-    def __init__(self, models: Sequence[LoadedModel]):
+    def __init__(self, models: Sequence[LoadedModel], screen: Screen | Literal["shipped"] | None = "shipped"):
+        self.screen = Screen.load() if screen == "shipped" else screen
         self.parts: dict[str, tuple[FeatureReader, FeatureStats] | None] = {}
         for loaded in models:
             name = loaded.card["name"]
@@ -348,4 +378,5 @@ class Judge:
         return answers
 
     def __call__(self, result: ImageResult) -> Verdict:
-        return verdict(self.answers(result))
+        sighting = self.screen.look([result.image])[0] if self.screen is not None else None
+        return verdict(self.answers(result), sighting)

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import keras
@@ -27,12 +28,14 @@ from streamlit.testing.v1 import AppTest
 
 import cam.models
 import cam.pipeline
+from cam import imagenet_net
 from cam.models import REGISTRY, WeightsUnavailable
 from cam.registry import METHODS, STUDY
 from cam.verdict import FeatureStats, stats_path
 
 pytestmark = pytest.mark.slow
-DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = str(ROOT / "dashboard.py")
 TIMEOUT = 300  # seconds per run: the first one builds and compiles VGG16 on a busy CPU
 # An absolute path: a slash that starts a word and is followed by at least one folder (URLs match too).
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*")
@@ -483,6 +486,18 @@ def test_the_verdict_agrees_or_is_not_sure(setup: Path) -> None:
     assert (":material/help: **Not sure**: this picture looks unlike the photos the networks learned from; they know "
             "only birds, cats, dogs and horses.") in said
     assert "distance of its features to the training photos' classes" in said and "probability rule" not in said
+
+    # With the shipped 1000-class screen, the cup of coffee is "not sure" because of what the screen sees there.
+    for suffix in (".keras", ".json"):
+        shutil.copy(ROOT / "checkpoints" / f"{imagenet_net.NAME}{suffix}", checkpoints)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    at.selectbox(key="picture:examples:").set_value("coffee.jpg").run()
+    assert not at.exception and not at.error
+    said = texts(at.markdown)
+    assert (":material/help: **Not sure**: a network that knows 1,000 kinds of things sees *espresso* here") in said
+    assert "1000-class screen (EfficientNet-Lite0, ImageNet)" in said
 
 
 def test_state_follows_the_visitor(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 import cam.models
+from cam.imagenet_net import Screen, Sighting, imagenet_names
 from cam.methods import Explainer
 from cam.pipeline import explain_image
 from cam.verdict import (
     CHOSEN,
+    SCREEN_CUT,
     STATISTICS_LAYERS,
     Answer,
     FeatureReader,
@@ -191,3 +193,53 @@ def test_the_judge_reads_layer_statistics_with_a_pass_of_its_own(tmp_path: Path,
     FeatureStats(stats.mean, stats.projection, stats.centres, stats.threshold, stats.classes,
                  layers=("no_such_layer",)).save(stats_path("nopool_gap"))
     assert "probability rule" in Judge([loaded])(result).detail
+
+
+def test_the_screen_names_what_it_sees_and_comes_first() -> None:
+    agree = [Answer("VGG16", "bird", 0.97, 0.4), Answer("NoPool-GAP", "bird", 0.46, 0.9)]
+    coffee = Sighting(share=0.004, top_name="espresso", top_probability=0.69, top_is_ours=False)
+    judged = verdict(agree, coffee)
+    assert judged.kind == "not sure"
+    assert judged.sentence == ("**Not sure**: a network that knows 1,000 kinds of things sees *espresso* here (69%); "
+                               "ours know only birds, cats, dogs and horses.")
+    assert f"not sure under {SCREEN_CUT:.0%}" in judged.detail and "its top class espresso 69%" in judged.detail
+    # An unsure top class is not named; nor is one of ours (a share under the cut can still have one on top).
+    vague = Sighting(share=0.1, top_name="bobsled", top_probability=0.19, top_is_ours=False)
+    assert "sees no bird, cat, dog or horse here" in verdict(agree, vague).sentence
+    ours_on_top = Sighting(share=SCREEN_CUT - 0.01, top_name="tabby", top_probability=SCREEN_CUT - 0.01,
+                           top_is_ours=True)
+    assert "sees no bird, cat, dog or horse here" in verdict(agree, ours_on_top).sentence
+    # The screen's reason comes before far features'; a share at the cut or above leaves the networks' verdict.
+    far = [Answer("VGG16", "dog", 0.99, 3.0), Answer("NoPool-GAP", "dog", 0.95, 1.5)]
+    assert "*espresso*" in verdict(far, coffee).sentence
+    dog = Sighting(share=SCREEN_CUT, top_name="beagle", top_probability=0.8, top_is_ours=True)
+    assert verdict(agree, dog).sentence == "Both networks say **bird** (VGG16 97%, NoPool-GAP 46%)."
+    assert "20% of its probability on our classes' ImageNet groups" in verdict(agree, dog).detail
+    assert verdict(far, dog).kind == "not sure" and "unlike the photos" in verdict(far, dog).sentence
+
+
+def stand_in_screen(bias: dict[str, float]) -> Screen:
+    """A 1000-class screen whose answer is set by its logits' biases (the same for every image)."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3, name="head_relu")(inputs))
+    logits = keras.layers.Dense(1000, kernel_initializer="zeros", name="logits")
+    outputs = keras.layers.Softmax()(logits(pooled))
+    names = list(imagenet_names())
+    logits.set_weights([np.zeros((2, 1000)), np.array([bias.get(name, 0.0) for name in names])])
+    card = {"name": "screen", "classes": names, "input_size": 32}
+    return Screen(cam.models.LoadedModel(keras.Model(inputs, outputs), card))
+
+
+def test_the_judge_asks_its_screen_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path)
+    loaded = stand_in("nopool_gap", {"cat": 5.0})
+    photo = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    result = explain_image(photo, Explainer(None, None, loaded.model), None, loaded)
+    assert Judge([loaded]).screen is None  # no checkpoint of the screen in this folder: not asked
+    assert Judge([loaded])(result).kind == "agree"
+    judged = Judge([loaded], stand_in_screen({"espresso": 14.0}))(result)
+    assert judged.kind == "not sure" and "sees *espresso* here (100%)" in judged.sentence
+    cat = Judge([loaded], stand_in_screen({"tabby": 14.0}))(result)
+    assert cat.sentence == "NoPool-GAP says **cat** (NoPool-GAP 98%)." and "100% of its probability" in cat.detail
