@@ -56,6 +56,8 @@ def _child(connection: Connection, cancel: Event, niceness: int, batch: int) -> 
         # A process group of its own in the server's session: should the server die while this child is paused
         # (SIGSTOP), the group becomes orphaned and the system sends it SIGHUP, which ends it.
         os.setpgid(0, 0)
+    if hasattr(signal, "SIGHUP"):  # a server started under nohup ignores SIGHUP, and a child inherits that
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     import cam.models  # noqa: F401  (the models' custom layers, before a model arrives)
     from cam.methods import in_steps
     from cam.registry import METHODS

@@ -187,9 +187,11 @@ os._exit(0)  # as the server ends at a stop: no clean-up
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the child's state the Linux way")
-def test_a_paused_child_ends_when_the_server_dies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hangup", [signal.SIG_DFL, signal.SIG_IGN], ids=["plain", "under nohup"])
+def test_a_paused_child_ends_when_the_server_dies(tmp_path: Path, hangup: signal.Handlers) -> None:
     with open(tmp_path / "out", "w") as out:  # not a pipe: a child left behind would hold it open
-        subprocess.run([sys.executable, "-c", ORPHAN], cwd=ROOT, stdout=out, stderr=subprocess.DEVNULL, timeout=300)
+        subprocess.run([sys.executable, "-c", ORPHAN], cwd=ROOT, stdout=out, stderr=subprocess.DEVNULL, timeout=300,
+                       preexec_fn=lambda: signal.signal(signal.SIGHUP, hangup))  # nohup: the server ignores SIGHUP
     letter, pid = (tmp_path / "out").read_text().split()[-2:]
     pid = int(pid)
     assert letter == "T"  # paused when its server died
