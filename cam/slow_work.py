@@ -262,6 +262,9 @@ class SlowWorker:
                 tick()
             return child.connection.recv()
         except (EOFError, OSError) as error:
+            # Its pipe closes while it dies, before is_alive() turns False: end it here, so the next job starts
+            # another instead of finding this one "alive".
+            self._end_child()
             raise SlowWorkError(f"the slow-work process stopped ({type(error).__name__})") from error
 
     def _end_child(self) -> None:
