@@ -44,12 +44,13 @@ from streamlit.runtime.runtime import RuntimeState
 
 import navigation
 from cam import gallery, library_patches, render, serving, share
+from cam.catalog import FALLBACK, MODEL_SETS, REGISTRY, STUDY, Role, default_set
 from cam.device import describe_device
 from cam.examples import EXAMPLES
 from cam.imagenet_net import Screen
 from cam.images import DECODE_MAX_SIDE, Decoded, ImageError, crop, decode_image, detail_sizes, resize
-from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, feature_layers
-from cam.models import MODEL_SETS, REGISTRY, LoadedModel, accuracy_on_photos, default_set, problem_in_words
+from cam.methods import Explainer, Explanation, feature_layers
+from cam.models import LoadedModel, accuracy_on_photos, load_model, problem_in_words
 from cam.names import markdown_literal, shorten
 from cam.pipeline import (
     ImageResult,
@@ -64,7 +65,7 @@ from cam.pipeline import (
     trained_size,
     with_fallback,
 )
-from cam.registry import METHODS, STUDY, Method, selected
+from cam.registry import METHODS, Method, selected
 from cam.slow_work import SlowWorker
 from cam.verdict import KNOWN, Judge, Verdict
 
@@ -84,7 +85,6 @@ PANELS_PER_ROW = 3
 # Every method may be added ("Select all" must select all): at most nine panels, three rows of three, each as wide
 # as one of the first three.
 MAX_EXTRA_METHODS = len(METHODS) - len(STUDY)
-FALLBACK = "layer_cam"  # shown in Grad-CAM's place when Grad-CAM's map is empty
 VERDICT_ICONS = {"agree": ":material/check_circle:", "disagree": ":material/compare_arrows:",
                  "not sure": ":material/help:"}
 DEFAULT_DETAIL = "standard"
@@ -131,7 +131,7 @@ def serve(name: str) -> Served:
     """Load a model once per server process. Failures are cached too: retrying an offline download on every
     rerun would stall the page; a fixed checkpoint needs a restart. The reason goes to the log in full."""
     try:
-        loaded = REGISTRY[name].load()
+        loaded = load_model(name)
     except Exception as error:  # any failure removes this model's panels only
         log.warning("model %s could not be loaded: %s: %s", name, type(error).__name__, error)
         return Served(name, None, problem_in_words(error), threading.Lock())
@@ -226,12 +226,12 @@ def explained(
     other visitors' passes go first)."""
     explanation = explanation_of(key, gradcam_name, cam_name, layer, class_name,
                                  tuple(k for k in methods if not METHODS[k].slow), view.short_side, image)
-    names = {GRADCAM_MODEL: gradcam_name, GAP_MODEL: cam_name}
+    names = {Role.GRADCAM: gradcam_name, Role.GAP: cam_name}
     for method in selected(methods):
         name = names[method.role]
         if not method.slow or name is None:
             continue
-        method_layer = layer if method.role == GRADCAM_MODEL else None
+        method_layer = layer if method.role == Role.GRADCAM else None
         found = (key, name, method_layer, int(explanation.classes[method.role][0]), method.key, view.short_side)
         kept = slow_maps().get(found)
         if kept is None:
@@ -447,7 +447,7 @@ def status(served: Served) -> str:
 def pick_class(slot: DeltaGenerator, loaded: LoadedModel, top: ImageResult | None) -> str:
     """The class selectbox: all of a small model's classes; for ImageNet, our four names plus the image's top 5."""
     groups = loaded.card.get("class_groups")
-    best = [name for name, _ in top.top_predictions(GRADCAM_MODEL, 5)] if top and top.gradcam_model else []
+    best = [name for name, _ in top.top_predictions(Role.GRADCAM, 5)] if top and top.gradcam_model else []
     options = [TOP, *loaded.classes] if groups is None else list(dict.fromkeys([TOP, *groups, *best]))
     if st.session_state.get("class") not in options:
         st.session_state["class"] = TOP

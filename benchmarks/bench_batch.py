@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cam import batch
-from cam.models import MODEL_SETS
-from cam.registry import STUDY
+from cam.catalog import MODEL_SETS, STUDY
 
 
 def timed_run(source: Path, out: Path, settings: batch.BatchSettings, workers: int) -> dict[str, float]:
@@ -49,8 +48,8 @@ def timed_run(source: Path, out: Path, settings: batch.BatchSettings, workers: i
 def report_seconds(data: Path, n: int, set_name: str, workers: int) -> float:
     """Wall time of ``python -m cam report``'s scoring (faithfulness parts on ``workers`` Ray actors, 0: here; no
     mosaics, no sanity), Ray's start included."""
+    from cam.catalog import Role
     from cam.evaluation import EvaluationConfig, evaluate
-    from cam.methods import GAP_MODEL, GRADCAM_MODEL
     from cam.models import load_model
 
     model_set = MODEL_SETS[set_name]
@@ -58,7 +57,7 @@ def report_seconds(data: Path, n: int, set_name: str, workers: int) -> float:
     config = EvaluationConfig(data, n=n, mosaics=0, sanity_n=0, batch_size=16)
     started = time.perf_counter()
     with contextlib.nullcontext() if workers == 0 else batch.ray_session(None, max(workers, 2)):
-        parts = batch.RayParts(dict(zip((GRADCAM_MODEL, GAP_MODEL), models, strict=True)), STUDY, workers,
+        parts = batch.RayParts(dict(zip((Role.GRADCAM, Role.GAP), models, strict=True)), STUDY, workers,
                                batch.worker_threads(workers)) if workers else None
         evaluate(config, *models, "bench", log=lambda line: None, map_parts=parts)
     return time.perf_counter() - started

@@ -18,11 +18,12 @@ import time
 import keras
 import numpy as np
 
+from cam.catalog import MODEL_SETS
 from cam.data import data_root, list_images
 from cam.device import describe_device
 from cam.images import detail_sizes, load_image
 from cam.methods import Explainer, feature_layer, varying_channels
-from cam.models import MODEL_SETS, load_model
+from cam.models import load_model
 from cam.pipeline import explain_image, model_inputs, photo_view, trained_size
 
 

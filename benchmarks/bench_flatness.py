@@ -17,10 +17,11 @@ import json
 
 import numpy as np
 
+from cam.catalog import GRAD_CAM, MODEL_SETS, Role
 from cam.data import load_split
-from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer
+from cam.methods import Explainer
 from cam.metrics import min_max_ratio
-from cam.models import MODEL_SETS, load_model
+from cam.models import load_model
 from cam.pipeline import flat
 from cam.predict import by_shape
 from cam.registry import METHODS, explain
@@ -47,15 +48,15 @@ def main() -> None:
     args = parser.parse_args()
 
     model_set = MODEL_SETS[args.set]
-    loaded = {GRADCAM_MODEL: load_model(model_set.gradcam), GAP_MODEL: load_model(model_set.gap)}
+    loaded = {Role.GRADCAM: load_model(model_set.gradcam), Role.GAP: load_model(model_set.gap)}
     models = {role: item.model for role, item in loaded.items()}
-    layer = loaded[GRADCAM_MODEL].card["gradcam_layer"]
-    size = args.size or loaded[GRADCAM_MODEL].input_size
+    layer = loaded[Role.GRADCAM].card["gradcam_layer"]
+    size = args.size or loaded[Role.GRADCAM].input_size
     chosen = list(METHODS.values()) if args.methods == "all" else [METHODS[k] for k in args.methods.split(",")]
-    data = load_split(args.data, "test", size, classes=loaded[GRADCAM_MODEL].classes, squash=False)
+    data = load_split(args.data, "test", size, classes=loaded[Role.GRADCAM].classes, squash=False)
     sample = balanced_sample(data.labels, args.n)
     images = [data.images[i] for i in sample]
-    explainer = Explainer(models[GRADCAM_MODEL], layer, models[GAP_MODEL])
+    explainer = Explainer(models[Role.GRADCAM], layer, models[Role.GAP])
     blank: dict[str, list[bool]] = {method.key: [] for method in chosen}
     ratios: list[float] = []
     cheap = [m for m in chosen if not m.slow]
@@ -73,8 +74,8 @@ def main() -> None:
                 blank[method.key] += [flat(m) for m in maps]
             for method in cheap:
                 blank[method.key] += [flat(m) for m in explanation.maps[method.key]]
-            if "grad_cam" in explanation.maps:
-                ratios += list(min_max_ratio(explanation.maps["grad_cam"]))
+            if GRAD_CAM in explanation.maps:
+                ratios += list(min_max_ratio(explanation.maps[GRAD_CAM]))
     result = {
         "set": args.set, "size": size, "photos": len(images), "layer": layer,
         "blank_share": {key: round(float(np.mean(values)), 4) for key, values in blank.items()},

@@ -131,13 +131,14 @@ def label(path: Path) -> str:
 def caption_maker() -> Callable[[Path], list[str]]:
     """A function giving the three captions a photo's panels should have, computed here with the dashboard's
     defaults (the default model pair, the Grad-CAM model's own layer, the study's methods) and its code."""
+    from cam.catalog import default_set
     from cam.methods import Explainer
-    from cam.models import REGISTRY, default_set
+    from cam.models import load_model
     from cam.pipeline import explain_image, render_panels
     from cam.registry import selected
 
     pair = default_set()
-    gradcam, gap = REGISTRY[pair.gradcam].load(), REGISTRY[pair.gap].load()
+    gradcam, gap = load_model(pair.gradcam), load_model(pair.gap)
     explainer = Explainer(gradcam.model, gradcam.card["gradcam_layer"], gap.model)
 
     def describe(path: Path) -> list[str]:

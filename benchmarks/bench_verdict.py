@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cam.catalog import MODEL_SETS
 from cam.data import list_classes, list_images
 from cam.imagenet_net import Screen
 from cam.images import load_image
-from cam.models import MODEL_SETS, load_model
+from cam.models import load_model
 from cam.verdict import FEATURES, Choice, FeatureReader, FeatureStats, fit_stats, statistics_layers, training_sample
 
 # (package, file inside it): pictures of things that are not birds, cats, dogs or horses. Left out on purpose:

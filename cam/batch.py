@@ -196,21 +196,22 @@ def rebuilt_result(out: str | Path, row: dict, image: np.ndarray):
     """The ``cam.pipeline.ImageResult`` of an explained row, from its saved maps and probabilities, for
     ``cam.pipeline.render_panels`` (the page shows a batch's photo as it shows a photo explained there). Its
     models carry their cards only: nothing is computed again."""
-    from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explanation
+    from cam.catalog import Role
+    from cam.methods import Explanation
     from cam.models import LoadedModel
     from cam.pipeline import ImageResult
     from cam.registry import selected
 
     settings = recorded(out)
     cards = settings["models"]
-    loaded = {role: LoadedModel(None, cards[role]) for role in (GRADCAM_MODEL, GAP_MODEL)}
+    loaded = {role: LoadedModel(None, cards[role]) for role in (Role.GRADCAM, Role.GAP)}
     methods = selected(settings["methods"])
     explanation = Explanation(
         {role: np.asarray([row[f"{role}_probabilities"]], np.float32) for role in loaded},
         {role: np.asarray([loaded[role].classes.index(row[f"{role}_explained"])]) for role in loaded},
         {method.key: np.load(map_path(out, row["item"], method.key))[None] for method in methods}, {},
     )
-    return ImageResult(image, loaded[GRADCAM_MODEL], loaded[GAP_MODEL], explanation, methods)
+    return ImageResult(image, loaded[Role.GRADCAM], loaded[Role.GAP], explanation, methods)
 
 
 def batch_folders(value: str | None = None) -> dict[str, Path]:
@@ -251,7 +252,8 @@ class ImageWorker:
 
     def __init__(self, settings: BatchSettings, out: str):
         limit_threads(settings.threads)
-        from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer
+        from cam.catalog import Role
+        from cam.methods import Explainer
         from cam.models import load_model
         from cam.registry import selected
 
@@ -260,7 +262,7 @@ class ImageWorker:
         self.methods = selected(settings.methods)
         self.explainer = Explainer(self.gradcam.model, self.gradcam.card["gradcam_layer"], self.cam_model.model)
         cards = {role: {"name": loaded.card["name"], "classes": loaded.classes}
-                 for role, loaded in ((GRADCAM_MODEL, self.gradcam), (GAP_MODEL, self.cam_model))}
+                 for role, loaded in ((Role.GRADCAM, self.gradcam), (Role.GAP, self.cam_model))}
         record = recorded(self.out)
         if record.get("models") != cards:  # every worker loads the same models: the first one writes them down
             write_atomically(self.out / SETTINGS, json.dumps(record | {"models": cards}, indent=1).encode())
@@ -325,7 +327,7 @@ def ray_session(address: str | None, cpus: int) -> Iterator[None]:
     started."""
     import ray
 
-    from cam.models import CHECKPOINTS
+    from cam.catalog import CHECKPOINTS
 
     address = cluster_address(address)
     if address:
@@ -392,11 +394,12 @@ class PartWorker:
         import ray
 
         limit_threads(threads)  # before the models arrive: unpacking them is TensorFlow's first work here
-        from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer
+        from cam.catalog import Role
+        from cam.methods import Explainer
         from cam.registry import selected
 
         self.models = ray.get(shared[0])
-        gradcam, cam_model = self.models[GRADCAM_MODEL], self.models[GAP_MODEL]
+        gradcam, cam_model = self.models[Role.GRADCAM], self.models[Role.GAP]
         self.methods = selected(methods)
         self.explainer = Explainer(gradcam.model, gradcam.card["gradcam_layer"], cam_model.model)
 

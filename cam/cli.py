@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cam import catalog  # no TensorFlow: --help stays fast
 from cam.images import SHAPE_MULTIPLE  # numpy and Pillow only: --help stays fast
 
 if TYPE_CHECKING:  # only for annotations: importing them at run time would load TensorFlow for --help
@@ -67,8 +68,8 @@ def explain_one(
 ) -> bool:
     """Explain, print and save one image (with ``judge``, its verdict first); False (and a message on stderr) when
     it cannot be read."""
+    from cam.catalog import Role
     from cam.images import ImageError, load_image
-    from cam.methods import GAP_MODEL, GRADCAM_MODEL
     from cam.pipeline import explain_image, render_panels
 
     try:
@@ -82,7 +83,7 @@ def explain_one(
         print(f"  {result.view.sentence()}")
     if judge is not None:
         print(f"  verdict: {judge(result).sentence.replace('*', '')}")
-    for role, loaded in ((GRADCAM_MODEL, gradcam), (GAP_MODEL, cam_model)):
+    for role, loaded in ((Role.GRADCAM, gradcam), (Role.GAP, cam_model)):
         top = ", ".join(f"{name} {p:.3f}" for name, p in result.top_predictions(role, TOP_K))
         print(f"  {loaded.card['name']} top {TOP_K}: {top}")
     panels = render_panels(result, args.colormap, args.opacity)
@@ -151,8 +152,8 @@ TRAIN_OPTIONS = (
 
 def train(args: argparse.Namespace) -> int:
     """Train one architecture and save its checkpoint and card; options left out keep TrainConfig's defaults."""
+    from cam.catalog import CHECKPOINTS
     from cam.data import data_root
-    from cam.models import CHECKPOINTS
     from cam.training import TrainConfig
     from cam.training import train as run_training
 
@@ -164,11 +165,9 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def checkpoint_path(model: str) -> Path:
-    """The .keras file of a registry name (in cam.models.CHECKPOINTS) or of a path given with or without suffix."""
-    from cam import models
-
-    return models.checkpoint_path(model) if model in models.REGISTRY else Path(model).with_suffix(".keras")
+def checkpoint_file(model: str) -> Path:
+    """The .keras file of a registry name (in cam.catalog.CHECKPOINTS) or of a path given with or without suffix."""
+    return catalog.checkpoint_path(model) if model in catalog.REGISTRY else Path(model).with_suffix(".keras")
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -178,7 +177,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from cam.models import load_checkpoint
     from cam.training import classification_report, format_report
 
-    path = checkpoint_path(args.model)
+    path = checkpoint_file(args.model)
     loaded = load_checkpoint(path)
     root = data_root(args.data)
     size = args.size or loaded.input_size
@@ -237,7 +236,8 @@ def data(args: argparse.Namespace) -> int:
 
 def models(args: argparse.Namespace) -> int:
     """List the registry's models, how to get each and whether it is available here."""
-    from cam.models import MODEL_SETS, REGISTRY, availability, default_set
+    from cam.catalog import MODEL_SETS, REGISTRY, default_set
+    from cam.models import availability
 
     for model_set in MODEL_SETS.values():
         default = " (default)" if model_set == default_set() else ""
@@ -251,19 +251,20 @@ def models(args: argparse.Namespace) -> int:
 
 def methods(args: argparse.Namespace) -> int:
     """List the registry's methods: key, label, the model it explains, the layers it reads, what it shows."""
-    from cam.registry import METHODS, ROLES, STUDY
+    from cam.catalog import ROLE_TITLES, STUDY
+    from cam.registry import METHODS
 
     for method in METHODS.values():
         default = " (default)" if method.key in STUDY else ""
-        print(f"{method.key}: {method.label}{default}, explains the {ROLES[method.role]}")
+        print(f"{method.key}: {method.label}{default}, explains the {ROLE_TITLES[method.role]}")
         print(f"  {method.summary}")
     return 0
 
 
 def models_of(args: argparse.Namespace) -> tuple[str, str]:
-    """(Grad-CAM model, GAP model) of ``--set`` (default: cam.models.default_set), each replaced by ``--model`` and
+    """(Grad-CAM model, GAP model) of ``--set`` (default: cam.catalog.default_set), each replaced by ``--model`` and
     ``--cam-model`` where given."""
-    from cam.models import MODEL_SETS, default_set
+    from cam.catalog import MODEL_SETS, default_set
 
     model_set = MODEL_SETS[args.set] if args.set else default_set()
     return args.model or model_set.gradcam, args.cam_model or model_set.gap
@@ -425,7 +426,7 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=_positive(int), help="deletion/insertion steps (default 16)")
     parser.add_argument("--batch-size", type=_positive(int), help="maps explained and perturbed together (default 64)")
     parser.add_argument(
-        "--precision", choices=("auto", "bfloat16", "float32"),
+        "--precision", choices=catalog.PRECISIONS,
         help="arithmetic of the convolutions when scoring perturbed images (maps are always float32; default auto: "
         "bfloat16 where it is fast, 3-7x on CPUs with AMX, else float32); the report states how far its "
         "probabilities are from float32",
@@ -484,7 +485,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("auto", "mixed_bfloat16", "float32"),
+        choices=catalog.PRECISIONS,
         help="auto (default): bfloat16 where the hardware is fast at it (GPU, AMX CPU), else float32",
     )
     parser.add_argument(

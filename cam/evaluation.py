@@ -17,13 +17,12 @@ import numpy as np
 import pandas as pd
 
 from cam.boxes import Box, image_path, mosaics, read_boxes, tile_boxes
+from cam.catalog import GAP_METHOD, POINTING_TOLERANCE, STEPS, STUDY, Role
 from cam.data import ImageSet, load_masks, load_split
 from cam.device import describe_device, fast_bfloat16
 from cam.images import ImageError, crop, input_shape, load_image, model_input, own_aspect, view_box
-from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation, ExplanationError
+from cam.methods import Explainer, Explanation, ExplanationError
 from cam.metrics import (
-    POINTING_TOLERANCE,
-    STEPS,
     at_size,
     cascading_randomization,
     curve_area,
@@ -39,7 +38,7 @@ from cam.metrics import (
 )
 from cam.models import LoadedModel, with_precision
 from cam.predict import by_shape, predict_probabilities
-from cam.registry import METHODS, STUDY, Method, explain, selected
+from cam.registry import METHODS, Method, explain, selected
 
 Log = Callable[[str], None]
 RESAMPLES = 2000
@@ -128,9 +127,9 @@ def _maps(
     held by ``cams``, default ``explained``); a slow method's only for the first ``config.slow_n`` images, or for
     the first ``limits[key]`` when given (fused methods' maps are all given)."""
     source = cams or explained
-    explained.cams, explained.probabilities[GAP_MODEL] = source.cams, source.probabilities[GAP_MODEL]
+    explained.cams, explained.probabilities[Role.GAP] = source.cams, source.probabilities[Role.GAP]
     explained.explain_cam_class(cam_classes)
-    layer = models[GRADCAM_MODEL].card["gradcam_layer"]
+    layer = models[Role.GRADCAM].card["gradcam_layer"]
     keras_models = {role: loaded.model for role, loaded in models.items()}
     for method in methods:
         if method.key in explained.maps:
@@ -312,10 +311,10 @@ def localization_part(
     frames, cams = [], None
     for targets in passes:
         wanted = {role: _indices(loaded, [target.name for target in targets]) for role, loaded in models.items()}
-        explained = _explain(explainer, x, np.maximum(wanted[GRADCAM_MODEL], 0), config.batch_size,
+        explained = _explain(explainer, x, np.maximum(wanted[Role.GRADCAM], 0), config.batch_size,
                              with_cam=cams is None)
         cams = cams or explained
-        maps = _maps(explained, np.maximum(wanted[GAP_MODEL], 0), methods, models, x, config, cams)
+        maps = _maps(explained, np.maximum(wanted[Role.GAP], 0), methods, models, x, config, cams)
         frames += _localize(set_, maps, methods, wanted, targets, tolerance)
     return frames
 
@@ -375,7 +374,7 @@ def _box_jobs(models: dict[str, LoadedModel], config: EvaluationConfig, skipped:
     log(f"  boxes: {len(targets)} (image, class) pairs from {len(annotations)} annotations")
     wanted = _known("boxes", models, [target.name for target in targets], skipped)
     # Pairs whose class neither model knows are not explained at all; elsewhere an unknown class explains class 0.
-    keep = np.flatnonzero((wanted[GRADCAM_MODEL] >= 0) | (wanted[GAP_MODEL] >= 0))
+    keep = np.flatnonzero((wanted[Role.GRADCAM] >= 0) | (wanted[Role.GAP] >= 0))
     return _localization_jobs("boxes", [images[k] for k in keep], [[targets[k] for k in keep]], POINTING_TOLERANCE,
                               config)
 
@@ -401,7 +400,7 @@ def _mask_jobs(
 def _sanity_maps(model: keras.Model, loaded: LoadedModel, role: str,
                  batches: list[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
     """Each batch's maps (method key, classes, images) on ``model`` (``loaded``'s or a clone), at the images' size."""
-    layer = loaded.card["gradcam_layer"] if role == GRADCAM_MODEL else None
+    layer = loaded.card["gradcam_layer"] if role == Role.GRADCAM else None
     return [at_size(METHODS[key].compute(model, x, classes, layer), x.shape[1:3]) for key, classes, x in batches]
 
 
@@ -462,7 +461,7 @@ def _sanity(
 # -------------------------------------------------------------------------------------------------- evaluation
 def _model_summary(role: str, loaded: LoadedModel, methods: list[Method], native: dict) -> dict:
     test = loaded.card.get("metrics", {}).get("test", {})
-    layer = loaded.card.get("gradcam_layer") if role == GRADCAM_MODEL else None
+    layer = loaded.card.get("gradcam_layer") if role == Role.GRADCAM else None
     own = [method for method in methods if method.role == role]
     return {
         "role": role, "name": loaded.card["name"], "trained": loaded.trained, "note": loaded.note,
@@ -474,7 +473,7 @@ def _model_summary(role: str, loaded: LoadedModel, methods: list[Method], native
 
 def _short_side(config: EvaluationConfig, models: dict[str, LoadedModel]) -> int:
     """The short side of every input of the run: ``config.size``, else the size the models were trained at."""
-    return config.size or models[GRADCAM_MODEL].input_size
+    return config.size or models[Role.GRADCAM].input_size
 
 
 def evaluate(
@@ -490,7 +489,7 @@ def evaluate(
         raise ExplanationError(
             f"the models need one input size, got {gradcam_model.input_size} and {cam_model.input_size}"
         )
-    models = {GRADCAM_MODEL: gradcam_model, GAP_MODEL: cam_model}
+    models = {Role.GRADCAM: gradcam_model, Role.GAP: cam_model}
     methods = selected(config.methods)
     for loaded in models.values():
         if not loaded.trained:
@@ -578,7 +577,7 @@ def summarize(frame: pd.DataFrame, seed: int = 0) -> list[dict]:
 
 def differences(frame: pd.DataFrame, seed: int = 0) -> list[dict]:
     """NoPool-GAP CAM minus each other method on the same items (paired), per set and metric, with intervals."""
-    cam = "nopool_cam"
+    cam = GAP_METHOD
     rng = np.random.default_rng(seed)
     rows = []
     for (set_, metric), group in frame[frame["set"] != "sanity"].groupby(["set", "metric"], sort=False):

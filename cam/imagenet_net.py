@@ -29,16 +29,9 @@ import keras
 import numpy as np
 from keras import layers
 
+from cam.catalog import CHECKPOINTS, checkpoint_path
 from cam.images import own_aspect
-from cam.models import (
-    CHECKPOINTS,
-    CheckpointError,
-    LoadedModel,
-    checkpoint_path,
-    imagenet_class_groups,
-    load_checkpoint,
-    save_checkpoint,
-)
+from cam.models import CheckpointError, LoadedModel, imagenet_class_groups, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 NAME = "efficientnet_lite0_imagenet"

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from cam.catalog import GRAD_CAM, GUIDED_GRAD_CAM, LAYER_CAM, NOPOOL_CAM, Role
 from cam.models import default_gradcam_layer
 from cam.resample import bilinear_matrix
 
@@ -389,14 +390,13 @@ def _run(chain: list[layers.Layer], x: tf.Tensor) -> tf.Tensor:
     return x
 
 
-GRADCAM_MODEL, GAP_MODEL = "gradcam", "cam"  # the two model roles: the model Grad-CAM explains, the GAP model
-FUSED_METHODS = ("grad_cam", "guided_grad_cam", "layer_cam", "nopool_cam")  # the method keys one Explainer pass fills
+FUSED_METHODS = (GRAD_CAM, GUIDED_GRAD_CAM, LAYER_CAM, NOPOOL_CAM)  # the method keys one Explainer pass fills
 
 
 @dataclass
 class Explanation:
     """Everything shown for a batch: maps at their native resolution keyed by method key (``cam.registry``), and
-    per model role (GRADCAM_MODEL, GAP_MODEL) the softmax outputs (B, N) and the class its maps explain (B,)."""
+    per model role (Role.GRADCAM, Role.GAP) the softmax outputs (B, N) and the class its maps explain (B,)."""
 
     probabilities: dict[str, np.ndarray]
     classes: dict[str, np.ndarray]
@@ -408,7 +408,7 @@ class Explanation:
     def cam_classes(self, classes: Classes = None) -> np.ndarray:
         """``classes`` of the GAP model as indices (B,), its top prediction where they are None or -1."""
         wanted = class_array(classes, len(self.cams), self.cams.shape[-1])
-        return np.where(wanted < 0, self.probabilities[GAP_MODEL].argmax(axis=-1), wanted)
+        return np.where(wanted < 0, self.probabilities[Role.GAP].argmax(axis=-1), wanted)
 
     def cam_for(self, classes: Classes = None) -> np.ndarray:
         """CAM maps (B, H, W) of ``classes`` (default: the GAP model's top prediction)."""
@@ -416,8 +416,8 @@ class Explanation:
 
     def explain_cam_class(self, classes: Classes = None) -> None:
         """Make the GAP model's maps (``nopool_cam``) explain ``classes``: a lookup in ``cams``."""
-        self.classes[GAP_MODEL] = self.cam_classes(classes)
-        self.maps["nopool_cam"] = self.cam_for(classes)
+        self.classes[Role.GAP] = self.cam_classes(classes)
+        self.maps[NOPOOL_CAM] = self.cam_for(classes)
 
     @classmethod
     def concatenate(cls, parts: list[Explanation]) -> Explanation:
@@ -517,14 +517,14 @@ class Explainer:
             step = self._step("gradcam", tuple(x.shape[1:3]))
             probabilities, chosen, maps, guided_maps, layer_maps = (t.numpy() for t in step(x, wanted))
             seconds = time.perf_counter() - started
-            result = Explanation({GRADCAM_MODEL: probabilities}, {GRADCAM_MODEL: chosen},
-                                 {"grad_cam": maps, "guided_grad_cam": guided_maps, "layer_cam": layer_maps},
-                                 {"grad_cam": seconds, "guided_grad_cam": seconds, "layer_cam": seconds})
+            result = Explanation({Role.GRADCAM: probabilities}, {Role.GRADCAM: chosen},
+                                 {GRAD_CAM: maps, GUIDED_GRAD_CAM: guided_maps, LAYER_CAM: layer_maps},
+                                 {GRAD_CAM: seconds, GUIDED_GRAD_CAM: seconds, LAYER_CAM: seconds})
         if self.cam_model is not None and with_cam:
             started = time.perf_counter()
             cam_x = _batch(images if cam_images is None else cam_images)
             step = self._step("cam", tuple(cam_x.shape[1:3]))
-            result.probabilities[GAP_MODEL], result.cams, result.pooled[GAP_MODEL] = (t.numpy() for t in step(cam_x))
-            result.seconds["nopool_cam"] = time.perf_counter() - started
+            result.probabilities[Role.GAP], result.cams, result.pooled[Role.GAP] = (t.numpy() for t in step(cam_x))
+            result.seconds[NOPOOL_CAM] = time.perf_counter() - started
             result.explain_cam_class()
         return result

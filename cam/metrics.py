@@ -16,16 +16,10 @@ import numpy as np
 from scipy import ndimage, stats
 
 from cam.boxes import Box, box_mask, iou
+from cam.catalog import BLUR_SIGMA, MIN_IOU, POINTING_TOLERANCE, REGION_THRESHOLD, RESOLUTION_TOLERANCE, STEPS
 from cam.predict import predict_probabilities
 from cam.render import normalize
 from cam.resample import bilinear_matrix, upsample
-
-STEPS = 16
-BLUR_SIGMA = 4.0  # pixels; at 32x32 it leaves colour blobs without recognisable shapes
-POINTING_TOLERANCE = 15.0  # pixels, Zhang et al. 2016
-REGION_THRESHOLD = 0.15  # of the map's maximum, Grad-CAM paper (Selvaraju et al. 2017)
-MIN_IOU = 0.5
-RESOLUTION_TOLERANCE = 0.05  # share of the map's variance a coarser grid may lose
 
 
 # ---------------------------------------------------------------------------------------------------------- maps

@@ -1,4 +1,4 @@
-"""Model builders, checkpoint save/load with model cards, and the registry of models the tool offers.
+"""Model builders, checkpoint save/load with model cards, and loading the models ``cam.catalog`` offers.
 
 Every model here takes RGB images with values 0..255 of any height and width (Keras's ImageNet VGG16: 224x224 only)
 and does its own preprocessing inside (so gradients are in pixel space), and ends with ``Dense(name="logits")``
@@ -12,7 +12,7 @@ import json
 import os
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,9 +20,15 @@ import keras
 import numpy as np
 from keras import layers
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# $CAM_CHECKPOINTS overrides where the registry looks for our checkpoints (tests use an empty folder).
-CHECKPOINTS = Path(os.environ.get("CAM_CHECKPOINTS", PROJECT_ROOT / "checkpoints"))
+from cam.catalog import (
+    CHECKPOINTS,
+    IMAGENET_VGG16,
+    REGISTRY,
+    ModelSet,
+    checkpoint_path,
+    keras_cache_dir,
+)
+
 CIFAR4_CLASSES = ("bird", "cat", "dog", "horse")
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
@@ -87,11 +93,6 @@ CARD_FIELDS_IN_WORDS = {
 
 class WeightsUnavailable(RuntimeError):
     """Pretrained weights could not be downloaded (offline) and are not in Keras's cache."""
-
-
-def keras_cache_dir() -> Path:
-    """The folder where ``keras.utils.get_file`` looks for downloaded weights."""
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
 def _download_or_explain(fetch: Callable[[], T], filename: str) -> T:
@@ -495,107 +496,9 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
     return copy
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model the tool offers: how to get it, and what it is (architecture, builder options, input size)."""
-
-    name: str
-    title: str
-    how_to_get: str
-    load: Callable[[], LoadedModel]
-    architecture: str = "vgg16"
-    input_size: int = 32
-    options: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelSet:
-    """A pair of models of one input size that the tool compares: one for Grad-CAM (VGG16), one with a GAP head
-    for CAM (NoPool-GAP)."""
-
-    name: str
-    title: str
-    gradcam: str
-    gap: str
-
-
-def checkpoint_path(name: str) -> Path:
-    """Where the registry keeps our checkpoint ``name`` (read at call time: $CAM_CHECKPOINTS, tests patch it)."""
-    return CHECKPOINTS / f"{name}.keras"
-
-
-def _checkpoint_or_stand_in(name: str) -> Callable[[], LoadedModel]:
-    def load() -> LoadedModel:
-        path = checkpoint_path(name)
-        return load_checkpoint(path) if path.exists() else untrained_stand_in(name)
-
-    return load
-
-
-def _ours(name: str, title: str, architecture: str, input_size: int, retrain: str, **options) -> ModelSpec:
-    how = f"shipped in checkpoints/{name}.keras; retrain with {retrain}"
-    return ModelSpec(name, title, how, _checkpoint_or_stand_in(name), architecture, input_size, options)
-
-
-REGISTRY: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        _ours(
-            "vgg16_photos",
-            "VGG16 (ours, photos, 128 px)",
-            "vgg16",
-            128,
-            "`python -m cam.head_training` cache / fit on a CPU, on the convolutions trained by "
-            "`python -m cam.torch_training` on a GPU (see README)",
-            batch_norm=False,
-            head="linear",
-        ),
-        _ours(
-            "nopool_gap_photos",
-            "NoPool-GAP (ours, photos, 128 px)",
-            "nopool_gap_dilated",
-            128,
-            "`python -m cam.torch_training` pack / fit / import on a GPU (see README)",
-        ),
-        _ours("vgg16", "VGG16 (ours, CIFAR, 32 px)", "vgg16", 32, "`python -m cam train vgg16 --data cifar4`"),
-        _ours(
-            "nopool_gap",
-            "NoPool-GAP (ours, CIFAR, 32 px)",
-            "nopool_gap",
-            32,
-            "`python -m cam train nopool_gap --data cifar4`",
-        ),
-        ModelSpec(
-            "vgg16_imagenet",
-            "VGG16 (ImageNet, 1000 classes)",
-            "downloaded by Keras on first use (needs internet, or the weights file in " + str(keras_cache_dir()) + ")",
-            vgg16_imagenet,
-            input_size=224,
-        ),
-    )
-}
-
-# The model pairs the tool compares; see default_set for the one the dashboard and the command line start with.
-MODEL_SETS: dict[str, ModelSet] = {
-    model_set.name: model_set
-    for model_set in (
-        ModelSet("photos", "Photos (128 px)", "vgg16_photos", "nopool_gap_photos"),
-        ModelSet("cifar", "CIFAR thumbnails (32 px)", "vgg16", "nopool_gap"),
-    )
-}
-
-
-def default_set() -> ModelSet:
-    """The first model set whose two checkpoints are here (the photo pair once trained); with none complete, the
-    last (CIFAR: its untrained stand-ins are the smallest)."""
-    sets = list(MODEL_SETS.values())
-    complete = [m for m in sets if checkpoint_path(m.gradcam).is_file() and checkpoint_path(m.gap).is_file()]
-    return complete[0] if complete else sets[-1]
-
-
 def availability(name: str) -> str:
     """Whether a registry model can be used here as it is, judged from files only (nothing is loaded)."""
-    if name == "vgg16_imagenet":
+    if name == IMAGENET_VGG16:
         missing = [file for file in VGG16_IMAGENET_FILES if not (keras_cache_dir() / file).is_file()]
         if missing:
             return f"not yet: downloads {', '.join(missing)} into {keras_cache_dir()} on first use"
@@ -648,8 +551,11 @@ def problem_in_words(error: Exception) -> str:
 
 def load_model(name: str) -> LoadedModel:
     """Load a model of the registry by name, or a checkpoint by path (``something.keras``)."""
+    if name == IMAGENET_VGG16:
+        return vgg16_imagenet()
     if name in REGISTRY:
-        return REGISTRY[name].load()
+        path = checkpoint_path(name)
+        return load_checkpoint(path) if path.exists() else untrained_stand_in(name)
     if name.endswith(".keras") or Path(name).with_suffix(".json").exists():
         return load_checkpoint(name)
     raise ValueError(f"Unknown model {name!r}; choose one of {', '.join(REGISTRY)} or a path to a .keras file")

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from cam import render
+from cam.catalog import GRAD_CAM, GUIDED_GRAD_CAM, REGISTRY, Role
 from cam.images import crop, input_shape, model_input, view_box
-from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explainer, Explanation
-from cam.models import REGISTRY, LoadedModel
+from cam.methods import Explainer, Explanation
+from cam.models import LoadedModel
 from cam.registry import METHODS, Method, explain, selected
 
 
@@ -69,7 +70,7 @@ def photo_view(
     short_side: int | None = None,
 ) -> PhotoView:
     """The PhotoView of a ``photo_shape`` (h, w) photo for these models; ``short_side`` default: ``trained_size``."""
-    here = {role: loaded for role, loaded in ((GRADCAM_MODEL, gradcam_model), (GAP_MODEL, cam_model)) if loaded}
+    here = {role: loaded for role, loaded in ((Role.GRADCAM, gradcam_model), (Role.GAP, cam_model)) if loaded}
     short_side = short_side or trained_size(gradcam_model, cam_model)
     square = not all(loaded.flexible for loaded in here.values())
     box = view_box(*photo_shape, max_aspect=1.0) if square else view_box(*photo_shape)
@@ -91,13 +92,13 @@ class ImageResult:
     view: PhotoView | None = None  # how the photo was shown to the networks (``image`` is the part they saw)
 
     def model(self, role: str) -> LoadedModel | None:
-        """The model of a role (GRADCAM_MODEL or GAP_MODEL)."""
-        return self.gradcam_model if role == GRADCAM_MODEL else self.cam_model
+        """The model of a role (Role.GRADCAM or Role.GAP)."""
+        return self.gradcam_model if role == Role.GRADCAM else self.cam_model
 
     @property
     def roles(self) -> list[str]:
         """The roles whose model is here."""
-        return [role for role in (GRADCAM_MODEL, GAP_MODEL) if self.model(role) is not None]
+        return [role for role in (Role.GRADCAM, Role.GAP) if self.model(role) is not None]
 
     def input_shape(self, role: str) -> tuple[int, int] | None:
         """The (h, w) that ``role``'s network got, when known."""
@@ -109,11 +110,11 @@ class ImageResult:
 
     @property
     def gradcam_class(self) -> int:
-        return self.explained_class(GRADCAM_MODEL)
+        return self.explained_class(Role.GRADCAM)
 
     @property
     def cam_class(self) -> int:
-        return self.explained_class(GAP_MODEL)
+        return self.explained_class(Role.GAP)
 
     def class_name(self, role: str | None = None) -> str:
         """The name of the class explained by ``role``'s model (default: the first model here)."""
@@ -187,13 +188,13 @@ def explain_image(
     the same class when it knows it, else its own top prediction. The result's image is the part the networks saw."""
     view = photo_view(image.shape[:2], gradcam_model, cam_model, short_side)
     inputs = model_inputs(image, view)
-    x, cam_x = inputs.get(GRADCAM_MODEL), inputs.get(GAP_MODEL)
+    x, cam_x = inputs.get(Role.GRADCAM), inputs.get(Role.GAP)
     explanation = explainer(x, cam_images=cam_x)  # top prediction first: one pass, and the probabilities
     name = class_name
     if gradcam_model is not None:
-        chosen = int(explanation.classes[GRADCAM_MODEL][0])
+        chosen = int(explanation.classes[Role.GRADCAM][0])
         if class_name is not None:
-            wanted = gradcam_index(gradcam_model, explanation.probabilities[GRADCAM_MODEL][0], class_name)
+            wanted = gradcam_index(gradcam_model, explanation.probabilities[Role.GRADCAM][0], class_name)
             if wanted != chosen:
                 explanation, chosen = explainer(x, wanted, cam_x), wanted
         name = class_name or cifar4_name(gradcam_model, chosen)
@@ -201,10 +202,10 @@ def explain_image(
         if gradcam_model is None and name is not None and name not in cam_model.classes:
             raise ValueError(f"class '{name}' is unknown to {cam_model.card['name']}")
         explanation.explain_cam_class([cam_model.classes.index(name)] if name in cam_model.classes else None)
-    here = {GRADCAM_MODEL: gradcam_model, GAP_MODEL: cam_model}
+    here = {Role.GRADCAM: gradcam_model, Role.GAP: cam_model}
     methods = [method for method in (methods or selected()) if here[method.role] is not None]
     models = {role: loaded.model for role, loaded in here.items() if loaded is not None}
-    explain(explanation, methods, models, {GRADCAM_MODEL: x, GAP_MODEL: cam_x}, explainer.layer)
+    explain(explanation, methods, models, {Role.GRADCAM: x, Role.GAP: cam_x}, explainer.layer)
     return ImageResult(crop(image, view.box), gradcam_model, cam_model, explanation, methods, view)
 
 
@@ -270,7 +271,7 @@ def add_fallback(result: ImageResult, key: str, layer: str | None = None) -> boo
     to an empty map; Layer-CAM weighs every cell by its own positive gradient and is rarely empty on the same
     layer."""
     maps = result.explanation.maps
-    if "grad_cam" not in maps or not flat(maps["grad_cam"][0]):
+    if GRAD_CAM not in maps or not flat(maps[GRAD_CAM][0]):
         return False
     if key not in maps:
         method, loaded = METHODS[key], result.model(METHODS[key].role)
@@ -287,16 +288,16 @@ def with_fallback(result: ImageResult, key: str, colormap: str = "jet", opacity:
     result's own methods (its panel is there already)."""
     maps = result.explanation.maps
     if (key in {method.key for method in result.methods} or key not in maps or flat(maps[key][0])
-            or "grad_cam" not in maps or not flat(maps["grad_cam"][0])):
+            or GRAD_CAM not in maps or not flat(maps[GRAD_CAM][0])):
         return render_panels(result, colormap, opacity, raw)
     method = METHODS[key]
     model = model_name(result.model(method.role))
-    shown = [method if other.key == "grad_cam" else other for other in result.methods]
+    shown = [method if other.key == GRAD_CAM else other for other in result.methods]
     # Guided Grad-CAM is Grad-CAM's map times pixel detail, so it is empty too: say why, and point at the stand-in.
     guided_empty = (f"This map is empty because Grad-CAM's is: Guided Grad-CAM multiplies Grad-CAM's map by pixel "
                     f"detail. {method.label}, beside it, shows where {model} looks.")
     note = (f"Grad-CAM's map is empty for this photo: the influences on {model}'s score cancel out when averaged. "
             f"Shown in its place: {method.label} on the same layer, which keeps each part's own positive influence.")
     return [replace(panel, title=f"{method.label} (Grad-CAM found nothing)", note=note) if panel.key == key
-            else replace(panel, empty=guided_empty) if panel.key == "guided_grad_cam" and panel.empty
+            else replace(panel, empty=guided_empty) if panel.key == GUIDED_GRAD_CAM and panel.empty
             else panel for panel in render_panels(replace(result, methods=shown), colormap, opacity, raw)]

@@ -17,11 +17,10 @@ import keras
 import numpy as np
 
 from cam import methods
-from cam.methods import GAP_MODEL, GRADCAM_MODEL, Explanation
+from cam.catalog import GRAD_CAM, GUIDED_GRAD_CAM, LAYER_CAM, NOPOOL_CAM, STUDY, Role
+from cam.methods import Explanation
 
 Compute = Callable[[keras.Model, np.ndarray, np.ndarray, "str | None"], np.ndarray]
-ROLES = {GRADCAM_MODEL: "Grad-CAM model", GAP_MODEL: "GAP (CAM) model"}
-STUDY = ("grad_cam", "guided_grad_cam", "nopool_cam")  # the three methods of the study: the default everywhere
 
 
 @dataclass(frozen=True)
@@ -31,13 +30,17 @@ class Method:
 
     key: str
     label: str
-    role: str  # GRADCAM_MODEL or GAP_MODEL
+    role: Role
     compute: Compute
     reads: Callable[[keras.Model, str | None], list[str]]  # (model, chosen layer) -> the layers it reads
     summary: str  # one plain sentence for the dashboard
     non_negative: bool = True  # False: signed maps (negative = evidence against)
-    fused: bool = False  # given by the Explainer's one pass
     slow: bool = False  # many forward passes per map: the report scores it on fewer images
+
+    @property
+    def fused(self) -> bool:
+        """Given by the Explainer's one pass (``cam.methods.FUSED_METHODS``)."""
+        return self.key in methods.FUSED_METHODS
 
 
 METHODS: dict[str, Method] = {}
@@ -74,7 +77,7 @@ def explain(
             started = time.perf_counter()
             classes = explanation.classes[method.role]
             explanation.maps[method.key] = method.compute(
-                models[method.role], images[method.role], classes, layer if method.role == GRADCAM_MODEL else None
+                models[method.role], images[method.role], classes, layer if method.role == Role.GRADCAM else None
             )
             explanation.seconds[method.key] = time.perf_counter() - started
     return explanation
@@ -89,29 +92,28 @@ def _gap_source(model: keras.Model, layer: str | None) -> list[str]:
 
 
 for _method in (
-    Method("grad_cam", "Grad-CAM", GRADCAM_MODEL, methods.grad_cam, _one_layer,
-           "Regions that raised VGG16's score for the class, on one of its last layers (a small, blurry map).",
-           fused=True),
-    Method("guided_grad_cam", "Guided Grad-CAM", GRADCAM_MODEL, methods.guided_grad_cam, _one_layer,
-           "Pixel-level edges inside the Grad-CAM region that pushed the decision.", non_negative=False, fused=True),
-    Method("nopool_cam", "NoPool-GAP CAM", GAP_MODEL, lambda model, x, c, layer: methods.cam(model, x, c),
+    Method(GRAD_CAM, "Grad-CAM", Role.GRADCAM, methods.grad_cam, _one_layer,
+           "Regions that raised VGG16's score for the class, on one of its last layers (a small, blurry map)."),
+    Method(GUIDED_GRAD_CAM, "Guided Grad-CAM", Role.GRADCAM, methods.guided_grad_cam, _one_layer,
+           "Pixel-level edges inside the Grad-CAM region that pushed the decision.", non_negative=False),
+    Method(NOPOOL_CAM, "NoPool-GAP CAM", Role.GAP, lambda model, x, c, layer: methods.cam(model, x, c),
            _gap_source, "A network built never to shrink the image: its map has the full input resolution.",
-           non_negative=False, fused=True),
-    Method("grad_cam_pp", "Grad-CAM++", GRADCAM_MODEL, methods.grad_cam_pp, _one_layer,
+           non_negative=False),
+    Method("grad_cam_pp", "Grad-CAM++", Role.GRADCAM, methods.grad_cam_pp, _one_layer,
            "Grad-CAM that weighs each position's positive influence, so several objects of a class all show."),
-    Method("hires_cam", "HiResCAM", GRADCAM_MODEL, methods.hires_cam, _one_layer,
+    Method("hires_cam", "HiResCAM", Role.GRADCAM, methods.hires_cam, _one_layer,
            "Grad-CAM without averaging: each position keeps its own influence, so the map follows the model "
            "exactly; blue is evidence against.", non_negative=False),
-    Method("layer_cam", "Layer-CAM", GRADCAM_MODEL, methods.layer_cam, _one_layer,
-           "Each position weighed by its own positive influence; works on earlier, sharper layers too.", fused=True),
-    Method("layer_cam_fused", "Layer-CAM, 3 layers fused", GRADCAM_MODEL,
+    Method(LAYER_CAM, "Layer-CAM", Role.GRADCAM, methods.layer_cam, _one_layer,
+           "Each position weighed by its own positive influence; works on earlier, sharper layers too."),
+    Method("layer_cam_fused", "Layer-CAM, 3 layers fused", Role.GRADCAM,
            lambda model, x, c, layer: methods.layer_cam_fused(model, x, c),
            lambda model, layer: methods.stage_layers(model),
            "Layer-CAM of three layers of VGG16, from sharp to coarse, combined: sharper without retraining."),
-    Method("score_cam", "Score-CAM", GRADCAM_MODEL, methods.score_cam, _one_layer,
+    Method("score_cam", "Score-CAM", Role.GRADCAM, methods.score_cam, _one_layer,
            "Shows VGG16 the photo through each of its feature maps and weighs the map by the score it gets; "
            "no gradients, but hundreds of passes (slow).", slow=True),
-    Method("gradient_x_input", "Gradient x input", GRADCAM_MODEL,
+    Method("gradient_x_input", "Gradient x input", Role.GRADCAM,
            lambda model, x, c, layer: methods.gradient_x_input(model, x, c), lambda model, layer: ["input"],
            "Each pixel's value times its influence on the score: full resolution, noisy; for reference.",
            non_negative=False),

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from cam.batch import RayParts, ray_session, worker_threads
 from cam.boxes import BoxError
+from cam.catalog import Role, default_set
 from cam.data import DataError, list_images
 from cam.evaluation import EvaluationConfig, Log, evaluate
-from cam.methods import GAP_MODEL, GRADCAM_MODEL, ExplanationError
+from cam.methods import ExplanationError
 from cam.models import CheckpointError, LoadedModel, WeightsUnavailable, load_model
 from cam.report_content import DEFAULT_OUT, markdown, matplotlib_figures, plotly_figures
 
@@ -36,16 +37,17 @@ def run(
     config: EvaluationConfig, out: Path = DEFAULT_OUT, models: tuple[LoadedModel, LoadedModel] | None = None,
     log: Log = print, workers: int = 1, address: str | None = None,
 ) -> int:
-    """Evaluate and write the report to ``out``; ``models`` = (Grad-CAM model, GAP model), default vgg16 and
-    nopool_gap. The faithfulness, localization and sanity scoring run on ``workers`` Ray actors
-    (``cam.batch.RayParts``), on the cluster at ``address`` or a Ray started here, or in this process (0); the
-    numbers are the same.
+    """Evaluate and write the report to ``out``; ``models`` = (Grad-CAM model, GAP model), default the pair of
+    ``cam.catalog.default_set()`` (as on the command line). The faithfulness, localization and sanity scoring run
+    on ``workers`` Ray actors (``cam.batch.RayParts``), on the cluster at ``address`` or a Ray started here, or in
+    this process (0); the numbers are the same.
     Returns 0, or 2 after printing why the data or the models could not be used."""
     try:
         list_images(config.data, "test")  # a missing or empty test folder is said at once, before Ray starts
-        models = models or (load_model("vgg16"), load_model("nopool_gap"))
+        pair = default_set()
+        models = models or (load_model(pair.gradcam), load_model(pair.gap))
         with ray_session(address, max(workers, os.cpu_count() or 1)) if workers else contextlib.nullcontext():
-            parts = RayParts(dict(zip((GRADCAM_MODEL, GAP_MODEL), models, strict=True)), config.methods, workers,
+            parts = RayParts(dict(zip((Role.GRADCAM, Role.GAP), models, strict=True)), config.methods, workers,
                              worker_threads(workers)) if workers else None
             data = evaluate(config, *models, command_line(config, out), log=log, map_parts=parts)
     except (DataError, BoxError, CheckpointError, WeightsUnavailable, ExplanationError) as error:

@@ -12,9 +12,20 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from cam.metrics import BLUR_SIGMA, MIN_IOU, POINTING_TOLERANCE, REGION_THRESHOLD, RESOLUTION_TOLERANCE, STEPS
-from cam.models import MODEL_SETS, REGISTRY, checkpoint_path
-from cam.registry import ROLES
+from cam.catalog import (
+    BLUR_SIGMA,
+    GAP_METHOD,
+    GRAD_CAM,
+    MIN_IOU,
+    MODEL_SETS,
+    POINTING_TOLERANCE,
+    REGION_THRESHOLD,
+    REGISTRY,
+    RESOLUTION_TOLERANCE,
+    ROLE_TITLES,
+    STEPS,
+    checkpoint_path,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "reports" / "latest"
 EXAMPLE_COMMAND = "python -m cam report --data data/cifar4 --n 1000 --mosaics 1000 --sanity-n 50"
@@ -60,7 +71,6 @@ RESOLUTION_NOTE = (
     "block5_conv3 for a 32x32 input) scores 2, a map with pixel-level detail S."
 )
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-STUDY_CAM = "nopool_cam"  # the retrained network's method, which the other methods are compared with
 
 
 def labels(data: dict) -> dict[str, str]:
@@ -134,7 +144,7 @@ def _finest(data: dict) -> tuple[str, str, list[str], dict] | None:
     candidates = [k for k in models.get("gradcam", {}).get("methods", []) if ("test", "effective_grid", k) in cells]
     if not candidates:
         return None
-    reference = "grad_cam" if "grad_cam" in candidates else candidates[0]
+    reference = GRAD_CAM if GRAD_CAM in candidates else candidates[0]
 
     def faithful(key: str) -> bool:
         deletion, insertion = cells.get(("test", "deletion_auc", key)), cells.get(("test", "insertion_auc", key))
@@ -166,12 +176,12 @@ def answer(data: dict) -> list[str]:
             f"[{grid['low']:.1f}, {grid['high']:.1f}]; faithful here means deletion AUC no worse than "
             f"{names[reference]}'s interval, insertion AUC no lower, and a mean sanity Spearman under 0.5; "
             f"faithful: {', '.join(names[k] for k in good)})."]
-    if STUDY_CAM in names and ("test", "effective_grid", STUDY_CAM) in cells:
-        verdicts = {(s, m): _compare(cells.get((s, m, STUDY_CAM)), cells.get((s, m, best)), METRICS[m][1])
+    if GAP_METHOD in names and ("test", "effective_grid", GAP_METHOD) in cells:
+        verdicts = {(s, m): _compare(cells.get((s, m, GAP_METHOD)), cells.get((s, m, best)), METRICS[m][1])
                     for s, m in ANSWER_METRICS if s != "sanity"}
         said = ", ".join(f"{METRICS[m][0]} {v}" for (s, m), v in verdicts.items())
         needed = any(v == "better" for (_, m), v in verdicts.items() if m != "effective_grid")
-        text += [f"Against it, {names[STUDY_CAM]} (retrained, no pooling) is: {said} (95% intervals overlapping = "
+        text += [f"Against it, {names[GAP_METHOD]} (retrained, no pooling) is: {said} (95% intervals overlapping = "
                  "indistinguishable). " + ("So **NoPool-GAP is still needed**: it is better on at least one of "
                  "localisation and faithfulness." if needed else "So on these numbers **NoPool-GAP is not needed**: "
                  f"{names[best]} matches it without retraining.")]
@@ -260,9 +270,9 @@ def why_reports_differ(reports: list[dict]) -> list[str]:
         pa = {k: ca[("mosaics", "pointing", k)]["mean"] for k in names if ("mosaics", "pointing", k) in ca}
         pb = {k: cb[("mosaics", "pointing", k)]["mean"] for k in labels(b) if ("mosaics", "pointing", k) in cb}
         common = set(pa) & set(pb)
-        if common and max(common, key=pa.get) != max(common, key=pb.get) and "grad_cam" in common:
-            grids = {report_title(d): next((m["native"].get("grad_cam") for m in d["meta"]["models"]
-                                            if "grad_cam" in m.get("native", {})), "?") for d in (a, b)}
+        if common and max(common, key=pa.get) != max(common, key=pb.get) and GRAD_CAM in common:
+            grids = {report_title(d): next((m["native"].get(GRAD_CAM) for m in d["meta"]["models"]
+                                            if GRAD_CAM in m.get("native", {})), "?") for d in (a, b)}
             sentences.append(f"On pictures made of four photos, Grad-CAM's strongest spot fell on the right photo "
                              f"{pa['grad_cam']:.0%} of the time with the {ta} networks and {pb['grad_cam']:.0%} with "
                              f"the {tb} networks. Their Grad-CAM maps have "
@@ -298,7 +308,7 @@ def markdown(data: dict, images: bool = True) -> str:
                       "nothing about the methods.", ""]
     lines += ["## Models", ""]
     lines += _table(["Role", "Model", "Trained", "Test accuracy (card)", "Methods (layers read)", "Native maps"], [
-        [ROLES[m["role"]], m["name"], "yes" if m["trained"] else "**no, untrained stand-in**",
+        [ROLE_TITLES[m["role"]], m["name"], "yes" if m["trained"] else "**no, untrained stand-in**",
          f"{m['test_accuracy']:.3f} (n={m['test_n']})" if m["test_accuracy"] is not None else "not on the card",
          "; ".join(f"{names[k]} ({', '.join(m['layers'][k])})" for k in m["methods"]),
          ", ".join(f"{names[k]} {v}" for k, v in m["native"].items())]
@@ -316,7 +326,7 @@ def markdown(data: dict, images: bool = True) -> str:
             for metric in dict.fromkeys(metric for metric, _ in cells)
         ]) + [""]
     if data["differences"]:
-        others = [m for m in names if m != STUDY_CAM]
+        others = [m for m in names if m != GAP_METHOD]
         cells = {(r["set"], r["metric"], r["versus"]): r for r in data["differences"]}
         lines += ["## NoPool-GAP CAM minus the others, paired on the same maps", ""]
         lines += _table(["Set", "Metric", "Better"] + [f"CAM − {names[m]}" for m in others], [

@@ -22,10 +22,11 @@ import keras
 import numpy as np
 from PIL import Image
 
+from cam.catalog import checkpoint_path
 from cam.data import list_images
 from cam.device import describe_device
 from cam.imagenet_net import INPUT_SIZE, NAME
-from cam.models import checkpoint_path, imagenet_class_groups, load_checkpoint
+from cam.models import imagenet_class_groups, load_checkpoint
 
 CLASSES = ("bird", "cat", "dog", "horse")
 RESIZES = ("crop", "squash")  # short side to 224 then centre crop / whole image to 224 x 224

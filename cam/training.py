@@ -15,11 +15,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cam.catalog import CHECKPOINTS, PRECISIONS
 from cam.data import ImageSet, load_split, photo_dataset, sources_of, split_train_validation, to_dataset
 from cam.device import describe_device, fast_bfloat16
 from cam.models import (
     ARCHITECTURES,
-    CHECKPOINTS,
     default_gradcam_layer,
     load_checkpoint,
     load_hed_weights,
@@ -53,8 +53,8 @@ class TrainConfig:
     # "scratch", "imagenet" (vgg16, online), "hed" (vgg16: the 13 convolutions of the HED weights file, see
     # cam.models.load_hed_weights) or a checkpoint path to continue training from
     init: str = "scratch"
-    # "auto": mixed_bfloat16 where the hardware computes it fast (a GPU, a CPU with AMX or AVX512-BF16), else float32;
-    # on a CPU without them bfloat16 is emulated and a VGG16 training step ran 12x slower than in float32
+    # one of cam.catalog.PRECISIONS; "auto": bfloat16 where the hardware computes it fast (a GPU, a CPU with AMX or
+    # AVX512-BF16), else float32; on a CPU without them bfloat16 is emulated and a VGG16 step ran 12x slower
     precision: str = "auto"
     batch_norm: bool | None = None  # vgg16: BatchNorm after each conv's ReLU; None: yes, unless init is "hed"
     freeze_until: str | None = None  # keep this layer and every layer before it as initialised (e.g. block4_pool)
@@ -80,10 +80,11 @@ class TrainConfig:
 
 
 def resolve_precision(precision: str) -> str:
-    """The Keras dtype policy for ``precision`` ("auto", "mixed_bfloat16" or "float32"); see TrainConfig."""
-    if precision != "auto":
-        return precision
-    return "mixed_bfloat16" if fast_bfloat16() else "float32"
+    """The Keras dtype policy for ``precision`` (one of cam.catalog.PRECISIONS); see TrainConfig."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    bfloat16 = precision == "bfloat16" or (precision == "auto" and fast_bfloat16())
+    return "mixed_bfloat16" if bfloat16 else "float32"
 
 
 def builder_options(config: TrainConfig) -> dict:

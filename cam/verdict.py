@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from cam.catalog import checkpoint_path
 from cam.imagenet_net import Screen, Sighting
 from cam.images import own_aspect
-from cam.models import LoadedModel, checkpoint_path
+from cam.models import LoadedModel
 
 if TYPE_CHECKING:  # cam.pipeline imports the methods (TensorFlow); only its ImageResult is named here
     from cam.pipeline import ImageResult

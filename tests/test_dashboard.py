@@ -2,7 +2,7 @@
 files, an empty map and two networks that disagree, links that carry the view (and cannot reach outside the
 gallery), and networks that fail one at a time.
 
-AppTest runs the script in this process, so the tests patch ``cam.models.CHECKPOINTS`` and the registry directly;
+AppTest runs the script in this process, so the tests patch ``cam.catalog.CHECKPOINTS`` and the registry directly;
 the upload goes through the app's own ``st.file_uploader`` and its ``on_change`` callback (AppTest's
 ``FileUploader.set_value``). Every test starts from cleared Streamlit caches and builds its networks once, so there
 are few tests and each covers several steps.
@@ -10,7 +10,6 @@ are few tests and each covers several steps.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import io
 import json
@@ -26,11 +25,13 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+import cam.catalog
 import cam.models
 import cam.pipeline
 from cam import imagenet_net
-from cam.models import REGISTRY, WeightsUnavailable
-from cam.registry import METHODS, STUDY
+from cam.catalog import STUDY
+from cam.models import WeightsUnavailable
+from cam.registry import METHODS
 from cam.verdict import FeatureStats, stats_path
 
 pytestmark = pytest.mark.slow
@@ -51,8 +52,8 @@ def _offline() -> cam.models.LoadedModel:
 @pytest.fixture
 def setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An empty checkpoints folder, no dataset, ImageNet weights unavailable, fresh caches; yields tmp_path."""
-    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path / "checkpoints")
-    monkeypatch.setitem(REGISTRY, "vgg16_imagenet", dataclasses.replace(REGISTRY["vgg16_imagenet"], load=_offline))
+    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path / "checkpoints")
+    monkeypatch.setattr(cam.models, "vgg16_imagenet", _offline)
     monkeypatch.setenv("CAM_DATA", str(tmp_path / "no_dataset"))
     st.cache_resource.clear()
     st.cache_data.clear()

@@ -16,7 +16,7 @@ from test_report import tiny
 
 import cam.models
 from cam import cli, registry, report
-from cam.methods import GRADCAM_MODEL
+from cam.catalog import Role
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +28,10 @@ def brightness(model, images: np.ndarray, classes: np.ndarray, layer: str | None
 
 @pytest.fixture
 def dummy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> registry.Method:
-    method = registry.Method("brightness", "Brightness (dummy)", GRADCAM_MODEL, brightness,
+    method = registry.Method("brightness", "Brightness (dummy)", Role.GRADCAM, brightness,
                              lambda model, layer: ["input"], "How bright each pixel is.")
     monkeypatch.setitem(registry.METHODS, method.key, method)
-    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path / "no_checkpoints")  # untrained stand-ins
+    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path / "no_checkpoints")  # untrained stand-ins
     return method
 
 

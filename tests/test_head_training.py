@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from cam import head_training
+from cam.catalog import checkpoint_path
 from cam.methods import cam, grad_cam
-from cam.models import centre_classes, checkpoint_path, load_checkpoint, vgg16
+from cam.models import centre_classes, load_checkpoint, vgg16
 from cam.predict import predict_probabilities
 
 

@@ -119,7 +119,7 @@ def test_the_shipped_screen_sees_a_coffee_and_a_cat() -> None:
 
 
 def test_without_its_checkpoint_the_screen_is_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
     assert imagenet_net.Screen.load() is None
     (tmp_path / f"{imagenet_net.NAME}.keras").write_bytes(b"truncated")
     (tmp_path / f"{imagenet_net.NAME}.json").write_text("{}")

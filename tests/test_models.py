@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from cam import models
+from cam import catalog, models
 from cam.data import load_split
 from cam.methods import grad_cam
 from cam.models import (
@@ -114,7 +114,7 @@ def test_a_card_with_an_unusable_entry_is_refused_with_its_own_sentence(tmp_path
 
 
 def test_registry_falls_back_to_untrained_stand_in(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(catalog, "CHECKPOINTS", tmp_path)
     loaded = models.load_model("nopool_gap")
     assert not loaded.trained and "UNTRAINED" in loaded.note
     with pytest.raises(ValueError, match="Unknown model"):
@@ -156,7 +156,7 @@ def test_imagenet_class_groups_cover_our_classes():
 )
 def test_shipped_checkpoint_loads_matches_card_and_beats_chance(name, dataset, size, init):
     """A smoke check of what ships; the real figure comes from `python -m cam evaluate`."""
-    path = models.PROJECT_ROOT / "checkpoints" / f"{name}.keras"
+    path = catalog.PROJECT_ROOT / "checkpoints" / f"{name}.keras"
     if not path.exists():
         pytest.fail(f"{path} is not shipped")
     loaded = load_checkpoint(path)

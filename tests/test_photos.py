@@ -292,7 +292,8 @@ def test_dilated_nopool_gap_keeps_full_resolution_and_sees_129_pixels() -> None:
 
 # ------------------------------------------------------------------------------------------------- model sets
 def test_photo_pair_stand_ins_give_an_8x8_grad_cam_and_a_full_resolution_cam() -> None:
-    from cam.models import MODEL_SETS, default_gradcam_layer, untrained_stand_in
+    from cam.catalog import MODEL_SETS
+    from cam.models import default_gradcam_layer, untrained_stand_in
 
     photos = MODEL_SETS["photos"]
     vgg, gap = untrained_stand_in(photos.gradcam), untrained_stand_in(photos.gap)
@@ -307,12 +308,12 @@ def test_photo_pair_stand_ins_give_an_8x8_grad_cam_and_a_full_resolution_cam() -
 def test_default_set_is_the_photo_pair_once_both_its_checkpoints_are_here(tmp_path: Path, monkeypatch) -> None:
     import cam.models
 
-    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path)
-    assert cam.models.default_set().name == "cifar"  # nothing complete: the smallest stand-ins
+    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
+    assert cam.catalog.default_set().name == "cifar"  # nothing complete: the smallest stand-ins
     (tmp_path / "vgg16_photos.keras").write_bytes(b"x")
-    assert cam.models.default_set().name == "cifar"
+    assert cam.catalog.default_set().name == "cifar"
     (tmp_path / "nopool_gap_photos.keras").write_bytes(b"x")
-    assert cam.models.default_set().name == "photos"
+    assert cam.catalog.default_set().name == "photos"
 
 
 def test_classification_report_counts_per_class_and_per_source_and_class() -> None:

@@ -6,6 +6,7 @@ import pytest
 from keras import layers
 
 from cam import registry
+from cam.catalog import ROLE_TITLES, STUDY
 from cam.methods import FUSED_METHODS, Explainer, Explanation
 
 
@@ -43,7 +44,7 @@ def test_every_method_keeps_the_contract(small, key):
     for actual, expected in zip(model.get_weights(), weights, strict=True):
         np.testing.assert_array_equal(actual, expected)
     np.testing.assert_array_equal(model.predict_on_batch(x), before)
-    assert method.role in registry.ROLES and method.reads(model, None) and method.label and method.summary
+    assert method.role in ROLE_TITLES and method.reads(model, None) and method.label and method.summary
 
 
 def test_the_explainer_gives_the_fused_methods_as_their_functions_do(small):
@@ -71,7 +72,7 @@ def test_explain_adds_the_other_methods_for_the_same_classes(small):
 
 
 def test_selected_reads_keys_all_and_the_default():
-    assert [m.key for m in registry.selected(None)] == list(registry.STUDY)
+    assert [m.key for m in registry.selected(None)] == list(STUDY)
     assert [m.key for m in registry.selected("all")] == list(registry.METHODS)
     assert [m.key for m in registry.selected(" layer_cam, grad_cam ,layer_cam")] == ["layer_cam", "grad_cam"]
     with pytest.raises(ValueError, match="unknown method nope; choose from grad_cam"):

@@ -265,7 +265,7 @@ def test_the_photo_report_says_both_pointing_figures_and_its_tab_names_the_pair(
 
 
 def test_accuracy_by_size_reads_the_cards_squashed_first(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
     accuracy_by_size = report_content.accuracy_by_size
     by_size = {"256": {"accuracy": 0.9}, "128 squashed": {"accuracy": 0.8}, "128": {"accuracy": 0.933}}
     (tmp_path / "vgg16_photos.json").write_text(json.dumps({"metrics": {"test_by_size": by_size}}))
@@ -289,3 +289,17 @@ def test_the_photo_report_gives_the_panels_grid_sizes_and_the_tabs_say_why_they_
     assert "68% of the time with the Photos (128 px) networks and 13%" in differ[1]
     assert "8 x 8 cells and 2 x 2 cells" in differ[1]
     assert report_content.why_reports_differ([photos]) == []
+
+
+def test_the_evaluation_page_is_drawn_without_tensorflow_or_keras() -> None:
+    """The page only reads reports: drawing it in a fresh process (the shipped reports) loads neither library."""
+    import subprocess
+    import sys
+
+    from benchmarks.bench_evaluation_page import DRAW_ONCE, ROOT
+
+    done = subprocess.run([sys.executable, "-c", DRAW_ONCE], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=True)
+    drawn = json.loads(done.stdout.strip().splitlines()[-1])
+    assert drawn["tabs"] >= 1 and drawn["errors"] == 0
+    assert not drawn["tensorflow"] and not drawn["keras"]

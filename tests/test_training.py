@@ -18,7 +18,7 @@ RUNS = {  # name: (architecture, precision, crop)
     "nopool_gap": ("nopool_gap", "float32", None),
     # Trained in bfloat16 on 24x24 crops of any-size inputs, saved through float32_copy: checks that the
     # checkpoint is a float32 model of the card's input size.
-    "nopool_gap_bf16_crop": ("nopool_gap", "mixed_bfloat16", 24),
+    "nopool_gap_bf16_crop": ("nopool_gap", "bfloat16", 24),
 }
 
 

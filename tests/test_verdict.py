@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cam.catalog
 import cam.models
 from cam.imagenet_net import Screen, Sighting, imagenet_names
 from cam.methods import Explainer
@@ -94,7 +95,7 @@ def stand_in(name: str, bias: dict[str, float]) -> cam.models.LoadedModel:
 def test_the_judge_reads_features_when_there_are_statistics_and_falls_back_without(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
     loaded = stand_in("nopool_gap", {"cat": 5.0})
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
@@ -141,7 +142,7 @@ def test_the_low_norm_check_and_no_check() -> None:
 
 def test_the_shipped_statistics_are_small_and_match_their_networks_and_the_choice() -> None:
     for name, choice in zip(("vgg16_photos", "nopool_gap_photos"), CHOSEN, strict=True):
-        path = Path(cam.models.CHECKPOINTS) / f"{name}.ood.npz"
+        path = Path(cam.catalog.CHECKPOINTS) / f"{name}.ood.npz"
         if not path.is_file():
             pytest.skip(f"{path.name} not shipped here")
         stats = FeatureStats.load(path)
@@ -165,7 +166,7 @@ def test_the_judge_reads_layer_statistics_with_a_pass_of_its_own(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import keras
 
-    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
     loaded = stand_in("nopool_gap", {"dog": 5.0})
     layers = STATISTICS_LAYERS[loaded.card["architecture"]]
     read = FeatureReader(loaded, layers)
@@ -233,7 +234,7 @@ def stand_in_screen(bias: dict[str, float]) -> Screen:
 
 
 def test_the_judge_asks_its_screen_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cam.models, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
     loaded = stand_in("nopool_gap", {"cat": 5.0})
     photo = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     result = explain_image(photo, Explainer(None, None, loaded.model), None, loaded)
