@@ -397,14 +397,14 @@ def _mask_jobs(
 
 
 # ------------------------------------------------------------------------------------------------------ sanity
-def _sanity_maps(model: keras.Model, loaded: LoadedModel, role: str,
+def _sanity_maps(model: keras.Model, loaded: LoadedModel, role: Role,
                  batches: list[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
     """Each batch's maps (method key, classes, images) on ``model`` (``loaded``'s or a clone), at the images' size."""
     layer = loaded.card["gradcam_layer"] if role == Role.GRADCAM else None
     return [at_size(METHODS[key].compute(model, x, classes, layer), x.shape[1:3]) for key, classes, x in batches]
 
 
-def sanity_part(models: dict[str, LoadedModel], role: str, stage: str, seed: int,
+def sanity_part(models: dict[Role, LoadedModel], role: Role, stage: str, seed: int,
                 batches: list[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
     """The maps of ``batches`` [(method key, classes, images), ...] on ``role``'s model randomised down to ``stage``
     (``cascading_randomization`` with ``seed``, replayed up to that stage: the same clone wherever this runs)."""
@@ -459,7 +459,7 @@ def _sanity(
 
 
 # -------------------------------------------------------------------------------------------------- evaluation
-def _model_summary(role: str, loaded: LoadedModel, methods: list[Method], native: dict) -> dict:
+def _model_summary(role: Role, loaded: LoadedModel, methods: list[Method], native: dict) -> dict:
     test = loaded.card.get("metrics", {}).get("test", {})
     layer = loaded.card.get("gradcam_layer") if role == Role.GRADCAM else None
     own = [method for method in methods if method.role == role]

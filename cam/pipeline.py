@@ -91,20 +91,20 @@ class ImageResult:
     methods: list[Method] = field(default_factory=selected)
     view: PhotoView | None = None  # how the photo was shown to the networks (``image`` is the part they saw)
 
-    def model(self, role: str) -> LoadedModel | None:
-        """The model of a role (Role.GRADCAM or Role.GAP)."""
+    def model(self, role: Role) -> LoadedModel | None:
+        """The model of ``role``."""
         return self.gradcam_model if role == Role.GRADCAM else self.cam_model
 
     @property
-    def roles(self) -> list[str]:
+    def roles(self) -> list[Role]:
         """The roles whose model is here."""
         return [role for role in (Role.GRADCAM, Role.GAP) if self.model(role) is not None]
 
-    def input_shape(self, role: str) -> tuple[int, int] | None:
+    def input_shape(self, role: Role) -> tuple[int, int] | None:
         """The (h, w) that ``role``'s network got, when known."""
         return self.view.shapes.get(role) if self.view else None
 
-    def explained_class(self, role: str) -> int:
+    def explained_class(self, role: Role) -> int:
         """The class the maps of that role's model explain."""
         return int(self.explanation.classes[role][0])
 
@@ -116,18 +116,18 @@ class ImageResult:
     def cam_class(self) -> int:
         return self.explained_class(Role.GAP)
 
-    def class_name(self, role: str | None = None) -> str:
+    def class_name(self, role: Role | None = None) -> str:
         """The name of the class explained by ``role``'s model (default: the first model here)."""
         role = role or self.roles[0]
         return self.model(role).classes[self.explained_class(role)]
 
-    def top_predictions(self, role: str, k: int = 5) -> list[tuple[str, float]]:
+    def top_predictions(self, role: Role, k: int = 5) -> list[tuple[str, float]]:
         """The k most probable classes of the model of ``role``, with probabilities."""
         probabilities = self.explanation.probabilities[role][0]
         order = np.argsort(probabilities)[::-1][:k]
         return [(self.model(role).classes[i], float(probabilities[i])) for i in order]
 
-    def disagreement(self, role: str) -> tuple[str, str] | None:
+    def disagreement(self, role: Role) -> tuple[str, str] | None:
         """When ``role``'s model thinks the image is another class than the one its maps explain: one sentence
         saying so, and that class's name (to explain it instead); else None."""
         loaded, probabilities = self.model(role), self.explanation.probabilities[role][0]
