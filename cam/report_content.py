@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
 
@@ -441,6 +442,54 @@ FIGURES = {
 PANEL_COLUMNS = 3  # of the "scores" figure
 
 
+@dataclass(frozen=True)
+class Series:
+    """One line (with markers) or one set of bars in a panel. Bars of several series in a panel are grouped.
+
+    ``colour`` is one colour, or one per bar; ``below``/``above`` say how far each point's error bar reaches (None:
+    no error bars); ``legend`` whether the series gets a legend entry, ``group`` the key that ties a method's series
+    across panels (one legend entry, toggled together in Plotly)."""
+
+    name: str
+    colour: str | list[str]
+    x: list
+    y: list[float]
+    kind: str = "line"  # "line" or "bar"
+    below: list[float] | None = None
+    above: list[float] | None = None
+    hover: list[str] | None = None
+    legend: bool = True
+    group: str = ""
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One set of axes: its titles, the y range when fixed, its series; ``integer_x`` for whole-number x ticks."""
+
+    title: str
+    x_title: str
+    y_title: str
+    series: list[Series]
+    y_range: tuple[float, float] | None = None
+    integer_x: bool = False
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One report figure: ``title`` is FIGURES[key], the panels fill a grid of ``columns`` columns row by row;
+    ``compact`` for a grid of many small panels (smaller text, rows of 260 px in Plotly)."""
+
+    key: str
+    title: str
+    panels: list[Panel]
+    columns: int = 1
+    compact: bool = False
+
+    @property
+    def rows(self) -> int:
+        return max(1, -(-len(self.panels) // self.columns))
+
+
 def _score_panels(data: dict) -> list[tuple[str, list[dict]]]:
     """(panel title, one summary row per method) for every set and metric except the sanity check."""
     panels: dict[tuple[str, str], list[dict]] = {}
@@ -456,114 +505,146 @@ def _errors(rows: list[dict]) -> tuple[list[float], list[float]]:
     return [r["mean"] - r["low"] for r in rows], [r["high"] - r["mean"] for r in rows]
 
 
-def _plotly_errors(rows: list[dict]) -> dict:
-    below, above = _errors(rows)
-    return {"type": "data", "symmetric": False, "array": above, "arrayminus": below}
-
-
 def _sanity_lines(data: dict) -> dict[str, list[dict]]:
     lines = {m: [r for r in data["summary"] if r["set"] == "sanity" and r["method"] == m and r["mean"] is not None]
              for m in labels(data)}
     return {m: rows for m, rows in lines.items() if rows}
 
 
+def _curves(data: dict) -> Figure:
+    names, colour, curves = labels(data), colours(data), data["curves"]
+    panels = [Panel(kind.capitalize(), f"share of pixels {done}", "p(explained class)", y_range=(0.0, 1.0), series=[
+        Series(names[method], colour[method], [float(x) for x in curves["x"]], [float(y) for y in curve[kind]],
+               legend=first, group=method)
+        for method, curve in curves["methods"].items()
+    ]) for first, (kind, done) in zip((True, False), (("deletion", "deleted"), ("insertion", "inserted")), strict=True)]
+    return Figure("curves", FIGURES["curves"], panels, columns=2)
+
+
+def _scores(data: dict) -> Figure:
+    names, colour = labels(data), colours(data)
+    panels = []
+    for title, rows in _score_panels(data):
+        below, above = _errors(rows)
+        panels.append(Panel(title, "", "", [Series(
+            title, [colour[r["method"]] for r in rows], [names[r["method"]] for r in rows],
+            [float(r["mean"]) for r in rows], kind="bar", below=below, above=above,
+            hover=[f"n={r['n']}" for r in rows], legend=False)]))
+    return Figure("scores", FIGURES["scores"], panels, columns=PANEL_COLUMNS, compact=True)
+
+
+def _sanity(data: dict) -> Figure:
+    names, colour = labels(data), colours(data)
+    series = []
+    for method, rows in _sanity_lines(data).items():
+        below, above = _errors(rows)
+        series.append(Series(names[method], colour[method], list(range(1, len(rows) + 1)),
+                             [float(r["mean"]) for r in rows], below=below, above=above,
+                             hover=[f"down to {r['stage']}" for r in rows], group=method))
+    panel = Panel("", "layers randomised, from the output down", "Spearman vs trained map", series,
+                  y_range=(-1.05, 1.05), integer_x=True)
+    return Figure("sanity", FIGURES["sanity"], [panel])
+
+
+def _resolution(data: dict) -> Figure:
+    """Grouped bars per grid side, sides in numeric order, a side a method never reached counting 0."""
+    names, colour = labels(data), colours(data)
+    sides = sorted({int(side) for row in data["resolution"] for side in row["shares"]})
+    shares = [{int(side): share for side, share in row["shares"].items()} for row in data["resolution"]]
+    series = [Series(names[row["method"]], colour[row["method"]], [f"{s}x{s}" for s in sides],
+                     [float(share.get(s, 0.0)) for s in sides], kind="bar", group=row["method"])
+              for row, share in zip(data["resolution"], shares, strict=True)]
+    return Figure("resolution", FIGURES["resolution"], [Panel("", "effective grid", "share of maps", series)])
+
+
+def figure_specs(data: dict) -> dict[str, Figure]:
+    """The report's figures described once, as plain data (lists and floats), keyed and ordered like FIGURES;
+    ``matplotlib_figures`` and ``plotly_figures`` only draw these."""
+    return {"curves": _curves(data), "scores": _scores(data), "sanity": _sanity(data),
+            "resolution": _resolution(data)}
+
+
+def _categories(series: list[Series]) -> list:
+    """The x values of a panel's bars, in order of first appearance (one slot per value, bars grouped in it)."""
+    return list(dict.fromkeys(x for s in series for x in s.x))
+
+
 def matplotlib_figures(data: dict) -> dict:
-    """The report's figures as matplotlib Figures (Agg backend), keyed like FIGURES."""
+    """The report's figures (``figure_specs``) as matplotlib Figures (Agg backend), keyed like FIGURES, each with
+    FIGURES[key] as its suptitle and one Axes per panel."""
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt  # after choosing the backend, so no display is needed
 
-    names, colour = labels(data), colours(data)
     figures = {}
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
-    for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
-        for method, curve in data["curves"]["methods"].items():
-            ax.plot(data["curves"]["x"], curve[kind], marker=".", label=names[method], color=colour[method])
-        ax.set(title=kind.capitalize(), xlabel=f"share of pixels {'deleted' if kind == 'deletion' else 'inserted'}",
-               ylabel="p(explained class)", ylim=(0, 1))
-    axes[0].legend()
-    figures["curves"] = figure
-    panels = _score_panels(data)
-    grid_rows = -(-len(panels) // PANEL_COLUMNS)
-    figure, axes = plt.subplots(grid_rows, PANEL_COLUMNS, figsize=(12, 2.6 * grid_rows), squeeze=False,
-                                layout="constrained")
-    for ax, (title, rows) in zip(axes.flat, panels, strict=False):
-        ax.bar([names[r["method"]] for r in rows], [r["mean"] for r in rows], yerr=_errors(rows), capsize=4,
-               color=[colour[r["method"]] for r in rows])
-        ax.set_title(title, fontsize=9)
-        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
-    figures["scores"] = figure
-    figure, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
-    for method, rows in _sanity_lines(data).items():
-        stages = np.arange(1, len(rows) + 1)
-        ax.errorbar(stages, [r["mean"] for r in rows], yerr=_errors(rows), marker="o", capsize=3,
-                    label=names[method], color=colour[method])
-    ax.set(xlabel="layers randomised, from the output down", ylabel="Spearman vs trained map", ylim=(-1.05, 1.05))
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend()
-    figures["sanity"] = figure
-    figure, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
-    sides = sorted({int(k) for r in data["resolution"] for k in r["shares"]})
-    width = 0.8 / max(len(data["resolution"]), 1)
-    for offset, row in enumerate(data["resolution"]):
-        shift = (offset - (len(data["resolution"]) - 1) / 2) * width
-        ax.bar(np.arange(len(sides)) + shift, [row["shares"].get(str(s), 0.0) for s in sides], width,
-               label=names[row["method"]], color=colour[row["method"]])
-    ax.set(xticks=np.arange(len(sides)), xticklabels=[f"{s}x{s}" for s in sides], xlabel="effective grid",
-           ylabel="share of maps")
-    ax.legend()
-    figures["resolution"] = figure
-    for name, figure in figures.items():
-        figure.suptitle(FIGURES[name])
+    for key, spec in figure_specs(data).items():
+        height = (2.6 if spec.compact else 3.6) * spec.rows
+        width = {1: 8, 2: 10}.get(spec.columns, 4 * spec.columns)
+        figure, axes = plt.subplots(spec.rows, spec.columns, figsize=(width, height), squeeze=False,
+                                    layout="constrained")
+        for ax, panel in zip(axes.flat, spec.panels, strict=False):
+            bars = [s for s in panel.series if s.kind == "bar"]
+            categories, bar_width = _categories(bars), 0.8 / max(len(bars), 1)
+            for s in panel.series:
+                label = s.name if s.legend else f"_{s.name}"  # a leading underscore keeps it out of the legend
+                errors = [s.below, s.above] if s.below is not None else None
+                if s.kind == "bar":
+                    shift = (bars.index(s) - (len(bars) - 1) / 2) * bar_width
+                    ax.bar([categories.index(x) + shift for x in s.x], s.y, bar_width, yerr=errors, capsize=4,
+                           color=s.colour, label=label)
+                elif errors is not None:
+                    ax.errorbar(s.x, s.y, yerr=errors, marker="o", markersize=4, capsize=3, color=s.colour,
+                                label=label)
+                else:
+                    ax.plot(s.x, s.y, marker="o", markersize=4, color=s.colour, label=label)
+            ax.set(xlabel=panel.x_title, ylabel=panel.y_title)
+            ax.set_title(panel.title, fontsize=9 if spec.compact else None)
+            if panel.y_range is not None:
+                ax.set_ylim(panel.y_range)
+            if categories:
+                ax.set_xticks(range(len(categories)), [str(c) for c in categories])
+            if panel.integer_x:
+                ax.xaxis.get_major_locator().set_params(integer=True)
+            if spec.compact:
+                ax.tick_params(axis="x", labelsize=7, labelrotation=30)
+            if any(s.legend for s in panel.series):
+                ax.legend()
+        for ax in axes.flat[len(spec.panels):]:
+            ax.remove()
+        figure.suptitle(spec.title)
+        figures[key] = figure
     plt.close("all")  # the Figure objects stay usable; pyplot just forgets them
     return figures
 
 
 def plotly_figures(data: dict) -> dict:
-    """The report's figures as Plotly Figures, keyed like FIGURES (for HTML files and the dashboard)."""
+    """The report's figures (``figure_specs``) as Plotly Figures, keyed like FIGURES (for HTML files and the
+    dashboard), each titled FIGURES[key]; panel i's traces are on the axes x{i+1}/y{i+1} ("x"/"y" for the first)."""
     from plotly import graph_objects as go
     from plotly.subplots import make_subplots
 
-    names, colour = labels(data), colours(data)
     figures = {}
-    figure = make_subplots(1, 2, subplot_titles=("Deletion", "Insertion"))
-    for column, kind in enumerate(("deletion", "insertion"), start=1):
-        for method, curve in data["curves"]["methods"].items():
-            figure.add_trace(go.Scatter(x=data["curves"]["x"], y=curve[kind], name=names[method], legendgroup=method,
-                                        showlegend=column == 1, line={"color": colour[method]}), 1, column)
-    figure.update_xaxes(title_text="share of pixels changed")
-    figure.update_yaxes(title_text="p(explained class)", range=[0, 1])
-    figures["curves"] = figure
-    panels = _score_panels(data)
-    grid_rows = -(-len(panels) // PANEL_COLUMNS)
-    figure = make_subplots(grid_rows, PANEL_COLUMNS, subplot_titles=[title for title, _ in panels],
-                           vertical_spacing=0.5 / max(grid_rows, 1))
-    for index, (_, group) in enumerate(panels):
-        figure.add_trace(go.Bar(
-            x=[names[r["method"]] for r in group], y=[r["mean"] for r in group], error_y=_plotly_errors(group),
-            marker_color=[colour[r["method"]] for r in group], showlegend=False,
-            hovertext=[f"n={r['n']}" for r in group],
-        ), index // PANEL_COLUMNS + 1, index % PANEL_COLUMNS + 1)
-    figure.update_layout(height=260 * grid_rows)
-    figure.update_annotations(font_size=11)
-    figures["scores"] = figure
-    figure = go.Figure()
-    for method, group in _sanity_lines(data).items():
-        figure.add_trace(go.Scatter(
-            x=list(range(1, len(group) + 1)), y=[r["mean"] for r in group], mode="lines+markers", name=names[method],
-            error_y=_plotly_errors(group), hovertext=[f"down to {r['stage']}" for r in group],
-            line={"color": colour[method]},
-        ))
-    figure.update_layout(xaxis_title="layers randomised, from the output down", yaxis_title="Spearman vs trained map")
-    figures["sanity"] = figure
-    figure = go.Figure([
-        go.Bar(x=[f"{k}x{k}" for k in row["shares"]], y=list(row["shares"].values()), name=names[row["method"]],
-               marker_color=colour[row["method"]])
-        for row in data["resolution"]
-    ])
-    figure.update_layout(barmode="group", xaxis_title="effective grid", yaxis_title="share of maps")
-    figures["resolution"] = figure
-    for name, figure in figures.items():
-        figure.update_layout(title=FIGURES[name])
+    for key, spec in figure_specs(data).items():
+        figure = make_subplots(spec.rows, spec.columns, subplot_titles=[panel.title for panel in spec.panels],
+                               vertical_spacing=0.5 / spec.rows if spec.rows > 1 else None)
+        for index, panel in enumerate(spec.panels):
+            row, column = index // spec.columns + 1, index % spec.columns + 1
+            for s in panel.series:
+                common = {"x": s.x, "y": s.y, "name": s.name, "showlegend": s.legend, "hovertext": s.hover,
+                          "legendgroup": s.group or None}
+                if s.below is not None:
+                    common["error_y"] = {"type": "data", "symmetric": False, "array": s.above, "arrayminus": s.below}
+                trace = (go.Bar(marker_color=s.colour, **common) if s.kind == "bar"
+                         else go.Scatter(mode="lines+markers", line={"color": s.colour}, **common))
+                figure.add_trace(trace, row, column)
+            figure.update_xaxes(title_text=panel.x_title, row=row, col=column)
+            figure.update_yaxes(title_text=panel.y_title, row=row, col=column)
+            if panel.y_range is not None:
+                figure.update_yaxes(range=list(panel.y_range), row=row, col=column)
+            if panel.integer_x:
+                figure.update_xaxes(dtick=1, row=row, col=column)
+        figure.update_layout(title=spec.title, barmode="group")
+        if spec.compact:
+            figure.update_layout(height=260 * spec.rows)
+            figure.update_annotations(font_size=11)
+        figures[key] = figure
     return figures
