@@ -431,12 +431,16 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
         "bfloat16 where it is fast, 3-7x on CPUs with AMX, else float32); the report states how far its "
         "probabilities are from float32",
     )
-    parser.add_argument("--workers", type=_at_least(0), default=1, metavar="N",
-                        help="score the maps on N Ray actors (the same numbers with any N; default 1; 0: no Ray, "
-                        "this process)")
+    _add_ray_options(parser, "score the maps on N Ray actors (the same numbers with any N; default 1; 0: no Ray, "
+                     "this process)")
+    parser.set_defaults(run=report)
+
+
+def _add_ray_options(parser: argparse.ArgumentParser, workers_help: str) -> None:
+    """--workers N (Ray actors; 0: this process) and --address (a running Ray cluster)."""
+    parser.add_argument("--workers", type=_at_least(0), default=1, metavar="N", help=workers_help)
     parser.add_argument("--address", metavar="HOST:PORT",
                         help="a running Ray cluster (default: $RAY_ADDRESS, else Ray started in this process)")
-    parser.set_defaults(run=report)
 
 
 def _add_batch(commands: argparse._SubParsersAction) -> None:
@@ -454,10 +458,7 @@ def _add_batch(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--methods", metavar="KEYS", help=METHODS_HELP)
     parser.add_argument("--png", action="store_true", help="also save each map as a PNG at the photo's size")
     parser.add_argument("--colormap", default="jet", help="the PNGs' matplotlib colormap (default: jet)")
-    parser.add_argument("--workers", type=_at_least(0), default=1, metavar="N",
-                        help="Ray actors, each with its own copy of the models (default 1; 0: no Ray, this process)")
-    parser.add_argument("--address", metavar="HOST:PORT",
-                        help="a running Ray cluster (default: $RAY_ADDRESS, else Ray started in this process)")
+    _add_ray_options(parser, "Ray actors, each with its own copy of the models (default 1; 0: no Ray, this process)")
     parser.set_defaults(run=batch)
 
 

@@ -274,16 +274,23 @@ def score_cam(
     return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
 
 
-def gradient_x_input(model: keras.Model, images: np.ndarray, classes: Classes = None) -> np.ndarray:
-    """Gradient x input (Shrikumar et al. 2016), for reference: (B, H, W) = sum over colours of x * dy_c/dx, with x
-    the RGB pixels 0..255; signed, at the input's resolution, no layer involved."""
+def input_gradient(model: keras.Model, images: np.ndarray, classes: Classes = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """(x, d y_c / d x): the batch of RGB pixels 0..255 (B, H, W, 3) and the gradient of the pre-softmax score
+    y_c of ``model`` with respect to it."""
     x = _batch(images)
     wanted = class_array(classes, x.shape[0], model.output_shape[-1])
     inner = keras.Model(model.inputs, model.layers[-1].input)
     with tf.GradientTape() as tape:
         tape.watch(x)
         _, scores = _choose(logits_of(model, inner(x, training=False)), wanted)
-    return tf.reduce_sum(x * tape.gradient(scores, x), axis=-1).numpy()
+    return x, tape.gradient(scores, x)
+
+
+def gradient_x_input(model: keras.Model, images: np.ndarray, classes: Classes = None) -> np.ndarray:
+    """Gradient x input (Shrikumar et al. 2016), for reference: (B, H, W) = sum over colours of x * dy_c/dx, with x
+    the RGB pixels 0..255; signed, at the input's resolution, no layer involved."""
+    x, gradient = input_gradient(model, images, classes)
+    return tf.reduce_sum(x * gradient, axis=-1).numpy()
 
 
 # -------------------------------------------------------------------------------------- Guided Backpropagation
@@ -319,14 +326,7 @@ def guided_clone(model: keras.Model) -> keras.Model:
 
 def guided_backprop(model: keras.Model, images: np.ndarray, classes: Classes = None) -> np.ndarray:
     """d y_c / d input through guided ReLUs, (B, H, W, 3), computed on a guided clone of ``model``."""
-    x = _batch(images)
-    guided = guided_clone(model)
-    wanted = class_array(classes, x.shape[0], model.output_shape[-1])
-    inner = keras.Model(guided.inputs, guided.layers[-1].input)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        _, scores = _choose(logits_of(guided, inner(x, training=False)), wanted)
-    return tape.gradient(scores, x).numpy()
+    return input_gradient(guided_clone(model), images, classes)[1].numpy()
 
 
 def guided_grad_cam(
