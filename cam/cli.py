@@ -68,7 +68,6 @@ def explain_one(
 ) -> bool:
     """Explain, print and save one image (with ``judge``, its verdict first); False (and a message on stderr) when
     it cannot be read."""
-    from cam.catalog import Role
     from cam.images import ImageError, load_image
     from cam.pipeline import explain_image, render_panels
 
@@ -83,7 +82,7 @@ def explain_one(
         print(f"  {result.view.sentence()}")
     if judge is not None:
         print(f"  verdict: {judge(result).sentence.replace('*', '')}")
-    for role, loaded in ((Role.GRADCAM, gradcam), (Role.GAP, cam_model)):
+    for role, loaded in ((catalog.Role.GRADCAM, gradcam), (catalog.Role.GAP, cam_model)):
         top = ", ".join(f"{name} {p:.3f}" for name, p in result.top_predictions(role, TOP_K))
         print(f"  {loaded.card['name']} top {TOP_K}: {top}")
     panels = render_panels(result, args.colormap, args.opacity)
@@ -152,14 +151,13 @@ TRAIN_OPTIONS = (
 
 def train(args: argparse.Namespace) -> int:
     """Train one architecture and save its checkpoint and card; options left out keep TrainConfig's defaults."""
-    from cam.catalog import CHECKPOINTS
     from cam.data import data_root
     from cam.training import TrainConfig
     from cam.training import train as run_training
 
     given = {key: getattr(args, key) for key in TRAIN_OPTIONS if getattr(args, key) is not None}
     config = TrainConfig(args.architecture, str(data_root(args.data)), **given)
-    out = Path(args.out) if args.out else CHECKPOINTS
+    out = Path(args.out) if args.out else catalog.CHECKPOINTS
     _, card = run_training(config, out, args.name)
     print(f"saved {out / card['name']}.keras and its card {out / card['name']}.json")
     return 0
@@ -236,13 +234,12 @@ def data(args: argparse.Namespace) -> int:
 
 def models(args: argparse.Namespace) -> int:
     """List the registry's models, how to get each and whether it is available here."""
-    from cam.catalog import MODEL_SETS, REGISTRY, default_set
     from cam.models import availability
 
-    for model_set in MODEL_SETS.values():
-        default = " (default)" if model_set == default_set() else ""
+    for model_set in catalog.MODEL_SETS.values():
+        default = " (default)" if model_set == catalog.default_set() else ""
         print(f"set {model_set.name}{default}: {model_set.title}: {model_set.gradcam} + {model_set.gap}")
-    for spec in REGISTRY.values():
+    for spec in catalog.REGISTRY.values():
         print(f"{spec.name}: {spec.title}")
         print(f"  available: {availability(spec.name)}")
         print(f"  how to get it: {spec.how_to_get}")
@@ -251,12 +248,11 @@ def models(args: argparse.Namespace) -> int:
 
 def methods(args: argparse.Namespace) -> int:
     """List the registry's methods: key, label, the model it explains, the layers it reads, what it shows."""
-    from cam.catalog import ROLE_TITLES, STUDY
     from cam.registry import METHODS
 
     for method in METHODS.values():
-        default = " (default)" if method.key in STUDY else ""
-        print(f"{method.key}: {method.label}{default}, explains the {ROLE_TITLES[method.role]}")
+        default = " (default)" if method.key in catalog.STUDY else ""
+        print(f"{method.key}: {method.label}{default}, explains the {catalog.ROLE_TITLES[method.role]}")
         print(f"  {method.summary}")
     return 0
 
@@ -264,9 +260,7 @@ def methods(args: argparse.Namespace) -> int:
 def models_of(args: argparse.Namespace) -> tuple[str, str]:
     """(Grad-CAM model, GAP model) of ``--set`` (default: cam.catalog.default_set), each replaced by ``--model`` and
     ``--cam-model`` where given."""
-    from cam.catalog import MODEL_SETS, default_set
-
-    model_set = MODEL_SETS[args.set] if args.set else default_set()
+    model_set = catalog.MODEL_SETS[args.set] if args.set else catalog.default_set()
     return args.model or model_set.gradcam, args.cam_model or model_set.gap
 
 

@@ -7,6 +7,8 @@ import platform
 
 import tensorflow as tf
 
+from cam.catalog import PRECISIONS
+
 
 @functools.cache
 def describe_device() -> str:
@@ -32,6 +34,16 @@ def fast_bfloat16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def chosen_precision(precision: str) -> str:
+    """"bfloat16" or "float32" for a ``--precision`` (one of cam.catalog.PRECISIONS): "auto" is bfloat16 where it
+    is fast here (``fast_bfloat16``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "bfloat16" if fast_bfloat16() else "float32"
 
 
 def cpu_name() -> str:

@@ -19,7 +19,7 @@ import pandas as pd
 from cam.boxes import Box, image_path, mosaics, read_boxes, tile_boxes
 from cam.catalog import GAP_METHOD, POINTING_TOLERANCE, STEPS, STUDY, Role
 from cam.data import ImageSet, load_masks, load_split
-from cam.device import describe_device, fast_bfloat16
+from cam.device import chosen_precision, describe_device
 from cam.images import ImageError, crop, input_shape, load_image, model_input, own_aspect, view_box
 from cam.methods import Explainer, Explanation, ExplanationError
 from cam.metrics import (
@@ -65,9 +65,7 @@ class EvaluationConfig:
 
     @property
     def scoring_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        return "bfloat16" if fast_bfloat16() else "float32"
+        return chosen_precision(self.precision)
     methods: tuple[str, ...] = STUDY  # registry keys
     slow_n: int = 100  # at most this many maps per set for the slow methods (Score-CAM)
     size: int | None = None  # short side of the input, each photo at its own aspect; None: the models' card size

@@ -44,8 +44,9 @@ def run(
     Returns 0, or 2 after printing why the data or the models could not be used."""
     try:
         list_images(config.data, "test")  # a missing or empty test folder is said at once, before Ray starts
-        pair = default_set()
-        models = models or (load_model(pair.gradcam), load_model(pair.gap))
+        if models is None:
+            pair = default_set()
+            models = load_model(pair.gradcam), load_model(pair.gap)
         with ray_session(address, max(workers, os.cpu_count() or 1)) if workers else contextlib.nullcontext():
             parts = RayParts(dict(zip((Role.GRADCAM, Role.GAP), models, strict=True)), config.methods, workers,
                              worker_threads(workers)) if workers else None

@@ -15,9 +15,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cam.catalog import CHECKPOINTS, PRECISIONS
+from cam.catalog import CHECKPOINTS
 from cam.data import ImageSet, load_split, photo_dataset, sources_of, split_train_validation, to_dataset
-from cam.device import describe_device, fast_bfloat16
+from cam.device import chosen_precision, describe_device
 from cam.models import (
     ARCHITECTURES,
     default_gradcam_layer,
@@ -81,10 +81,7 @@ class TrainConfig:
 
 def resolve_precision(precision: str) -> str:
     """The Keras dtype policy for ``precision`` (one of cam.catalog.PRECISIONS); see TrainConfig."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    bfloat16 = precision == "bfloat16" or (precision == "auto" and fast_bfloat16())
-    return "mixed_bfloat16" if bfloat16 else "float32"
+    return "mixed_bfloat16" if chosen_precision(precision) == "bfloat16" else "float32"
 
 
 def builder_options(config: TrainConfig) -> dict:
