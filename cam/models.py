@@ -39,10 +39,10 @@ VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 # (oneDNN, bfloat16) a dilated 3x3 convolution ran 3x slower than a plain one.
 NOPOOL_FILTERS = (32, 32, 48, 48, 64, 64, 64, 64, 96, 96, 96, 96, 128, 128, 128, 128)
 NOPOOL_CAM_FEATURES = 256
-# The photo design (128 px and up): 12 narrow 3x3 convolutions whose dilations grow, so that the receptive field is
-# 1 + 2 * sum(dilations) = 129 pixels (most of an animal in a 128 px photo) at the cost of 12 plain convolutions.
-NOPOOL_PHOTO_FILTERS = (32, 32, 32, 48, 48, 48, 64, 64, 64, 64, 96, 96)
-NOPOOL_PHOTO_DILATIONS = (1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 1, 1)
+# The photo design (128 to 224 px): 14 narrow 3x3 convolutions whose dilations grow, so that the receptive field is
+# 1 + 2 * sum(dilations) = 257 pixels (a whole animal in a 224 px photo) at the cost of 14 plain convolutions.
+NOPOOL_PHOTO_FILTERS = (32, 32, 32, 48, 48, 48, 64, 64, 64, 64, 64, 64, 96, 96)
+NOPOOL_PHOTO_DILATIONS = (1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 1, 1)
 CARD_KEYS = ("name", "architecture", "classes", "input_size", "preprocessing", "gradcam_layer", "training", "metrics")
 
 
@@ -277,7 +277,8 @@ def load_hed_weights(model: keras.Model, path: str | Path | None = None) -> list
 
 
 def nopool_gap_dilated(num_classes: int = 4, input_size: int | None = None, **options) -> keras.Model:
-    """``nopool_gap`` in the photo design (NOPOOL_PHOTO_FILTERS, NOPOOL_PHOTO_DILATIONS): receptive field 129 px."""
+    """``nopool_gap`` in the photo design (NOPOOL_PHOTO_FILTERS, NOPOOL_PHOTO_DILATIONS): receptive field 257 px,
+    more than a 224 px photo's short side."""
     return nopool_gap(
         num_classes, input_size, filters=NOPOOL_PHOTO_FILTERS, dilations=NOPOOL_PHOTO_DILATIONS, **options
     )

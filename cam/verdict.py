@@ -40,7 +40,7 @@ FEATURE_LAYER = "gap"  # the pooled features the head reads, in both of our arch
 # one at the end of each stage of the network.
 STATISTICS_LAYERS = {
     "vgg16": ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3"),
-    "nopool_gap_dilated": ("conv3_relu", "conv6_relu", "conv10_relu", "conv12_relu", "cam_features"),
+    "nopool_gap_dilated": ("conv3_relu", "conv6_relu", "conv10_relu", "conv12_relu", "conv14_relu", "cam_features"),
     "nopool_gap": ("conv2_relu", "conv4_relu", "conv8_relu", "conv12_relu", "conv16_relu", "cam_features"),
 }
 LOG_OFFSET = 1e-3  # log(x + LOG_OFFSET): channel statistics span several orders of magnitude

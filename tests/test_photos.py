@@ -278,13 +278,13 @@ def test_init_hed_builds_vgg16_without_batchnorm_with_hed_weights_and_frozen_blo
     assert not {"block5_conv1", "fc1", "logits"} & frozen
 
 
-def test_dilated_nopool_gap_keeps_full_resolution_and_sees_129_pixels() -> None:
+def test_dilated_nopool_gap_keeps_full_resolution_and_sees_257_pixels() -> None:
     from keras import layers
 
     from cam.models import nopool_gap_dilated, receptive_field
 
     model = nopool_gap_dilated(input_size=128)
-    assert receptive_field(model) == 1 + 2 * sum((1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 1, 1)) == 129
+    assert receptive_field(model) == 1 + 2 * sum((1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 1, 1)) == 257
     assert not any(isinstance(layer, (layers.MaxPooling2D, layers.AveragePooling2D)) for layer in model.layers)
     assert all(layer.strides == (1, 1) for layer in model.layers if isinstance(layer, layers.Conv2D))
     assert tuple(model.get_layer("cam_features").output.shape[1:3]) == (128, 128)
