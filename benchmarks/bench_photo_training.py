@@ -8,10 +8,10 @@ first row.
 
     python -m benchmarks.bench_photo_training [--batch 16] [--steps 2] [--rounds 2]
 
-The shipped photo checkpoints were trained elsewhere, on one H100 with ``cam.torch_training`` (both models at once,
-bfloat16 autocast; figures from their cards' per-epoch history): VGG16 2.9 s per epoch, 60 epochs in 175 s, 2,175
-img/s; NoPool-GAP 3.8 s per epoch, 69 epochs in 262 s, 1,670 img/s. On this CPU the same epochs take 16 minutes or
-more (the rows below).
+The shipped photo checkpoints were trained elsewhere, on one H200 with ``cam.gpu_training`` (both models at once,
+at short sides 128-224; figures from their cards' per-epoch history): VGG16 8.2 s per epoch, 39 epochs in 320 s;
+NoPool-GAP 32 s per epoch beside VGG16 and 20 s alone, 23 epochs in 588 s. On this CPU one epoch at 128 px alone
+takes 16 minutes or more (the rows below).
 """
 
 from __future__ import annotations

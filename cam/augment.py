@@ -1,5 +1,5 @@
 """The one training augmentation of the photo networks, in Pillow and numpy (no TensorFlow, no PyTorch), so that
-the TensorFlow pipeline (``cam.data.photo_dataset``), the GPU-side loop (``cam.torch_training``) and the CPU feature
+the TensorFlow pipeline (``cam.data.photo_dataset``), the GPU-side loop (``cam.gpu_training``) and the CPU feature
 cache (``cam.head_training``) make the same views. Every random choice comes from the ``rng`` passed in: the same
 seed gives the same view.
 

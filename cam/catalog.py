@@ -93,8 +93,7 @@ REGISTRY: dict[str, ModelSpec] = {
             "VGG16 (ours, photos, 128 px)",
             "vgg16",
             128,
-            "`python -m cam.head_training` cache / fit on a CPU, on the convolutions trained by "
-            "`python -m cam.torch_training` on a GPU (see README)",
+            "`python -m cam.gpu_training` pack / fit / import on a GPU (see README)",
             batch_norm=False,
             head="linear",
         ),
@@ -103,7 +102,7 @@ REGISTRY: dict[str, ModelSpec] = {
             "NoPool-GAP (ours, photos, 128 px)",
             "nopool_gap_dilated",
             128,
-            "`python -m cam.torch_training` pack / fit / import on a GPU (see README)",
+            "`python -m cam.gpu_training` pack / fit / import on a GPU (see README)",
         ),
         _ours("vgg16", "VGG16 (ours, CIFAR, 32 px)", "vgg16", 32, "`python -m cam train vgg16 --data cifar4`"),
         _ours(

@@ -150,8 +150,8 @@ def test_imagenet_class_groups_cover_our_classes():
     [
         ("vgg16", "cifar4", 32, "from scratch"),
         ("nopool_gap", "cifar4", 32, "from scratch"),
-        ("vgg16_photos", "photos4", 128, "VGG16's 13 convolutions from the HED"),
-        ("nopool_gap_photos", "photos4", 128, "from scratch"),
+        ("vgg16_photos", "photos4", 128, "the previous vgg16_photos (VGG16's convolutions from the HED"),
+        ("nopool_gap_photos", "photos4", 128, "the previous 12-layer nopool_gap_photos"),
     ],
 )
 def test_shipped_checkpoint_loads_matches_card_and_beats_chance(name, dataset, size, init):
