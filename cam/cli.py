@@ -282,7 +282,7 @@ def verdict(args: argparse.Namespace) -> int:
     return 0
 
 
-REPORT_OPTIONS = ("boxes", "n", "mosaics", "seed", "sanity_n", "steps", "batch_size", "precision", "slow_n")
+REPORT_OPTIONS = ("boxes", "n", "mosaics", "seed", "sanity_n", "steps", "batch_size", "precision", "slow_n", "size")
 
 
 def report_config(args: argparse.Namespace) -> EvaluationConfig:
@@ -416,6 +416,8 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
                         help="at most N images (and mosaics, sanity images) for slow methods, Score-CAM (default 100)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default reports/latest)")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--size", type=_multiple_of_32, metavar="PIXELS",
+                        help="short side of every photo, at its own aspect (default: the models' card size)")
     parser.add_argument("--sanity-n", type=_at_least(0), help="images for the randomization test (0: none; default 50)")
     parser.add_argument("--steps", type=_positive(int), help="deletion/insertion steps (default 16)")
     parser.add_argument("--batch-size", type=_positive(int), help="maps explained and perturbed together (default 64)")

@@ -30,6 +30,7 @@ def command_line(config: EvaluationConfig, out: Path) -> str:
     parts += [f"--methods {','.join(config.methods)}", f"--n {config.n}", f"--mosaics {config.mosaics}"]
     parts += [f"--slow-n {config.slow_n}", f"--out {out}", f"--seed {config.seed}", f"--sanity-n {config.sanity_n}"]
     parts += [f"--steps {config.steps}", f"--batch-size {config.batch_size}", f"--precision {config.precision}"]
+    parts += [f"--size {config.size}"] if config.size else []
     return " ".join(parts)
 
 
