@@ -17,8 +17,9 @@ import json
 
 import numpy as np
 
-from cam.catalog import GRAD_CAM, MODEL_SETS, Role
-from cam.data import load_split
+from cam.catalog import GRAD_CAM, MODEL_SETS, Role, checkpoint_path
+from cam.cli import update_card
+from cam.data import balanced_sample, load_split
 from cam.methods import Explainer
 from cam.metrics import min_max_ratio
 from cam.models import load_model
@@ -29,14 +30,6 @@ from cam.registry import METHODS, explain
 BATCH = 16
 
 
-def balanced_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` indices, as many of each class (as far as there are), in a seeded random order."""
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    chosen = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: n // len(classes)] for c in classes])
-    return rng.permutation(chosen)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="image-folder root with test/<class>/")
@@ -45,6 +38,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--slow-n", type=int, default=100)
     parser.add_argument("--methods", default="all", help="comma-separated registry keys, or all")
+    parser.add_argument("--update-card", action="store_true",
+                        help="store each network's figures as metrics.blank_maps in its card")
     args = parser.parse_args()
 
     model_set = MODEL_SETS[args.set]
@@ -88,6 +83,17 @@ def main() -> None:
     if ratios:
         print(f"  Grad-CAM ({layer}): median min/max of the raw maps {result['grad_cam_median_min_max']:.3f}")
     print(json.dumps(result))
+    if args.update_card:
+        for role, item in loaded.items():
+            keys = [method.key for method in chosen if method.role == role]
+            figures = {"size": size, "photos": len(images), "explained": "each network's top class",
+                       "share": {key: result["blank_share"][key] for key in keys},
+                       "maps": {key: result["maps"][key] for key in keys}}
+            if role == Role.GRADCAM and ratios:
+                figures["grad_cam_median_min_max"] = result["grad_cam_median_min_max"]
+            card = update_card(checkpoint_path(item.card["name"]), "metrics",
+                               {**item.card["metrics"], "blank_maps": figures})
+            print(f"updated metrics.blank_maps in {card}")
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def checkpoint_file(model: str) -> Path:
 def evaluate(args: argparse.Namespace) -> int:
     """Print a checkpoint's accuracy, per-class accuracy and confusion matrix on one split of a dataset, the photos
     at their own aspect ratio with short side --size (default: the card's size), or squashed into a square."""
-    from cam.data import data_root, load_split, sources_of
+    from cam.data import balanced_sample, data_root, load_split, sources_of
     from cam.models import load_checkpoint
     from cam.training import classification_report, format_report
 
@@ -180,6 +180,8 @@ def evaluate(args: argparse.Namespace) -> int:
     root = data_root(args.data)
     size = args.size or loaded.input_size
     data = load_split(root, args.split, size, classes=loaded.classes, squash=args.squash)
+    if args.n:  # a seeded class-balanced sample, for the slow large sizes; the report's n says how many
+        data = data.subset(np.sort(balanced_sample(data.labels, args.n)))
     for bad, reason in data.bad_files:
         print(f"warning: skipped {bad}: {reason}", file=sys.stderr)
     report = classification_report(loaded.model, data, sources_of(root, data.paths))
@@ -530,6 +532,8 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                         help="short side of the input, a multiple of 32 (default: the size in the model's card)")
     parser.add_argument("--squash", action="store_true",
                         help="squash each photo into a SIZE x SIZE square instead of keeping its aspect ratio")
+    parser.add_argument("--n", type=_positive(int), metavar="N",
+                        help="a seeded class-balanced sample of N photos instead of all (the card records n)")
     parser.add_argument("--update-card", action="store_true",
                         help="store the result as metrics.SPLIT_by_size[SIZE] in the card (and as metrics.SPLIT at "
                         "the card's own size and aspect)")

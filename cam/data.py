@@ -107,6 +107,14 @@ def load_split(
     return ImageSet(np.stack(images) if squash else images, labels[kept], classes, [paths[i] for i in kept], bad)
 
 
+def balanced_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` indices, as many of each class (as far as there are), in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    chosen = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: n // len(classes)] for c in classes])
+    return rng.permutation(chosen)
+
+
 def split_train_validation(n: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded, reproducible, disjoint split of ``range(n)`` into (train, validation) index arrays."""
     order = np.random.default_rng(seed).permutation(n)

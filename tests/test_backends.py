@@ -59,7 +59,8 @@ def test_the_builders_give_the_same_logits_under_tensorflow_and_torch(tmp_path: 
         model = randomised(build(num_classes=4, **options))
         np.savez(tmp_path / f"{name}.npz", **{f"w{i}": w for i, w in enumerate(model.get_weights())})
         expected[name] = keras.Model(model.inputs, model.get_layer("logits").output)(images, training=False).numpy()
-    env = {**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # keep a torch placed on the path
+    env = {**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path}
     done = subprocess.run([sys.executable, "-c", TORCH_SIDE, str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

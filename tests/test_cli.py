@@ -16,6 +16,7 @@ from PIL import Image
 import cam.models
 from cam import cli
 from cam.models import ARCHITECTURES
+from cam.report import command_line
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMMANDS = ("explain", "train", "evaluate", "data", "models", "methods", "report", "verdict")
@@ -159,6 +160,8 @@ def test_train_then_evaluate_and_update_the_card(checkpoints, shared_tiny_datase
     }
     assert after["metrics"]["validation"] == before["metrics"]["validation"]
     assert sorted(p.name for p in out.iterdir()) == ["tiny.json", "tiny.keras"]
+    assert cli.main(["evaluate", str(out / "tiny.keras"), "--data", data, "--n", "8"]) == 0  # a balanced sample
+    assert "on 8 images" in capsys.readouterr().out
 
 
 def test_evaluate_without_a_checkpoint_exits_2(checkpoints, shared_tiny_dataset, capsys) -> None:
@@ -228,6 +231,9 @@ def test_report_options_become_an_evaluation_config() -> None:
     args = cli.build_parser().parse_args(["report", "--data", "d", "--methods", "all", "--n", "5", "--slow-n", "2"])
     config = cli.report_config(args)
     assert config.n == 5 and config.slow_n == 2 and config.mosaics == 1000 and str(config.data) == "d"
+    assert config.size is None  # the models' own size unless asked
+    sized = cli.report_config(cli.build_parser().parse_args(["report", "--data", "d", "--size", "224"]))
+    assert sized.size == 224 and "--size 224" in command_line(sized, Path("out"))
     assert config.methods[:3] == ("grad_cam", "guided_grad_cam", "nopool_cam") and "score_cam" in config.methods
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["report", "--data", "d", "--n", "0"])
