@@ -81,6 +81,12 @@ def set_layer_weights(model, weights: dict[str, np.ndarray], skip: tuple[str, ..
         layer.set_weights(values)
 
 
+def same_layers(a, b) -> bool:
+    """Whether two models hold weights of the same names and shapes."""
+    shapes = [{key: value.shape for key, value in layer_weights(model).items()} for model in (a, b)]
+    return shapes[0] == shapes[1]
+
+
 def quantized(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Large kernels as int8 ``<key>.q`` and a float32 scale per output channel (last axis) ``<key>.scale``: half
     the bytes of float16 for the transfer; the rest as they are."""
@@ -426,12 +432,17 @@ def pack(data: Path, teacher: Path, out: Path, teacher_weight: float = 0.5, seed
     )
     vgg = load_checkpoint(checkpoint_path("vgg16_photos")).model
     np.savez(out / "init_vgg16_photos.npz", **quantized(layer_weights(vgg)))
-    old = load_checkpoint(checkpoint_path("nopool_gap_photos")).model
-    rng = np.random.default_rng(seed)
-    sample = np.stack([
-        photo_augment(Image.open(paths[i]), 160, rng, square=True) for i in rng.choice(train_idx, 256, replace=False)
-    ]).astype(np.float32)
-    np.savez(out / "init_nopool_gap_photos.npz", **nopool_warm_start(old, build("nopool_gap_photos"), sample))
+    old, new = load_checkpoint(checkpoint_path("nopool_gap_photos")).model, build("nopool_gap_photos")
+    if same_layers(old, new):  # the shipped checkpoint has today's design: continue from it
+        start = layer_weights(old)
+    else:  # the 12-layer design: widened to today's
+        rng = np.random.default_rng(seed)
+        sample = np.stack([
+            photo_augment(Image.open(paths[i]), 160, rng, square=True)
+            for i in rng.choice(train_idx, 256, replace=False)
+        ]).astype(np.float32)
+        start = nopool_warm_start(old, new, sample)
+    np.savez(out / "init_nopool_gap_photos.npz", **start)
     size = sum(len(blob) for blob in blobs) / 1e6
     print(f"packed {len(paths)} images ({size:.1f} MB WebP) and the starting weights of both networks in {out}")
 

@@ -320,3 +320,10 @@ def test_a_fit_on_torch_writes_weights_that_import_here_as_a_checkpoint(tmp_path
     assert "torch" in loaded.card["training"]["trainer"]
     assert loaded.card["training"]["epochs_run"] == 2 and loaded.card["gradcam_layer"] == "cam_features"
     np.testing.assert_array_equal(loaded.model.get_layer("conv14").get_weights()[0], weights["conv14/0"])
+
+
+def test_same_layers_tells_a_continuation_from_a_design_change() -> None:
+    """pack continues from a checkpoint of today's design and widens only the older 12-layer one."""
+    assert gpu_training.same_layers(nopool_gap(filters=(4, 4)), nopool_gap(filters=(4, 4)))
+    assert not gpu_training.same_layers(nopool_gap(filters=(4, 4)), nopool_gap(filters=(4, 6)))
+    assert not gpu_training.same_layers(nopool_gap(filters=(4, 4)), nopool_gap(filters=(4, 4, 4)))
