@@ -215,6 +215,16 @@ def validation_batches(pack: dict, side: int, batch: int = 64) -> list[tuple[np.
     return out
 
 
+def write_pack(
+    out: Path, blobs: list[np.ndarray], labels: np.ndarray, train_index: np.ndarray, val_index: np.ndarray,
+    targets: np.ndarray, files: list[str],
+) -> None:
+    """``out/photos.npz``: the images' encoded bytes end to end with their offsets, labels, split and targets."""
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "photos.npz", images=np.concatenate(blobs), offsets=np.cumsum([0] + [len(blob) for blob in blobs]),
+             labels=labels, train_index=train_index, val_index=val_index, targets=targets, files=np.asarray(files))
+
+
 def load_pack(directory: Path) -> dict:
     with np.load(directory / "photos.npz") as pack:
         return {key: pack[key] for key in pack.files}
@@ -419,17 +429,7 @@ def pack(data: Path, teacher: Path, out: Path, teacher_weight: float = 0.5, seed
     targets = np.eye(4, dtype=np.float32)[labels]
     targets[train_idx] = teacher_targets(teacher, data, [paths[i] for i in train_idx], labels[train_idx],
                                          teacher_weight, 4)
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        out / "photos.npz",
-        images=np.concatenate(blobs),
-        offsets=np.cumsum([0] + [len(blob) for blob in blobs]),
-        labels=labels,
-        train_index=train_idx,
-        val_index=val_idx,
-        targets=targets,
-        files=np.asarray([path.relative_to(data).as_posix() for path in paths]),
-    )
+    write_pack(out, blobs, labels, train_idx, val_idx, targets, [path.relative_to(data).as_posix() for path in paths])
     vgg = load_checkpoint(checkpoint_path("vgg16_photos")).model
     np.savez(out / "init_vgg16_photos.npz", **quantized(layer_weights(vgg)))
     old, new = load_checkpoint(checkpoint_path("nopool_gap_photos")).model, build("nopool_gap_photos")

@@ -67,17 +67,8 @@ def write_pack(folder: Path, count: int, train: int, seed: int = 0) -> dict:
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, "WEBP", quality=75)
         blobs.append(np.frombuffer(buffer.getvalue(), np.uint8))
     labels = np.arange(count) % 4
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        folder / "photos.npz",
-        images=np.concatenate(blobs),
-        offsets=np.cumsum([0] + [len(blob) for blob in blobs]),
-        labels=labels,
-        train_index=np.arange(train),
-        val_index=np.arange(train, count),
-        targets=np.eye(4, dtype=np.float32)[labels],
-        files=np.asarray([f"{i}.webp" for i in range(count)]),
-    )
+    gpu_training.write_pack(folder, blobs, labels, np.arange(train), np.arange(train, count),
+                            np.eye(4, dtype=np.float32)[labels], [f"{i}.webp" for i in range(count)])
     return gpu_training.load_pack(folder)
 
 
