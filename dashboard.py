@@ -1,10 +1,10 @@
 """The dashboard: give a photo, see where Grad-CAM, Guided Grad-CAM (on VGG16) and NoPool-GAP CAM say the
-network looks, side by side at the photo's full resolution, plus any other method of ``cam.registry`` the user
+network looks, side by side at the photo's full resolution, plus any other method of ``cam.explain.registry`` the user
 adds. Run with ``streamlit run dashboard.py``.
 
-Layout and widgets only: the maps, panels and captions come from ``cam.pipeline``, the pictures a visitor may
-choose from ``cam.gallery``, links and the web-page export from ``cam.share``. Server paths and exception texts go
-to the server's log, never to the page.
+Layout and widgets only: the maps, panels and captions come from ``cam.explain.pipeline``, the pictures a visitor may
+choose from ``cam.serve.gallery``, links and the web-page export from ``cam.serve.share``. Server paths and exception
+texts go to the server's log, never to the page.
 """
 
 from __future__ import annotations
@@ -43,16 +43,13 @@ from streamlit.runtime import Runtime
 from streamlit.runtime.runtime import RuntimeState
 
 import navigation
-from cam import gallery, library_patches, render, serving, share
-from cam.catalog import FALLBACK, MODEL_SETS, REGISTRY, STUDY, Role, default_set
-from cam.device import describe_device
-from cam.examples import EXAMPLES
-from cam.imagenet_net import Screen
-from cam.images import DECODE_MAX_SIDE, Decoded, ImageError, crop, decode_image, detail_sizes, resize
-from cam.methods import Explainer, Explanation, feature_layers
-from cam.models import LoadedModel, accuracy_on_photos, load_model, problem_in_words
-from cam.names import markdown_literal, shorten
-from cam.pipeline import (
+from cam.core.catalog import FALLBACK, MODEL_SETS, REGISTRY, STUDY, Role, default_set
+from cam.core.device import describe_device
+from cam.core.images import DECODE_MAX_SIDE, Decoded, ImageError, crop, decode_image, detail_sizes, resize
+from cam.core.names import markdown_literal, shorten
+from cam.explain import render
+from cam.explain.methods import Explainer, Explanation, feature_layers
+from cam.explain.pipeline import (
     ImageResult,
     Panel,
     PhotoView,
@@ -65,9 +62,13 @@ from cam.pipeline import (
     trained_size,
     with_fallback,
 )
-from cam.registry import METHODS, Method, selected
-from cam.slow_work import SlowWorker
-from cam.verdict import KNOWN, Judge, Verdict
+from cam.explain.registry import METHODS, Method, selected
+from cam.explain.verdict import KNOWN, Judge, Verdict
+from cam.models.checkpoints import LoadedModel, accuracy_on_photos, load_model, problem_in_words
+from cam.models.imagenet_net import Screen
+from cam.serve import gallery, library_patches, server, share
+from cam.serve.examples import EXAMPLES
+from cam.serve.slow_work import SlowWorker
 
 log = get_logger(__name__)
 get_logger("cam")  # the library's own lines (patches active, memory returned, exit) go to the server's log too
@@ -89,8 +90,8 @@ VERDICT_ICONS = {"agree": ":material/check_circle:", "disagree": ":material/comp
                  "not sure": ":material/help:"}
 DEFAULT_DETAIL = "standard"
 # Score-CAM's masked photos per batch here (256 in the library): its progress bar moves, and a cancel takes effect,
-# after each batch (about a second for the photo VGG16 on 2 CPU cores). It runs apart at low priority (cam.slow_work),
-# so the batch size no longer decides how long other visitors wait.
+# after each batch (about a second for the photo VGG16 on 2 CPU cores). It runs apart at low priority
+# (cam.serve.slow_work), so the batch size no longer decides how long other visitors wait.
 SLOW_BATCH = 16
 SLOW_CACHE_MB = 64
 KEPT_DOWNLOADS = "kept_downloads"  # the hidden container of keep_offered_downloads
@@ -105,7 +106,7 @@ PAGE_STYLE = (
 
 @dataclass(frozen=True)
 class Choice:
-    """The image being explained: raw bytes (upload) or a file found by ``cam.gallery`` (never shown)."""
+    """The image being explained: raw bytes (upload) or a file found by ``cam.serve.gallery`` (never shown)."""
 
     source: bytes | str
     label: str  # shown above the results
@@ -157,12 +158,12 @@ def explainer_for(gradcam_name: str | None, layer: str | None, cam_name: str | N
 @st.cache_resource(show_spinner=False)
 def exit_promptly_on_stop() -> bool:
     """Once per server process: end it within seconds of Streamlit's stop (SIGTERM), even while a map computes,
-    and return freed memory to the system now and then; see ``cam.serving`` for why. Not under AppTest, whose
+    and return freed memory to the system now and then; see ``cam.serve.server`` for why. Not under AppTest, whose
     runtime is a stand-in (its state is no RuntimeState) and whose process is pytest's."""
     if not Runtime.exists() or not isinstance(Runtime.instance().state, RuntimeState):
         return False
-    serving.return_free_memory_every()
-    return serving.exit_promptly_when_stopped(
+    server.return_free_memory_every()
+    return server.exit_promptly_when_stopped(
         lambda: Runtime.instance().state in (RuntimeState.STOPPING, RuntimeState.STOPPED))
 
 
@@ -212,9 +213,9 @@ def explanation_of(
 
 
 @st.cache_resource(show_spinner=False)
-def slow_maps() -> serving.BoundedCache:
+def slow_maps() -> server.BoundedCache:
     """The maps of slow methods (Score-CAM), shared by all sessions: at most SLOW_CACHE_MB and 64 views."""
-    return serving.BoundedCache(SLOW_CACHE_MB << 20, 64)
+    return server.BoundedCache(SLOW_CACHE_MB << 20, 64)
 
 
 def explained(
@@ -244,7 +245,7 @@ def explained(
 
 @st.cache_resource(show_spinner=False)
 def slow_worker() -> SlowWorker:
-    """The process that computes slow methods at low priority, one visitor's at a time (cam.slow_work)."""
+    """The process that computes slow methods at low priority, one visitor's at a time (cam.serve.slow_work)."""
     return SlowWorker(SLOW_BATCH)
 
 
@@ -280,13 +281,14 @@ def drop_method(key: str) -> None:
 
 @st.cache_resource(show_spinner=False)
 def screen() -> Screen | None:
-    """The verdict's 1000-class network (cam.imagenet_net), one for every pair and session."""
+    """The verdict's 1000-class network (cam.models.imagenet_net), one for every pair and session."""
     return Screen.load()
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def judge_for(gradcam_name: str | None, cam_name: str | None) -> Judge:
-    """The verdict's reader of both models' features and their statistics (cam.verdict), shared by all sessions."""
+    """The verdict's reader of both models' features and their statistics (cam.explain.verdict), shared by all
+    sessions."""
     return Judge([serve(name).loaded for name in (gradcam_name, cam_name) if name], screen())
 
 

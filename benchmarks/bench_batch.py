@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cam import batch
-from cam.catalog import MODEL_SETS, STUDY
+from cam.core.catalog import MODEL_SETS, STUDY
+from cam.core.workers import ray_session, worker_threads
+from cam.evaluate.parallel import RayParts
+from cam.serve import batch
 
 
 def timed_run(source: Path, out: Path, settings: batch.BatchSettings, workers: int) -> dict[str, float]:
@@ -33,7 +35,7 @@ def timed_run(source: Path, out: Path, settings: batch.BatchSettings, workers: i
     root, files = batch.list_images(source)
     todo = [(path, batch.item_of(path, root)) for path in files]
     batch.prepare_out(out, settings, root)
-    with contextlib.nullcontext() if workers == 0 else batch.ray_session(None, max(workers, 2)):
+    with contextlib.nullcontext() if workers == 0 else ray_session(None, max(workers, 2)):
         parts = batch.local_results(todo, settings, out) if workers == 0 else batch.ray_results(
             todo, settings, out, workers)
         for part in parts:
@@ -48,17 +50,17 @@ def timed_run(source: Path, out: Path, settings: batch.BatchSettings, workers: i
 def report_seconds(data: Path, n: int, set_name: str, workers: int) -> float:
     """Wall time of ``python -m cam report``'s scoring (faithfulness parts on ``workers`` Ray actors, 0: here; no
     mosaics, no sanity), Ray's start included."""
-    from cam.catalog import Role
-    from cam.evaluation import EvaluationConfig, evaluate
-    from cam.models import load_model
+    from cam.core.catalog import Role
+    from cam.evaluate.scoring import EvaluationConfig, evaluate
+    from cam.models.checkpoints import load_model
 
     model_set = MODEL_SETS[set_name]
     models = load_model(model_set.gradcam), load_model(model_set.gap)
     config = EvaluationConfig(data, n=n, mosaics=0, sanity_n=0, batch_size=16)
     started = time.perf_counter()
-    with contextlib.nullcontext() if workers == 0 else batch.ray_session(None, max(workers, 2)):
-        parts = batch.RayParts(dict(zip((Role.GRADCAM, Role.GAP), models, strict=True)), STUDY, workers,
-                               batch.worker_threads(workers)) if workers else None
+    with contextlib.nullcontext() if workers == 0 else ray_session(None, max(workers, 2)):
+        parts = RayParts(dict(zip((Role.GRADCAM, Role.GAP), models, strict=True)), STUDY, workers,
+                               worker_threads(workers)) if workers else None
         evaluate(config, *models, "bench", log=lambda line: None, map_parts=parts)
     return time.perf_counter() - started
 

@@ -1,10 +1,10 @@
 """What each detail level costs the networks, and what Score-CAM's skipped channels save, on real photos.
 
-For each short side S of ``cam.images.detail_sizes`` (128, 192, 256 and 320 for the photo pair), the photos of
-``--data``'s test split go through the fused Explainer at their own aspect (``cam.pipeline.explain_image``, the
+For each short side S of ``cam.core.images.detail_sizes`` (128, 192, 256 and 320 for the photo pair), the photos of
+``--data``'s test split go through the fused Explainer at their own aspect (``cam.explain.pipeline.explain_image``, the
 dashboard's path): the median time of one photo's pass, its ratio to the standard detail measured in the same run,
 and how many graphs were compiled (one per input shape). Then Score-CAM's masked passes per photo: one per channel
-of the Grad-CAM layer that varies on the photo (``cam.methods.varying_channels``), against one per channel.
+of the Grad-CAM layer that varies on the photo (``cam.explain.methods.varying_channels``), against one per channel.
 
     python -m benchmarks.bench_detail --data ../shared/data/photos4 [--photos 24]
 """
@@ -18,13 +18,13 @@ import time
 import keras
 import numpy as np
 
-from cam.catalog import MODEL_SETS
-from cam.data import data_root, list_images
-from cam.device import describe_device
-from cam.images import detail_sizes, load_image
-from cam.methods import Explainer, feature_layer, varying_channels
-from cam.models import load_model
-from cam.pipeline import explain_image, model_inputs, photo_view, trained_size
+from cam.core.catalog import MODEL_SETS
+from cam.core.device import describe_device
+from cam.core.images import detail_sizes, load_image
+from cam.data.folders import data_root, list_images
+from cam.explain.methods import Explainer, feature_layer, varying_channels
+from cam.explain.pipeline import explain_image, model_inputs, photo_view, trained_size
+from cam.models.checkpoints import load_model
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_reliability import MEMORY_SIZE, sources, variant  # noqa: E402
-from cam.examples import EXAMPLES  # noqa: E402
+from cam.serve.examples import EXAMPLES  # noqa: E402
 from tests.test_browser import (  # noqa: E402
     ROOT,
     SCRIPT_IDLE,

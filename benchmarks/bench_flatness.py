@@ -1,9 +1,9 @@
 """How often does a method say nothing, and how flat are the raw Grad-CAM maps? For every registry method on a
 model set's two networks, on a class-balanced sample of a test split at the photos' own aspect (short side
 --size, as the page feeds them), each network explaining its own top class: the share of blank maps
-(``cam.pipeline.flat``: all zero, constant or not finite, what the page calls "nothing found") and, for Grad-CAM,
-the median min/max of its raw maps (``cam.metrics.min_max_ratio``; near 1 a map is flat and its colours are
-min-max noise; the photo VGG16 must stay at or under 0.5).
+(``cam.explain.pipeline.flat``: all zero, constant or not finite, what the page calls "nothing found") and, for
+Grad-CAM, the median min/max of its raw maps (``cam.evaluate.metrics.min_max_ratio``; near 1 a map is flat and its
+colours are min-max noise; the photo VGG16 must stay at or under 0.5).
 
     python -m benchmarks.bench_flatness --data ../shared/data/photos4 --set photos --size 128 --n 1000 --slow-n 100
 
@@ -17,15 +17,15 @@ import json
 
 import numpy as np
 
-from cam.catalog import GRAD_CAM, MODEL_SETS, Role, checkpoint_path
 from cam.cli import update_card
-from cam.data import balanced_sample, load_split
-from cam.methods import Explainer
-from cam.metrics import min_max_ratio
-from cam.models import load_model
-from cam.pipeline import flat
-from cam.predict import by_shape
-from cam.registry import METHODS, explain
+from cam.core.catalog import GRAD_CAM, MODEL_SETS, Role, checkpoint_path
+from cam.core.predict import by_shape
+from cam.data.folders import balanced_sample, load_split
+from cam.evaluate.metrics import min_max_ratio
+from cam.explain.methods import Explainer
+from cam.explain.pipeline import flat
+from cam.explain.registry import METHODS, explain
+from cam.models.checkpoints import load_model
 
 BATCH = 16
 

@@ -1,6 +1,6 @@
 """Training throughput of the photo pair on the GPU machine, in one run: the ``cam.models`` builders under Keras 3 on
-its torch backend (``cam.gpu_training fit --engine keras``) against the PyTorch twin derived from them
-(``cam.torch_twin``, ``--engine twin``): images per second on random data, bfloat16, one training step = forward,
+its torch backend (``cam.train.gpu_training fit --engine keras``) against the PyTorch twin derived from them
+(``cam.train.torch_twin``, ``--engine twin``): images per second on random data, bfloat16, one training step = forward,
 loss, backward, optimizer step.
 
     KERAS_BACKEND=torch python -m benchmarks.bench_gpu_training [--batch 64] [--steps 10] [--sides 128 224]
@@ -22,8 +22,8 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 import keras  # noqa: E402
 import torch  # noqa: E402
 
-from cam.gpu_training import build  # noqa: E402
-from cam.torch_twin import TorchTwin  # noqa: E402
+from cam.train.gpu_training import build  # noqa: E402
+from cam.train.torch_twin import TorchTwin  # noqa: E402
 
 
 def rate(step, images: torch.Tensor, steps: int) -> float:

@@ -1,4 +1,4 @@
-"""Speed of every method of ``cam.registry`` on VGG16 (Keras topology, random weights) at 224x224, one image, on
+"""Speed of every method of ``cam.explain.registry`` on VGG16 (Keras topology, random weights) at 224x224, one image, on
 this machine, as a ratio to one compiled forward pass measured in the same run.
 
 The fused Explainer (Grad-CAM + Guided Backprop + Guided Grad-CAM in one compiled pass) should stay at or under
@@ -19,9 +19,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cam.device import describe_device
-from cam.methods import Explainer, score_cam_passes
-from cam.registry import METHODS
+from cam.core.device import describe_device
+from cam.explain.methods import Explainer, score_cam_passes
+from cam.explain.registry import METHODS
 
 FUSED_LIMIT = 2.5
 

@@ -8,7 +8,7 @@ first row.
 
     python -m benchmarks.bench_photo_training [--batch 16] [--steps 2] [--rounds 2]
 
-The shipped photo checkpoints were trained elsewhere, on one H200 with ``cam.gpu_training`` (both models at once,
+The shipped photo checkpoints were trained elsewhere, on one H200 with ``cam.train.gpu_training`` (both models at once,
 at short sides 128-224; figures from their cards' per-epoch history): VGG16 8.2 s per epoch, 39 epochs in 320 s;
 NoPool-GAP 32 s per epoch beside VGG16 and 20 s alone, 23 epochs in 588 s. On this CPU one epoch at 128 px alone
 takes 16 minutes or more (the rows below).
@@ -21,9 +21,9 @@ import argparse
 import keras
 
 from benchmarks.bench_training import fit_rate
-from cam.device import describe_device
-from cam.models import NOPOOL_PHOTO_FILTERS, nopool_gap, nopool_gap_dilated, vgg16
-from cam.training import freeze_until, resolve_precision
+from cam.core.device import describe_device
+from cam.models.architectures import NOPOOL_PHOTO_FILTERS, nopool_gap, nopool_gap_dilated, vgg16
+from cam.train.training import freeze_until, resolve_precision
 
 EPOCH_IMAGES = 6_354
 

@@ -2,7 +2,7 @@
 
 - Sessions: several visitors (4 by default), each in their own browser, upload a different photo at the same
   moment to ONE server. Each page must show the captions of its own photo: the class and percentage that this
-  process computes for that photo with the dashboard's own code (``cam.pipeline``), and the photo's size.
+  process computes for that photo with the dashboard's own code (``cam.explain.pipeline``), and the photo's size.
 - Memory: one visitor uploads many different 1024x768 photos (50 by default), one after another; after each, the
   resident memory (VmRSS) of the server process and its children is read from /proc. Reported: the RSS after
   uploads 1, 10, 25 and 50, the maximum, and the least-squares slope in MB per upload over uploads 10-50.
@@ -13,7 +13,7 @@
   16-bit, CMYK, animated GIF, transparency, EXIF rotation, TIFF, 1x1, 4000x40, MPO, AVIF, ICO), uploaded one at a
   time. For each:
   what the page shows (the message, or the captions), whether the page leaks a traceback, an exception class or a
-  server path, and whether that matches what ``cam.images.load_image`` says of the file. At the end: whether the
+  server path, and whether that matches what ``cam.core.images.load_image`` says of the file. At the end: whether the
   server's log holds a traceback.
 
 All three run against one ``streamlit run dashboard.py`` with the checkpoints and settings of the environment.
@@ -49,8 +49,8 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cam.examples import EXAMPLES, EXAMPLES_DIR, example_photo  # noqa: E402
-from cam.images import DECODE_MAX_SIDE, IMAGE_SUFFIXES, ImageError, load_image  # noqa: E402
+from cam.core.images import DECODE_MAX_SIDE, IMAGE_SUFFIXES, ImageError, load_image  # noqa: E402
+from cam.serve.examples import EXAMPLES, EXAMPLES_DIR, example_photo  # noqa: E402
 from tests.test_browser import (  # noqa: E402
     ANY_CAPTION,
     PANEL_METHODS,
@@ -131,11 +131,11 @@ def label(path: Path) -> str:
 def caption_maker() -> Callable[[Path], list[str]]:
     """A function giving the three captions a photo's panels should have, computed here with the dashboard's
     defaults (the default model pair, the Grad-CAM model's own layer, the study's methods) and its code."""
-    from cam.catalog import default_set
-    from cam.methods import Explainer
-    from cam.models import load_model
-    from cam.pipeline import explain_image, render_panels
-    from cam.registry import selected
+    from cam.core.catalog import default_set
+    from cam.explain.methods import Explainer
+    from cam.explain.pipeline import explain_image, render_panels
+    from cam.explain.registry import selected
+    from cam.models.checkpoints import load_model
 
     pair = default_set()
     gradcam, gap = load_model(pair.gradcam), load_model(pair.gap)

@@ -1,5 +1,5 @@
 """Training throughput of both architectures at 32x32: float32 against mixed_bfloat16, Keras's BatchNormalization
-against cam.training.FusedBatchNormalization, and (nopool_gap) whole images against 24x24 crops.
+against cam.train.training.FusedBatchNormalization, and (nopool_gap) whole images against 24x24 crops.
 
 Reports images per second on random data (the best of a few rounds of a few steps: on a shared machine the
 slower rounds measure the neighbours), the time of one epoch of 18,000 images (the training
@@ -16,9 +16,9 @@ import time
 import keras
 import numpy as np
 
-from cam.device import describe_device
-from cam.models import ARCHITECTURES
-from cam.training import FusedBatchNormalization
+from cam.core.device import describe_device
+from cam.models.architectures import ARCHITECTURES
+from cam.train.training import FusedBatchNormalization
 
 EPOCH_IMAGES = 18_000
 NORMALIZATIONS = {"keras": keras.layers.BatchNormalization, "fused": FusedBatchNormalization}

@@ -1,4 +1,4 @@
-"""How well does "not sure" (cam.verdict) separate pictures of other things from photos of our four classes?
+"""How well does "not sure" (cam.explain.verdict) separate pictures of other things from photos of our four classes?
 
     python -m benchmarks.bench_verdict [--data ../shared/data/photos4] [--set photos]
 
@@ -7,11 +7,11 @@ matplotlib, both needed only here), none of a bird, cat, dog or horse, each take
 quadrants and the centre half). Their source images are split in two by a seeded draw: one half (with a validation
 part of photos4/train, photos not used for the statistics) chooses the rule and threshold, the other half and
 photos4/test report it. Candidates per network: a Mahalanobis distance of its pooled features or of its layers'
-statistics (``cam.verdict.layer_statistics``) in a few numbers of principal directions, the pooled features' norm, or
-no check; and, besides them, the 1000-class screen (``cam.imagenet_net.Screen``): "not sure" when its probability on
-our four classes' ImageNet groups is under a cut (``SCREEN_CUTS``; 0: the screen is not asked). Prints the best
-candidates on the choosing half, the chosen one (``COST_SLACK``: the cheapest of the nearly best) on the reporting
-half, and (``--cost``) what each extra pass costs.
+statistics (``cam.explain.verdict.layer_statistics``) in a few numbers of principal directions, the pooled features'
+norm, or no check; and, besides them, the 1000-class screen (``cam.models.imagenet_net.Screen``): "not sure" when its
+probability on our four classes' ImageNet groups is under a cut (``SCREEN_CUTS``; 0: the screen is not asked). Prints
+the best candidates on the choosing half, the chosen one (``COST_SLACK``: the cheapest of the nearly best) on the
+reporting half, and (``--cost``) what each extra pass costs.
 """
 
 from __future__ import annotations
@@ -23,12 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
-from cam.catalog import MODEL_SETS
-from cam.data import list_classes, list_images
-from cam.imagenet_net import Screen
-from cam.images import load_image
-from cam.models import load_model
-from cam.verdict import FEATURES, Choice, FeatureReader, FeatureStats, fit_stats, statistics_layers, training_sample
+from cam.core.catalog import MODEL_SETS
+from cam.core.images import load_image
+from cam.data.folders import list_classes, list_images
+from cam.explain.verdict import (
+    FEATURES,
+    Choice,
+    FeatureReader,
+    FeatureStats,
+    fit_stats,
+    statistics_layers,
+    training_sample,
+)
+from cam.models.checkpoints import load_model
+from cam.models.imagenet_net import Screen
 
 # (package, file inside it): pictures of things that are not birds, cats, dogs or horses. Left out on purpose:
 # scikit-image's chelsea (a cat), horse (a horse's silhouette) and its tiny test and chessboard files.
@@ -106,7 +114,8 @@ def read_all(args: argparse.Namespace, ood_images: list[np.ndarray]) -> dict[str
         if not file.is_file():
             screen = screen or Screen.load()
             if screen is None:
-                raise SystemExit("the 1000-class screen's checkpoint is missing (python -m cam.imagenet_net convert)")
+                raise SystemExit("the 1000-class screen's checkpoint is missing "
+                                 "(python -m cam.models.imagenet_net convert)")
             images = ood_images if paths is None else [load_image(p) for p in paths]
             np.savez(file, share=[sighting.share for sighting in screen.look(images)])
             print(f"screen: {part} read", flush=True)
@@ -127,7 +136,7 @@ def cost(args: argparse.Namespace) -> None:
     warm-up: each network's features that ``CHOSEN`` checks, and the 1000-class screen."""
     import time
 
-    from cam.verdict import CHOSEN
+    from cam.explain.verdict import CHOSEN
 
     passes = {}
     for name, choice in zip((MODEL_SETS[args.set].gradcam, MODEL_SETS[args.set].gap), CHOSEN, strict=True):

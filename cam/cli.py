@@ -17,21 +17,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cam import catalog  # no TensorFlow: --help stays fast
-from cam.images import SHAPE_MULTIPLE  # numpy and Pillow only: --help stays fast
+from cam.core import catalog  # no TensorFlow: --help stays fast
+from cam.core.images import SHAPE_MULTIPLE  # numpy and Pillow only: --help stays fast
 
 if TYPE_CHECKING:  # only for annotations: importing them at run time would load TensorFlow for --help
-    from cam.evaluation import EvaluationConfig
-    from cam.methods import Explainer
-    from cam.models import LoadedModel
-    from cam.pipeline import Panel
-    from cam.registry import Method
-    from cam.verdict import Judge
+    from cam.evaluate.scoring import EvaluationConfig
+    from cam.explain.methods import Explainer
+    from cam.explain.pipeline import Panel
+    from cam.explain.registry import Method
+    from cam.explain.verdict import Judge
+    from cam.models.checkpoints import LoadedModel
 
 PROG = "python -m cam"
-# cam.models.ARCHITECTURES, spelled out so that building the parser needs no TensorFlow (a test keeps them equal).
+# cam.models.architectures.ARCHITECTURES, spelled out so that building the parser needs no TensorFlow (a test keeps them
+# equal).
 ARCHITECTURES = ("vgg16", "nopool_gap", "nopool_gap_dilated")
-# What cam.models.vgg16_imagenet downloads into Keras's cache.
+# What cam.models.checkpoints.vgg16_imagenet downloads into Keras's cache.
 TOP_K = 3
 METHODS_HELP = ("comma-separated method keys, or all (default: grad_cam,guided_grad_cam,nopool_cam); "
                 f"`{PROG} methods` lists them")
@@ -40,10 +41,10 @@ METHODS_HELP = ("comma-separated method keys, or all (default: grad_cam,guided_g
 # ---------------------------------------------------------------------------------------------------- explain
 def explain(args: argparse.Namespace) -> int:
     """Explain each image with both models; exit 1 when some image could not be read (the others are done)."""
-    from cam.methods import Explainer
-    from cam.models import load_model
-    from cam.registry import selected
-    from cam.verdict import Judge
+    from cam.explain.methods import Explainer
+    from cam.explain.registry import selected
+    from cam.explain.verdict import Judge
+    from cam.models.checkpoints import load_model
 
     methods = selected(args.methods)
     check_unique_stems(args.images)
@@ -68,8 +69,8 @@ def explain_one(
 ) -> bool:
     """Explain, print and save one image (with ``judge``, its verdict first); False (and a message on stderr) when
     it cannot be read."""
-    from cam.images import ImageError, load_image
-    from cam.pipeline import explain_image, render_panels
+    from cam.core.images import ImageError, load_image
+    from cam.explain.pipeline import explain_image, render_panels
 
     try:
         image = load_image(path)
@@ -104,7 +105,7 @@ def check_unique_stems(images: Sequence[str]) -> None:
 def save_panels(panels: list[Panel], out: Path, stem: str, raw: bool) -> list[Path]:
     """Write ``<stem>_<method key>.png`` per panel (``raw``: also its native map as ``.npy``) and
     ``<stem>_side_by_side.png``; returns the paths written."""
-    from cam.pipeline import side_by_side
+    from cam.explain.pipeline import side_by_side
 
     written = []
     for panel in panels:
@@ -118,7 +119,7 @@ def save_panels(panels: list[Panel], out: Path, stem: str, raw: bool) -> list[Pa
 
 
 def _write_png(path: Path, image: np.ndarray) -> Path:
-    from cam import render
+    from cam.explain import render
 
     path.write_bytes(render.to_png(image))
     return path
@@ -151,9 +152,9 @@ TRAIN_OPTIONS = (
 
 def train(args: argparse.Namespace) -> int:
     """Train one architecture and save its checkpoint and card; options left out keep TrainConfig's defaults."""
-    from cam.data import data_root
-    from cam.training import TrainConfig
-    from cam.training import train as run_training
+    from cam.data.folders import data_root
+    from cam.train.training import TrainConfig
+    from cam.train.training import train as run_training
 
     given = {key: getattr(args, key) for key in TRAIN_OPTIONS if getattr(args, key) is not None}
     config = TrainConfig(args.architecture, str(data_root(args.data)), **given)
@@ -164,16 +165,17 @@ def train(args: argparse.Namespace) -> int:
 
 
 def checkpoint_file(model: str) -> Path:
-    """The .keras file of a registry name (in cam.catalog.CHECKPOINTS) or of a path given with or without suffix."""
+    """The .keras file of a registry name (in cam.core.catalog.CHECKPOINTS) or of a path given with or without
+    suffix."""
     return catalog.checkpoint_path(model) if model in catalog.REGISTRY else Path(model).with_suffix(".keras")
 
 
 def evaluate(args: argparse.Namespace) -> int:
     """Print a checkpoint's accuracy, per-class accuracy and confusion matrix on one split of a dataset, the photos
     at their own aspect ratio with short side --size (default: the card's size), or squashed into a square."""
-    from cam.data import balanced_sample, data_root, load_split, sources_of
-    from cam.models import load_checkpoint
-    from cam.training import classification_report, format_report
+    from cam.data.folders import balanced_sample, data_root, load_split, sources_of
+    from cam.models.checkpoints import load_checkpoint
+    from cam.train.training import classification_report, format_report
 
     path = checkpoint_file(args.model)
     loaded = load_checkpoint(path)
@@ -223,7 +225,8 @@ def update_card(path: str | Path, key: str, value: object) -> Path:
 # ------------------------------------------------------------------------------------------ data, models, report
 def data(args: argparse.Namespace) -> int:
     """Download CIFAR-10 and write the four-class folder, or rebuild photos4 from its manifest (both need internet)."""
-    from cam.data import CIFAR10_URL, GITHUB_RAW, data_root, download_cifar4, rebuild_photos4
+    from cam.data.downloads import CIFAR10_URL, GITHUB_RAW, download_cifar4, rebuild_photos4
+    from cam.data.folders import data_root
 
     out = data_root(args.out)
     if args.dataset == "photos4":
@@ -236,7 +239,7 @@ def data(args: argparse.Namespace) -> int:
 
 def models(args: argparse.Namespace) -> int:
     """List the registry's models, how to get each and whether it is available here."""
-    from cam.models import availability
+    from cam.models.checkpoints import availability
 
     for model_set in catalog.MODEL_SETS.values():
         default = " (default)" if model_set == catalog.default_set() else ""
@@ -250,7 +253,7 @@ def models(args: argparse.Namespace) -> int:
 
 def methods(args: argparse.Namespace) -> int:
     """List the registry's methods: key, label, the model it explains, the layers it reads, what it shows."""
-    from cam.registry import METHODS
+    from cam.explain.registry import METHODS
 
     for method in METHODS.values():
         default = " (default)" if method.key in catalog.STUDY else ""
@@ -260,17 +263,17 @@ def methods(args: argparse.Namespace) -> int:
 
 
 def models_of(args: argparse.Namespace) -> tuple[str, str]:
-    """(Grad-CAM model, GAP model) of ``--set`` (default: cam.catalog.default_set), each replaced by ``--model`` and
-    ``--cam-model`` where given."""
+    """(Grad-CAM model, GAP model) of ``--set`` (default: cam.core.catalog.default_set), each replaced by ``--model``
+    and ``--cam-model`` where given."""
     model_set = catalog.MODEL_SETS[args.set] if args.set else catalog.default_set()
     return args.model or model_set.gradcam, args.cam_model or model_set.gap
 
 
 def verdict(args: argparse.Namespace) -> int:
     """``verdict fit``: the feature statistics of both models of the pair, written next to their checkpoints."""
-    from cam.data import data_root
-    from cam.models import load_model
-    from cam.verdict import CHOSEN, fit_model, stats_path
+    from cam.data.folders import data_root
+    from cam.explain.verdict import CHOSEN, fit_model, stats_path
+    from cam.models.checkpoints import load_model
 
     for name, choice in zip(models_of(args), CHOSEN, strict=True):
         loaded = load_model(name)
@@ -289,8 +292,8 @@ REPORT_OPTIONS = ("boxes", "n", "mosaics", "seed", "sanity_n", "steps", "batch_s
 
 def report_config(args: argparse.Namespace) -> EvaluationConfig:
     """The evaluation ``python -m cam report`` asks for; options left out keep EvaluationConfig's defaults."""
-    from cam.evaluation import EvaluationConfig
-    from cam.registry import selected
+    from cam.evaluate.scoring import EvaluationConfig
+    from cam.explain.registry import selected
 
     given = {key: getattr(args, key) for key in REPORT_OPTIONS if getattr(args, key) is not None}
     return EvaluationConfig(Path(args.data), methods=tuple(m.key for m in selected(args.methods)), **given)
@@ -298,8 +301,8 @@ def report_config(args: argparse.Namespace) -> EvaluationConfig:
 
 def report(args: argparse.Namespace) -> int:
     """Evaluate the methods and write the report."""
-    from cam.models import load_model
-    from cam.report import DEFAULT_OUT, run
+    from cam.evaluate.report import DEFAULT_OUT, run
+    from cam.models.checkpoints import load_model
 
     gradcam_name, cam_name = models_of(args)
     return run(report_config(args), Path(args.out or DEFAULT_OUT), (load_model(gradcam_name), load_model(cam_name)),
@@ -307,8 +310,8 @@ def report(args: argparse.Namespace) -> int:
 
 
 def batch(args: argparse.Namespace) -> int:
-    """Explain every image of a folder or a list of files on Ray (``cam.batch``)."""
-    from cam.batch import command
+    """Explain every image of a folder or a list of files on Ray (``cam.serve.batch``)."""
+    from cam.serve.batch import command
 
     return command(args, models_of(args))
 
@@ -387,9 +390,9 @@ def _add_verdict(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "verdict",
         help="fit the statistics behind the 'not sure' verdict (run again after retraining a pair)",
-        description="fit: each model's features (cam.verdict.CHOSEN) on a seeded sample of DATA/train, per class, "
-        "with a threshold from other training photos; written to checkpoints/<model>.ood.npz, read by the dashboard "
-        "and explain.",
+        description="fit: each model's features (cam.explain.verdict.CHOSEN) on a seeded sample of DATA/train, per "
+        "class, with a threshold from other training photos; written to checkpoints/<model>.ood.npz, read by the "
+        "dashboard and explain.",
     )
     parser.add_argument("action", choices=("fit",))
     _add_model_choice(parser)
@@ -406,7 +409,7 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
         "report",
         help="score the methods: faithfulness, localization, sanity, resolution",
         description="Score each method on the model it explains and write report.md, scores.csv, report.json and "
-        "figures to OUT. Options left out keep cam.evaluation.EvaluationConfig's defaults.",
+        "figures to OUT. Options left out keep cam.evaluate.scoring.EvaluationConfig's defaults.",
     )
     parser.add_argument("--data", required=True, help="dataset root with test/<class>/*.jpg (e.g. cifar4)")
     _add_model_choice(parser)
@@ -465,7 +468,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "train",
         help="train an architecture on an image-folder dataset",
         description="Train on DATA/train (validation split taken from it), test on DATA/test, save "
-        "OUT/NAME.keras and its card. Options left out keep cam.training.TrainConfig's defaults.",
+        "OUT/NAME.keras and its card. Options left out keep cam.train.training.TrainConfig's defaults.",
     )
     parser.add_argument("architecture", choices=ARCHITECTURES)
     parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
@@ -501,7 +504,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         choices=("cifar", "photo"),
         help="photo: random-resized crops, colour, JPEG and frame jitter, class-balanced (default from 64 px up)",
     )
-    parser.add_argument("--teacher", metavar="FILE.npz", help="soft labels to mix into the targets (cam.teacher)")
+    parser.add_argument("--teacher", metavar="FILE.npz", help="soft labels to mix into the targets (cam.train.teacher)")
     parser.add_argument("--teacher-weight", type=_fraction, metavar="W", help="the teacher's share (default 0.5)")
     parser.add_argument("--exclude-source", metavar="REPO", help="leave this MANIFEST.csv source out of training")
     parser.add_argument(
@@ -572,8 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def expected_errors() -> tuple[type[Exception], ...]:
     """Failures that are the input's fault, reported in one line. ImageError and ExplanationError are ValueErrors."""
-    from cam.data import DataError
-    from cam.models import CheckpointError, WeightsUnavailable
+    from cam.data.folders import DataError
+    from cam.models.errors import CheckpointError, WeightsUnavailable
 
     return ValueError, DataError, CheckpointError, WeightsUnavailable
 

@@ -9,7 +9,7 @@ import streamlit as st
 from streamlit.logger import get_logger
 
 import navigation
-from cam import report_content as report
+from cam.evaluate import report_content as report
 
 log = get_logger(__name__)
 

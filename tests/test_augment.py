@@ -1,12 +1,12 @@
-"""The one training augmentation (cam.augment): each transform's effect on a synthetic image, the view's shape at the
-photo's own aspect, and the same view from the same seed."""
+"""The one training augmentation (cam.train.augment): each transform's effect on a synthetic image, the view's shape at
+the photo's own aspect, and the same view from the same seed."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cam import augment
-from cam.images import input_shape
+from cam.core.images import input_shape
+from cam.train import augment
 
 
 def halves(height: int = 60, width: int = 90) -> Image.Image:

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from cam.models import nopool_gap_dilated, vgg16
+from cam.models.architectures import nopool_gap_dilated, vgg16
 
 pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parent.parent

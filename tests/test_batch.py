@@ -17,13 +17,17 @@ from conftest import write_image_folder
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cam import batch, cli, evaluation
-from cam.catalog import MODEL_SETS, STUDY, Role
-from cam.images import ImageError, load_image
-from cam.methods import Explainer
-from cam.models import load_model
-from cam.pipeline import explain_image
-from cam.registry import selected
+from cam import cli
+from cam.core.catalog import MODEL_SETS, STUDY, Role
+from cam.core.images import ImageError, load_image
+from cam.core.workers import ray_session
+from cam.evaluate import scoring as evaluation
+from cam.evaluate.parallel import RayParts
+from cam.explain.methods import Explainer
+from cam.explain.pipeline import explain_image
+from cam.explain.registry import selected
+from cam.models.checkpoints import load_model
+from cam.serve import batch
 
 SLOW = pytest.mark.slow  # Ray starts worker processes that each import TensorFlow; the page loads the dashboard
 CIFAR = MODEL_SETS["cifar"]
@@ -36,7 +40,7 @@ PAGE = "pages/2_Batches.py"
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray with two CPUs for the whole module; shut down after it."""
-    with batch.ray_session(None, 2):
+    with ray_session(None, 2):
         yield
 
 
@@ -204,7 +208,7 @@ def test_the_report_scored_on_two_ray_workers_equals_the_single_process_run(ray_
     config = evaluation.EvaluationConfig(data, n=10, mosaics=6, sanity_n=3, steps=4, batch_size=4, seed=3)
     models = load_model(CIFAR.gradcam), load_model(CIFAR.gap)
     here = evaluation.evaluate(config, *models, "here", log=lambda line: None)
-    parts = batch.RayParts(dict(zip((Role.GRADCAM, Role.GAP), models, strict=True)), STUDY, workers=2)
+    parts = RayParts(dict(zip((Role.GRADCAM, Role.GAP), models, strict=True)), STUDY, workers=2)
     on_ray = evaluation.evaluate(config, *models, "on ray", log=lambda line: None, map_parts=parts)
     faithful = here["frame"][here["frame"]["set"] == "test"]
     assert len(faithful) == 10 * 3 * 6  # 10 images (3 parts: 4, 4, 2), 3 methods, 6 scores each

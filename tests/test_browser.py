@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam.examples import example_photo
+from cam.serve.examples import example_photo
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -76,7 +76,7 @@ TITLES_AND_TOOLBARS = """() => { const box = e => { const r = e.getBoundingClien
         box).filter(r => r[2] > r[0] && r[3] > r[1]);
     return [titles, bars]; }"""
 ALL_IMAGES_LOADED = "() => Array.from(document.images).every(image => image.complete && image.naturalWidth > 0)"
-VERDICT = re.compile(r"Both networks say|The networks disagree|Not sure: |says \w+ \(")  # cam.verdict's sentences
+VERDICT = re.compile(r"Both networks say|The networks disagree|Not sure: |says \w+ \(")  # the verdict's sentences
 # A panel's caption, whatever its words.
 ANY_CAPTION = re.compile(r" — map of \d+x\d+ cells from a \d+x\d+ input, shown at ")
 TIMEOUT_MS = 900_000  # the first run builds VGG16 on a CPU that may be busy (7.5 minutes seen under load)

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cam.models
+import cam.models.architectures
+import cam.models.checkpoints
 from cam import cli
-from cam.models import ARCHITECTURES
-from cam.report import command_line
+from cam.evaluate.report import command_line
+from cam.models.architectures import ARCHITECTURES
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMMANDS = ("explain", "train", "evaluate", "data", "models", "methods", "report", "verdict")
@@ -25,11 +26,11 @@ PNGS = ("grad_cam", "guided_grad_cam", "nopool_cam", "side_by_side")
 
 @pytest.fixture
 def checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty checkpoints folder for the registry (cam.catalog read $CAM_CHECKPOINTS when it was imported)."""
+    """An empty checkpoints folder for the registry (cam.core.catalog read $CAM_CHECKPOINTS when it was imported)."""
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     monkeypatch.setenv("CAM_CHECKPOINTS", str(folder))
-    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", folder)
+    monkeypatch.setattr(cam.core.catalog, "CHECKPOINTS", folder)
     return folder
 
 
@@ -245,8 +246,8 @@ def test_verdict_fit_writes_small_statistics_that_explain_then_uses(checkpoints,
     assert cli.main(["verdict", "fit", "--set", "cifar", "--data", data]) == 2  # no trained networks: said, no file
     assert "vgg16 has no checkpoint here; train it first" in capsys.readouterr().err
     for name in ("vgg16", "nopool_gap"):
-        stand_in = cam.models.untrained_stand_in(name)
-        cam.models.save_checkpoint(stand_in.model, stand_in.card, checkpoints)
+        stand_in = cam.models.checkpoints.untrained_stand_in(name)
+        cam.models.checkpoints.save_checkpoint(stand_in.model, stand_in.card, checkpoints)
     assert cli.main(["verdict", "fit", "--set", "cifar", "--data", data, "--n", "24", "--held-out", "8"]) == 0
     printed = capsys.readouterr().out
     for name in ("vgg16", "nopool_gap"):

@@ -2,7 +2,7 @@
 files, an empty map and two networks that disagree, links that carry the view (and cannot reach outside the
 gallery), and networks that fail one at a time.
 
-AppTest runs the script in this process, so the tests patch ``cam.catalog.CHECKPOINTS`` and the registry directly;
+AppTest runs the script in this process, so the tests patch ``cam.core.catalog.CHECKPOINTS`` and the registry directly;
 the upload goes through the app's own ``st.file_uploader`` and its ``on_change`` callback (AppTest's
 ``FileUploader.set_value``). Every test starts from cleared Streamlit caches and builds its networks once, so there
 are few tests and each covers several steps.
@@ -25,14 +25,15 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import cam.catalog
-import cam.models
-import cam.pipeline
-from cam import imagenet_net
-from cam.catalog import STUDY
-from cam.models import WeightsUnavailable
-from cam.registry import METHODS
-from cam.verdict import FeatureStats, stats_path
+import cam.core.catalog
+import cam.explain.pipeline
+import cam.models.architectures
+import cam.models.checkpoints
+from cam.core.catalog import STUDY
+from cam.explain.registry import METHODS
+from cam.explain.verdict import FeatureStats, stats_path
+from cam.models import imagenet_net
+from cam.models.errors import WeightsUnavailable
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,15 +46,15 @@ FIRST = "400x328"  # the size of the first visit's example, the drawing of a hor
 EXTRA = [key for key in METHODS if key not in STUDY]
 
 
-def _offline() -> cam.models.LoadedModel:
+def _offline() -> cam.models.checkpoints.LoadedModel:
     raise WeightsUnavailable("no network in tests: https://example.org/weights.h5 /root/.keras/models")
 
 
 @pytest.fixture
 def setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An empty checkpoints folder, no dataset, ImageNet weights unavailable, fresh caches; yields tmp_path."""
-    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path / "checkpoints")
-    monkeypatch.setattr(cam.models, "vgg16_imagenet", _offline)
+    monkeypatch.setattr(cam.core.catalog, "CHECKPOINTS", tmp_path / "checkpoints")
+    monkeypatch.setattr(cam.models.checkpoints, "vgg16_imagenet", _offline)
     monkeypatch.setenv("CAM_DATA", str(tmp_path / "no_dataset"))
     st.cache_resource.clear()
     st.cache_data.clear()
@@ -121,13 +122,13 @@ def assert_panels(at: AppTest, size: str, count: int = 3) -> None:
 
 def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    explain = cam.pipeline.explain_image
+    explain = cam.explain.pipeline.explain_image
 
-    def counted(*args, **kwargs) -> cam.pipeline.ImageResult:
+    def counted(*args, **kwargs) -> cam.explain.pipeline.ImageResult:
         calls.append(args)
         return explain(*args, **kwargs)
 
-    monkeypatch.setattr(cam.pipeline, "explain_image", counted)
+    monkeypatch.setattr(cam.explain.pipeline, "explain_image", counted)
 
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error
@@ -194,12 +195,13 @@ def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypat
 def trained(name: str, folder: Path, bias: dict[str, float], zero_kernel: bool) -> None:
     """Save a stand-in as a 'trained' checkpoint whose logits favour classes by ``bias``; ``zero_kernel`` makes its
     scores independent of the image, so its Grad-CAM map is empty."""
-    loaded = cam.models.untrained_stand_in(name)
+    loaded = cam.models.checkpoints.untrained_stand_in(name)
     logits = loaded.model.get_layer("logits")
     kernel, offsets = logits.get_weights()
     offsets[:] = [bias.get(c, 0.0) for c in loaded.classes]
     logits.set_weights([np.zeros_like(kernel) if zero_kernel else kernel, offsets])
-    cam.models.save_checkpoint(loaded.model, {**loaded.card, "metrics": {"test": {"accuracy": 0.5}}}, folder)
+    card = {**loaded.card, "metrics": {"test": {"accuracy": 0.5}}}
+    cam.models.checkpoints.save_checkpoint(loaded.model, card, folder)
 
 
 def test_reruns_keep_the_shared_models_warm(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -396,8 +398,9 @@ def test_gallery_and_card_problems_become_sentences(setup: Path, monkeypatch: py
     assert_panels(at, "40x32", count=2)
     assert_no_paths(at, setup)
 
-    stand_in = cam.models.untrained_stand_in("vgg16")
-    cam.models.save_checkpoint(stand_in.model, {**stand_in.card, "gradcam_layer": "block9_conv9"}, checkpoints)
+    stand_in = cam.models.checkpoints.untrained_stand_in("vgg16")
+    wrong_layer = {**stand_in.card, "gradcam_layer": "block9_conv9"}
+    cam.models.checkpoints.save_checkpoint(stand_in.model, wrong_layer, checkpoints)
     card.write_text(json.dumps({**json.loads(card.read_text()), "metrics": {}}))
     st.cache_resource.clear()
     st.cache_data.clear()
@@ -502,15 +505,15 @@ def test_the_verdict_agrees_or_is_not_sure(setup: Path) -> None:
 
 
 def test_state_follows_the_visitor(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    explain = cam.pipeline.explain_image
+    explain = cam.explain.pipeline.explain_image
 
-    def no_grad_cam(*args, **kwargs) -> cam.pipeline.ImageResult:  # Grad-CAM's map (and so Guided's) all zero
+    def no_grad_cam(*args, **kwargs) -> cam.explain.pipeline.ImageResult:  # Grad-CAM's map (and so Guided's) all zero
         result = explain(*args, **kwargs)
         for key in ("grad_cam", "guided_grad_cam"):
             result.explanation.maps[key] = np.zeros_like(result.explanation.maps[key])
         return result
 
-    monkeypatch.setattr(cam.pipeline, "explain_image", no_grad_cam)
+    monkeypatch.setattr(cam.explain.pipeline, "explain_image", no_grad_cam)
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error
     # The empty Grad-CAM panel is replaced, in its place, by Layer-CAM on the same layer, labelled as such.

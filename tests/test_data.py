@@ -13,20 +13,9 @@ import tensorflow as tf
 from conftest import CLASS_COLOURS, NOISE, TINY_COUNTS, TINY_SIZE
 from PIL import Image
 
-from cam.data import (
-    CIFAR10_NAMES,
-    DataError,
-    augment,
-    cut_mix,
-    cut_out,
-    download_cifar4,
-    list_classes,
-    load_split,
-    md5sum,
-    split_train_validation,
-    to_dataset,
-    write_cifar4,
-)
+from cam.data.downloads import CIFAR10_NAMES, download_cifar4, md5sum, write_cifar4
+from cam.data.folders import DataError, list_classes, load_split, split_train_validation
+from cam.train.pipelines import augment, cut_mix, cut_out, to_dataset
 
 CLASSES = sorted(CLASS_COLOURS)
 

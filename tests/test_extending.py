@@ -14,9 +14,11 @@ from streamlit.testing.v1 import AppTest
 from test_dashboard import DASHBOARD, TIMEOUT, captions, encoded, texts
 from test_report import tiny
 
-import cam.models
-from cam import cli, registry, report
-from cam.catalog import Role
+import cam.models.checkpoints
+from cam import cli
+from cam.core.catalog import Role
+from cam.evaluate import report
+from cam.explain import registry
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +33,7 @@ def dummy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> registry.Method:
     method = registry.Method("brightness", "Brightness (dummy)", Role.GRADCAM, brightness,
                              lambda model, layer: ["input"], "How bright each pixel is.")
     monkeypatch.setitem(registry.METHODS, method.key, method)
-    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path / "no_checkpoints")  # untrained stand-ins
+    monkeypatch.setattr(cam.core.catalog, "CHECKPOINTS", tmp_path / "no_checkpoints")  # untrained stand-ins
     return method
 
 
@@ -46,7 +48,7 @@ def test_a_new_method_reaches_the_command_line(dummy, tmp_path) -> None:
 
 
 def test_a_new_method_reaches_the_report(dummy, tmp_path) -> None:
-    for name in cam.models.CIFAR4_CLASSES:
+    for name in cam.core.catalog.CIFAR4_CLASSES:
         (tmp_path / "data" / "test" / name).mkdir(parents=True)
         for index in range(2):
             pixels = np.random.default_rng(index).integers(0, 256, (32, 32, 3), dtype=np.uint8)

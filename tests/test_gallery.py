@@ -1,4 +1,4 @@
-"""cam.gallery: visitors reach only the built-in pictures and the dataset folders that $CAM_DATA names."""
+"""cam.serve.gallery: visitors reach only the built-in pictures and the dataset folders that $CAM_DATA names."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam import gallery
-from cam.examples import EXAMPLES, EXAMPLES_DIR, LICENCES
+from cam.serve import gallery
+from cam.serve.examples import EXAMPLES, EXAMPLES_DIR, LICENCES
 
 
 def picture(path: Path) -> Path:

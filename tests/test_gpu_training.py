@@ -1,4 +1,4 @@
-"""Training the photo pair with Keras on torch (cam.gpu_training): int8 transfer of large kernels, weight pieces,
+"""Training the photo pair with Keras on torch (cam.train.gpu_training): int8 transfer of large kernels, weight pieces,
 weights by layer name, the 12 -> 14 layer warm start that keeps the logits, aspect-grouped batches, views and
 validation batches of a tiny pack, and (when torch imports) a real ``fit`` on CPU torch imported back here."""
 
@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam import gpu_training
-from cam.gpu_training import (
+from cam.core.images import own_aspect
+from cam.models.architectures import nopool_gap, receptive_field
+from cam.models.checkpoints import load_checkpoint
+from cam.train import gpu_training
+from cam.train.gpu_training import (
     INT8_MIN_SIZE,
     TRAINING_SIDES,
     Views,
@@ -32,8 +35,6 @@ from cam.gpu_training import (
     set_layer_weights,
     validation_batches,
 )
-from cam.images import own_aspect
-from cam.models import load_checkpoint, nopool_gap, receptive_field
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_SITE = Path("/work/torchsite")
@@ -263,7 +264,7 @@ def test_validation_batches_hold_the_whole_validation_photos_at_the_short_side(t
     expected = [own_aspect(np.asarray(decode(tiny_pack, int(i))), 128) for i in val_index]
     for images, labels in batches:
         assert images.ndim == 4 and min(images.shape[1:3]) == 128 and len(images) == len(labels) <= 2
-        for image in images:  # each one a validation photo as cam.pipeline shows it
+        for image in images:  # each one a validation photo as cam.explain.pipeline shows it
             assert any(image.shape == view.shape and np.array_equal(image, view) for view in expected)
     shapes = {images.shape[1:] for images, _ in batches}
     assert shapes == {(128, 128, 3), (128, 192, 3), (160, 128, 3)}  # photos 8-11: square, landscape, portrait
@@ -291,7 +292,7 @@ def test_a_fit_on_torch_writes_weights_that_import_here_as_a_checkpoint(tmp_path
     write_pack(pack_dir, 6, 4)  # one step of 4 photos per epoch, 2 validation photos: the CPU must keep up
     np.savez(pack_dir / f"init_{name}.npz", **quantized(layer_weights(gpu_training.build(name))))
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "cam.gpu_training", "fit", "--pack", str(pack_dir), "--model", name,
+    command = [sys.executable, "-m", "cam.train.gpu_training", "fit", "--pack", str(pack_dir), "--model", name,
                "--seconds", "1", "--out", str(run), "--workers", "0", "--batch", "4"]
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

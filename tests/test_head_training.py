@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam import head_training
-from cam.catalog import checkpoint_path
-from cam.methods import cam, grad_cam
-from cam.models import centre_classes, load_checkpoint, vgg16
-from cam.predict import predict_probabilities
+from cam.core.catalog import checkpoint_path
+from cam.core.predict import predict_probabilities
+from cam.explain.methods import cam, grad_cam
+from cam.models.architectures import centre_classes, vgg16
+from cam.models.checkpoints import load_checkpoint
+from cam.train import head_training
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""cam.imagenet_net: EfficientNet-Lite0 in Keras, its strict conversion from the PyTorch state dict, the shipped
+"""cam.models.imagenet_net: EfficientNet-Lite0 in Keras, its strict conversion from the PyTorch state dict, the shipped
 checkpoint, and the screen the verdict asks. The independent check: the same weights in a PyTorch implementation
 (``tests/reference_lite0.py``) give the same probabilities (where torch and the weights' package are installed)."""
 
@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cam.models
-from cam import imagenet_net
-from cam.images import load_image
-from cam.models import CheckpointError, imagenet_class_groups
+import cam.models.checkpoints
+from cam.core.images import load_image
+from cam.models import imagenet_net
+from cam.models.checkpoints import imagenet_class_groups
+from cam.models.errors import CheckpointError
 
 EXAMPLES = Path(imagenet_net.__file__).with_name("examples")
 N_PARAMETERS = 4_652_008  # EfficientNet-Lite0 with its 1000-way head, as published (4.65M)
@@ -119,7 +120,7 @@ def test_the_shipped_screen_sees_a_coffee_and_a_cat() -> None:
 
 
 def test_without_its_checkpoint_the_screen_is_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(cam.core.catalog, "CHECKPOINTS", tmp_path)
     assert imagenet_net.Screen.load() is None
     (tmp_path / f"{imagenet_net.NAME}.keras").write_bytes(b"truncated")
     (tmp_path / f"{imagenet_net.NAME}.json").write_text("{}")

@@ -1,4 +1,4 @@
-"""cam.images: every bad input gets a specific ImageError, odd modes and EXIF rotation come out as plain RGB."""
+"""cam.core.images: every bad input gets a specific ImageError, odd modes and EXIF rotation come out as plain RGB."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam.images import ImageError, article, decode_image, load_image, model_input, resize
+from cam.core.images import ImageError, article, decode_image, load_image, model_input, resize
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 

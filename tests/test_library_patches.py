@@ -1,4 +1,4 @@
-"""The dashboard's patches of libraries' private parts (``cam.library_patches``): each test fails when the library
+"""The dashboard's patches of libraries' private parts (``cam.serve.library_patches``): each test fails when the library
 changes under its patch (another version, the private part gone or different) or when the patch stops working."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser as LibraryParser
 from starlette.requests import Request
 
-from cam import library_patches
+from cam.serve import library_patches
 
 BOUNDARY = "----WebKitFormBoundaryTest"
 

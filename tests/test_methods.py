@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from cam.methods import (
+from cam.core.resample import upsample
+from cam.explain.methods import (
     Explainer,
     ExplanationError,
     cam,
@@ -25,8 +26,7 @@ from cam.methods import (
     stage_layers,
     varying_channels,
 )
-from cam.models import nopool_gap
-from cam.resample import upsample
+from cam.models.architectures import nopool_gap
 
 
 def fixed(layer_weights: dict[str, list[np.ndarray]], model: keras.Model) -> keras.Model:

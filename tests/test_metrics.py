@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from cam.boxes import (
+from cam.core.boxes import (
     Annotation,
     BoxError,
     box_mask,
@@ -19,8 +19,9 @@ from cam.boxes import (
     read_voc,
     tile_boxes,
 )
-from cam.methods import grad_cam
-from cam.metrics import (
+from cam.core.predict import images_per_batch, predict_probabilities
+from cam.core.resample import upsample
+from cam.evaluate.metrics import (
     best_iou,
     cascading_randomization,
     curve_area,
@@ -37,8 +38,7 @@ from cam.metrics import (
     rank_correlation,
     saliency,
 )
-from cam.predict import images_per_batch, predict_probabilities
-from cam.resample import upsample
+from cam.explain.methods import grad_cam
 
 BOX = (10.0, 10.0, 20.0, 20.0)
 

@@ -9,21 +9,14 @@ import numpy as np
 import pytest
 from keras import layers
 
-from cam import catalog, models
-from cam.data import load_split
-from cam.methods import grad_cam
-from cam.models import (
-    CheckpointError,
-    WeightsUnavailable,
-    caffe_preprocessing,
-    load_checkpoint,
-    nopool_gap,
-    receptive_field,
-    save_checkpoint,
-    untrained_stand_in,
-    vgg16,
-)
-from cam.predict import predict_probabilities
+from cam.core import catalog
+from cam.core.predict import predict_probabilities
+from cam.data.folders import load_split
+from cam.explain.methods import grad_cam
+from cam.models import architectures, checkpoints
+from cam.models.architectures import caffe_preprocessing, nopool_gap, receptive_field, vgg16
+from cam.models.checkpoints import load_checkpoint, save_checkpoint, untrained_stand_in
+from cam.models.errors import CheckpointError, WeightsUnavailable
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -54,8 +47,8 @@ def test_nopool_gap_has_no_pooling_and_full_resolution_features():
     assert not any(isinstance(layer, layers.MaxPooling2D | layers.AveragePooling2D) for layer in model.layers)
     assert all(layer.strides == (1, 1) for layer in model.layers if isinstance(layer, layers.Conv2D))
     assert model.get_layer("cam_features").output.shape[1:3] == (24, 24)
-    assert models.default_gradcam_layer(model) == "cam_features"
-    assert receptive_field(model) == 1 + 2 * len(models.NOPOOL_FILTERS)
+    assert architectures.default_gradcam_layer(model) == "cam_features"
+    assert receptive_field(model) == 1 + 2 * len(architectures.NOPOOL_FILTERS)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -104,21 +97,21 @@ def test_a_card_with_an_unusable_entry_is_refused_with_its_own_sentence(tmp_path
     loaded = untrained_stand_in("nopool_gap")
     path = save_checkpoint(loaded.model, loaded.card, tmp_path)
     path.with_suffix(".json").write_text(json.dumps({**loaded.card, entry: value}))
-    with pytest.raises(models.CardError) as refused:
+    with pytest.raises(checkpoints.CardError) as refused:
         load_checkpoint(path)
     assert refused.value.entry == entry
-    words = models.problem_in_words(refused.value)
-    assert words == (f"its description (model card) gives {models.CARD_FIELDS_IN_WORDS[entry]} missing or in a form "
-                     "this tool cannot use")
+    words = checkpoints.problem_in_words(refused.value)
+    field = checkpoints.CARD_FIELDS_IN_WORDS[entry]
+    assert words == f"its description (model card) gives {field} missing or in a form this tool cannot use"
     assert "/" not in words and repr(value) not in words
 
 
 def test_registry_falls_back_to_untrained_stand_in(tmp_path, monkeypatch):
     monkeypatch.setattr(catalog, "CHECKPOINTS", tmp_path)
-    loaded = models.load_model("nopool_gap")
+    loaded = checkpoints.load_model("nopool_gap")
     assert not loaded.trained and "UNTRAINED" in loaded.note
     with pytest.raises(ValueError, match="Unknown model"):
-        models.load_model("resnet")
+        checkpoints.load_model("resnet")
 
 
 def test_imagenet_offline_error_names_file_and_folder(tmp_path, monkeypatch):
@@ -130,7 +123,7 @@ def test_imagenet_offline_error_names_file_and_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(keras.utils, "get_file", offline)
     monkeypatch.setattr("keras.src.applications.vgg16.file_utils.get_file", offline)
     with pytest.raises(WeightsUnavailable) as error:
-        models.vgg16_imagenet()
+        checkpoints.vgg16_imagenet()
     assert "vgg16_weights_tf_dim_ordering_tf_kernels.h5" in str(error.value)
     assert str(tmp_path / "models") in str(error.value)
     with pytest.raises(WeightsUnavailable, match="_notop.h5"):
@@ -138,7 +131,7 @@ def test_imagenet_offline_error_names_file_and_folder(tmp_path, monkeypatch):
 
 
 def test_imagenet_class_groups_cover_our_classes():
-    groups = models.imagenet_class_groups()
+    groups = checkpoints.imagenet_class_groups()
     assert set(groups) == {"bird", "cat", "dog", "horse"}
     assert len(groups["dog"]) == 118 and groups["cat"] == [281, 282, 283, 284, 285]
     flat = [i for members in groups.values() for i in members]

@@ -1,10 +1,10 @@
-"""cam.names: names from visitors or the disk shortened for display and shown as typed by Markdown."""
+"""cam.core.names: names from visitors or the disk shortened for display and shown as typed by Markdown."""
 
 from __future__ import annotations
 
 import re
 
-from cam.names import ELLIPSIS, MAX_NAME_CHARS, markdown_literal, shorten
+from cam.core.names import ELLIPSIS, MAX_NAME_CHARS, markdown_literal, shorten
 
 
 def test_every_ascii_punctuation_is_escaped_once_and_nothing_else() -> None:

@@ -13,12 +13,12 @@ from keras import layers
 from PIL import Image
 
 from cam import cli
-from cam.images import detail_sizes, input_shape, own_aspect, view_box
-from cam.methods import Explainer
-from cam.models import LoadedModel, save_checkpoint
-from cam.pipeline import explain_image, photo_view, render_panels
-from cam.registry import METHODS, selected
-from cam.resample import upsample
+from cam.core.images import detail_sizes, input_shape, own_aspect, view_box
+from cam.core.resample import upsample
+from cam.explain.methods import Explainer
+from cam.explain.pipeline import explain_image, photo_view, render_panels
+from cam.explain.registry import METHODS, selected
+from cam.models.checkpoints import LoadedModel, save_checkpoint
 
 CLASSES = ["red", "grey"]
 

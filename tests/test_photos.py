@@ -12,18 +12,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cam.data import load_masks, load_split, photo_dataset, sources_of
-from cam.metrics import mask_scores
-from cam.models import (
-    IMAGENET_MEAN_BGR,
-    VGG16_BLOCKS,
-    CheckpointError,
-    WeightsUnavailable,
-    hed_weights_path,
-    load_hed_weights,
-    vgg16,
-)
-from cam.training import TrainConfig, class_biases, training_targets
+from cam.data.folders import load_masks, load_split, sources_of
+from cam.evaluate.metrics import mask_scores
+from cam.models.architectures import IMAGENET_MEAN_BGR, VGG16_BLOCKS, hed_weights_path, load_hed_weights, vgg16
+from cam.models.errors import CheckpointError, WeightsUnavailable
+from cam.train.pipelines import photo_dataset
+from cam.train.training import TrainConfig, class_biases, training_targets
 
 
 # ------------------------------------------------------------------------------------------------------ HED weights
@@ -202,7 +196,7 @@ def test_mask_scores_of_hand_made_maps() -> None:
 
 
 def test_min_max_ratio_of_flat_peaked_guided_and_empty_maps() -> None:
-    from cam.metrics import min_max_ratio
+    from cam.evaluate.metrics import min_max_ratio
 
     maps = np.stack([np.full((4, 4), 3.0), np.eye(4) * 2 + 1, np.zeros((4, 4))])
     np.testing.assert_allclose(min_max_ratio(maps)[:2], [1.0, 1 / 3])
@@ -238,7 +232,7 @@ def write_source_repository(tmp_path: Path) -> tuple[str, Path]:
 
 
 def test_rebuild_photos4_fetches_checks_and_resizes_like_the_dataset(tmp_path: Path) -> None:
-    from cam.data import rebuild_photos4
+    from cam.data.downloads import rebuild_photos4
 
     url_base, manifest = write_source_repository(tmp_path)
     assert rebuild_photos4(tmp_path / "out", manifest, url_base, log=lambda message: None) == 1
@@ -252,7 +246,8 @@ def test_rebuild_photos4_fetches_checks_and_resizes_like_the_dataset(tmp_path: P
 
 
 def test_rebuild_photos4_refuses_a_changed_file_and_explains_offline(tmp_path: Path) -> None:
-    from cam.data import DataError, rebuild_photos4
+    from cam.data.downloads import rebuild_photos4
+    from cam.data.folders import DataError
 
     url_base, manifest = write_source_repository(tmp_path)
     changed = tmp_path / "changed.csv"
@@ -264,7 +259,7 @@ def test_rebuild_photos4_refuses_a_changed_file_and_explains_offline(tmp_path: P
 
 
 def test_init_hed_builds_vgg16_without_batchnorm_with_hed_weights_and_frozen_blocks(fake_hed, monkeypatch) -> None:
-    from cam.training import build
+    from cam.train.training import build
 
     path, written = fake_hed
     monkeypatch.setenv("CAM_HED_WEIGHTS", str(path))
@@ -281,7 +276,7 @@ def test_init_hed_builds_vgg16_without_batchnorm_with_hed_weights_and_frozen_blo
 def test_dilated_nopool_gap_keeps_full_resolution_and_sees_257_pixels() -> None:
     from keras import layers
 
-    from cam.models import nopool_gap_dilated, receptive_field
+    from cam.models.architectures import nopool_gap_dilated, receptive_field
 
     model = nopool_gap_dilated(input_size=128)
     assert receptive_field(model) == 1 + 2 * sum((1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 1, 1)) == 257
@@ -292,8 +287,9 @@ def test_dilated_nopool_gap_keeps_full_resolution_and_sees_257_pixels() -> None:
 
 # ------------------------------------------------------------------------------------------------- model sets
 def test_photo_pair_stand_ins_give_an_8x8_grad_cam_and_a_full_resolution_cam() -> None:
-    from cam.catalog import MODEL_SETS
-    from cam.models import default_gradcam_layer, untrained_stand_in
+    from cam.core.catalog import MODEL_SETS
+    from cam.models.architectures import default_gradcam_layer
+    from cam.models.checkpoints import untrained_stand_in
 
     photos = MODEL_SETS["photos"]
     vgg, gap = untrained_stand_in(photos.gradcam), untrained_stand_in(photos.gap)
@@ -306,22 +302,22 @@ def test_photo_pair_stand_ins_give_an_8x8_grad_cam_and_a_full_resolution_cam() -
 
 
 def test_default_set_is_the_photo_pair_once_both_its_checkpoints_are_here(tmp_path: Path, monkeypatch) -> None:
-    import cam.models
+    import cam.core.catalog
 
-    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
-    assert cam.catalog.default_set().name == "cifar"  # nothing complete: the smallest stand-ins
+    monkeypatch.setattr(cam.core.catalog, "CHECKPOINTS", tmp_path)
+    assert cam.core.catalog.default_set().name == "cifar"  # nothing complete: the smallest stand-ins
     (tmp_path / "vgg16_photos.keras").write_bytes(b"x")
-    assert cam.catalog.default_set().name == "cifar"
+    assert cam.core.catalog.default_set().name == "cifar"
     (tmp_path / "nopool_gap_photos.keras").write_bytes(b"x")
-    assert cam.catalog.default_set().name == "photos"
+    assert cam.core.catalog.default_set().name == "photos"
 
 
 def test_classification_report_counts_per_class_and_per_source_and_class() -> None:
     # A model that answers "red" (class 0) when the mean red exceeds the mean green, else "green".
     import keras
 
-    from cam.data import ImageSet
-    from cam.training import classification_report
+    from cam.data.folders import ImageSet
+    from cam.train.training import classification_report
 
     inputs = keras.Input((2, 2, 3))
     logits = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs))

@@ -1,4 +1,4 @@
-"""cam.pipeline: one image through both models, with the ImageNet VGG16 wrapper built offline."""
+"""cam.explain.pipeline: one image through both models, with the ImageNet VGG16 wrapper built offline."""
 
 import json
 
@@ -6,11 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from cam import models
-from cam.methods import Explainer
-from cam.models import LoadedModel, untrained_stand_in, vgg16
-from cam.pipeline import explain_image, flat, render_panels, side_by_side
-from cam.registry import selected
+from cam.explain.methods import Explainer
+from cam.explain.pipeline import explain_image, flat, render_panels, side_by_side
+from cam.explain.registry import selected
+from cam.models import checkpoints
+from cam.models.architectures import vgg16
+from cam.models.checkpoints import LoadedModel, untrained_stand_in
 
 
 def test_models_of_different_input_sizes_each_get_their_own_input():
@@ -51,14 +52,14 @@ def test_imagenet_wrapper_maps_its_classes_to_ours(tmp_path, monkeypatch):
     real_vgg16 = keras.applications.VGG16
     monkeypatch.setattr(keras.applications, "VGG16", lambda **kw: real_vgg16(**{**kw, "weights": None}))
     monkeypatch.setattr(keras.utils, "get_file", lambda *args, **kwargs: str(tmp_path / "index.json"))
-    imagenet = models.vgg16_imagenet()
+    imagenet = checkpoints.vgg16_imagenet()
     assert len(imagenet.classes) == 1000 and imagenet.model.output_shape == (None, 1000)
     assert imagenet.model.get_layer("predictions").activation is keras.activations.linear  # logits, then softmax
     gap = untrained_stand_in("nopool_gap")
     image = np.random.default_rng(1).integers(0, 256, (50, 40, 3), dtype=np.uint8)
     result = explain_image(image, Explainer(imagenet.model, "block5_conv3", gap.model), imagenet, gap, "cat")
     probabilities = result.explanation.probabilities["gradcam"][0]
-    cats = models.imagenet_class_groups()["cat"]
+    cats = checkpoints.imagenet_class_groups()["cat"]
     assert result.gradcam_class == cats[int(np.argmax(probabilities[cats]))]
     assert gap.classes[result.cam_class] == "cat"
     assert result.explanation.maps["grad_cam"].shape == (1, 14, 14)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from keras import layers
 
-from cam import registry
-from cam.catalog import ROLE_TITLES, STUDY
-from cam.methods import FUSED_METHODS, Explainer, Explanation
+from cam.core.catalog import ROLE_TITLES, STUDY
+from cam.explain import registry
+from cam.explain.methods import FUSED_METHODS, Explainer, Explanation
 
 
 @pytest.fixture(scope="module")

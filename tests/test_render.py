@@ -1,4 +1,4 @@
-"""cam.render: hand-checked numbers for normalising, upsampling, colouring, blending and laying out panels."""
+"""cam.explain.render: hand-checked numbers for normalising, upsampling, colouring, blending and laying out panels."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam.render import (
+from cam.core.resample import upsample
+from cam.explain.render import (
     COLORMAPS,
     colorize,
     colour_bar,
@@ -21,7 +22,6 @@ from cam.render import (
     to_jpeg,
     to_png,
 )
-from cam.resample import upsample
 
 
 def _photo(height: int = 300, width: int = 500) -> np.ndarray:

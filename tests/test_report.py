@@ -13,11 +13,17 @@ from keras import layers
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import cam.models
-from cam import cli, evaluation, registry, report, report_content
-from cam.device import fast_bfloat16
-from cam.methods import Explainer
-from cam.models import CIFAR4_CLASSES, LoadedModel, with_precision
+import cam.models.architectures
+import cam.models.checkpoints
+from cam import cli
+from cam.core.catalog import CIFAR4_CLASSES
+from cam.core.device import fast_bfloat16
+from cam.evaluate import report, report_content
+from cam.evaluate import scoring as evaluation
+from cam.explain import registry
+from cam.explain.methods import Explainer
+from cam.models.architectures import with_precision
+from cam.models.checkpoints import LoadedModel
 
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
 
@@ -265,7 +271,7 @@ def test_the_photo_report_says_both_pointing_figures_and_its_tab_names_the_pair(
 
 
 def test_accuracy_by_size_reads_the_cards_squashed_first(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(cam.core.catalog, "CHECKPOINTS", tmp_path)
     accuracy_by_size = report_content.accuracy_by_size
     by_size = {"256": {"accuracy": 0.9}, "128 squashed": {"accuracy": 0.8}, "128": {"accuracy": 0.933}}
     (tmp_path / "vgg16_photos.json").write_text(json.dumps({"metrics": {"test_by_size": by_size}}))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from cam import report_content
-from cam.report_content import FIGURES, PANEL_COLUMNS, figure_specs, matplotlib_figures, plotly_figures
+from cam.evaluate import report_content
+from cam.evaluate.report_content import FIGURES, PANEL_COLUMNS, figure_specs, matplotlib_figures, plotly_figures
 
 PHOTOS = Path(report_content.__file__).resolve().parent.parent / "reports" / "photos"
 

@@ -1,4 +1,4 @@
-"""cam.serving: a cache bounded in bytes, a prompt exit."""
+"""cam.serve.server: a cache bounded in bytes, a prompt exit."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cam.serving import BoundedCache, nbytes
+from cam.serve.server import BoundedCache, nbytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def test_the_cache_is_bounded_in_bytes_and_entries() -> None:
 
 
 def test_a_stopped_process_whose_main_thread_hangs_ends_by_itself() -> None:
-    script = ("import threading, cam.serving as s\n"
+    script = ("import threading, cam.serve.server as s\n"
               "s.exit_promptly_when_stopped(lambda: True, grace_s=0.5)\n"
               "threading.Event().wait()  # the main thread never returns, as in a hang\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=60, capture_output=True)

@@ -1,4 +1,5 @@
-"""cam.share: links that carry the view (checked on the way in) and the comparison as one self-contained web page."""
+"""cam.serve.share: links that carry the view (checked on the way in) and the comparison as one self-contained web
+page."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import re
 
 import numpy as np
 
-from cam import share
-from cam.pipeline import Panel
+from cam.explain.pipeline import Panel
+from cam.serve import share
 
 SETS, METHODS, COLOURS = ("photos", "cifar"), ("layer_cam", "hires_cam", "score_cam"), ("jet", "viridis", "cividis")
 

@@ -1,4 +1,4 @@
-"""cam.slow_work: slow methods computed in a child process at the lowest priority give the same maps as in this
+"""cam.serve.slow_work: slow methods computed in a child process at the lowest priority give the same maps as in this
 process, report progress, can be cancelled, and survive the child's death."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from keras import layers
 
-from cam.methods import in_steps
-from cam.models import LoadedModel
-from cam.registry import METHODS
-from cam.slow_work import NICENESS, SlowWorker, SlowWorkError
+from cam.explain.methods import in_steps
+from cam.explain.registry import METHODS
+from cam.models.checkpoints import LoadedModel
+from cam.serve.slow_work import NICENESS, SlowWorker, SlowWorkError
 
 BATCH = 2
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,8 +170,8 @@ def test_the_child_pauses_while_another_visitors_view_is_under_way(worker: SlowW
 ORPHAN = """
 import os, time
 import keras, numpy as np
-from cam.models import LoadedModel
-from cam.slow_work import SlowWorker
+from cam.models.checkpoints import LoadedModel
+from cam.serve.slow_work import SlowWorker
 inputs = keras.Input((None, None, 3))
 x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv")(inputs)
 model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))

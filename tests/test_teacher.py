@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam import teacher
+from cam.train import teacher
 
 
 def test_four_class_probabilities_sums_each_group_and_renormalises():
@@ -25,7 +25,7 @@ def test_four_class_probabilities_sums_each_group_and_renormalises():
 
 
 def test_group_matrix_follows_cam_models_groups():
-    from cam.models import imagenet_class_groups
+    from cam.models.checkpoints import imagenet_class_groups
 
     matrix = teacher.group_matrix()
     for column, name in enumerate(teacher.CLASSES):

@@ -7,12 +7,12 @@ import keras
 import numpy as np
 import pytest
 
-from cam.gpu_training import build
-from cam.models import caffe_preprocessing, nopool_gap
+from cam.models.architectures import caffe_preprocessing, nopool_gap
+from cam.train.gpu_training import build
 from tests.test_backends import randomised
 
 torch = pytest.importorskip("torch")
-from cam.torch_twin import TorchTwin  # noqa: E402  (after the skip: it imports torch)
+from cam.train.torch_twin import TorchTwin  # noqa: E402  (after the skip: it imports torch)
 
 IMAGES = np.random.default_rng(1).uniform(0, 255, (2, 64, 96, 3)).astype("float32")
 

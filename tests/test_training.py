@@ -1,4 +1,4 @@
-"""cam.training: a two-step run of each architecture writes a loadable float32 checkpoint with a complete card."""
+"""cam.train.training: a two-step run of each architecture writes a loadable float32 checkpoint with a complete card."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from cam.data import load_split
-from cam.models import CARD_KEYS, load_checkpoint
-from cam.predict import predict_probabilities
-from cam.training import FusedBatchNormalization, TrainConfig, train
+from cam.core.predict import predict_probabilities
+from cam.data.folders import load_split
+from cam.models.checkpoints import CARD_KEYS, load_checkpoint
+from cam.train.training import FusedBatchNormalization, TrainConfig, train
 
 RUNS = {  # name: (architecture, precision, crop)
     "vgg16": ("vgg16", "float32", None),

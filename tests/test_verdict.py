@@ -1,5 +1,5 @@
-"""cam.verdict: the sentence from both networks' answers, the feature statistics behind "not sure", and the Judge
-that reads a model's features (a tiny stand-in whose outputs the test sets)."""
+"""cam.explain.verdict: the sentence from both networks' answers, the feature statistics behind "not sure", and the
+Judge that reads a model's features (a tiny stand-in whose outputs the test sets)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cam.catalog
-import cam.models
-from cam.imagenet_net import Screen, Sighting, imagenet_names
-from cam.methods import Explainer
-from cam.pipeline import explain_image
-from cam.verdict import (
+import cam.core.catalog
+import cam.models.checkpoints
+from cam.explain.methods import Explainer
+from cam.explain.pipeline import explain_image
+from cam.explain.verdict import (
     CHOSEN,
     SCREEN_CUT,
     STATISTICS_LAYERS,
@@ -26,6 +25,7 @@ from cam.verdict import (
     stats_path,
     verdict,
 )
+from cam.models.imagenet_net import Screen, Sighting, imagenet_names
 
 
 def test_the_sentence_says_agree_disagree_or_not_sure() -> None:
@@ -81,9 +81,9 @@ def test_statistics_measure_distance_to_the_classes_in_units_of_the_threshold(tm
                                                           rtol=1e-4)
 
 
-def stand_in(name: str, bias: dict[str, float]) -> cam.models.LoadedModel:
+def stand_in(name: str, bias: dict[str, float]) -> cam.models.checkpoints.LoadedModel:
     """A stand-in whose answer is set by its logits' biases (kernel zero: the same for every image)."""
-    loaded = cam.models.untrained_stand_in(name)
+    loaded = cam.models.checkpoints.untrained_stand_in(name)
     loaded.trained = True
     logits = loaded.model.get_layer("logits")
     kernel, offsets = logits.get_weights()
@@ -95,7 +95,7 @@ def stand_in(name: str, bias: dict[str, float]) -> cam.models.LoadedModel:
 def test_the_judge_reads_features_when_there_are_statistics_and_falls_back_without(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(cam.core.catalog, "CHECKPOINTS", tmp_path)
     loaded = stand_in("nopool_gap", {"cat": 5.0})
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
@@ -142,11 +142,11 @@ def test_the_low_norm_check_and_no_check() -> None:
 
 def test_the_shipped_statistics_are_small_and_match_their_networks_and_the_choice() -> None:
     for name, choice in zip(("vgg16_photos", "nopool_gap_photos"), CHOSEN, strict=True):
-        path = Path(cam.catalog.CHECKPOINTS) / f"{name}.ood.npz"
+        path = Path(cam.core.catalog.CHECKPOINTS) / f"{name}.ood.npz"
         if not path.is_file():
             pytest.skip(f"{path.name} not shipped here")
         stats = FeatureStats.load(path)
-        card = cam.models.read_card(path.with_name(f"{name}.json"))
+        card = cam.models.checkpoints.read_card(path.with_name(f"{name}.json"))
         assert path.stat().st_size < 2_000_000 and stats.check == choice.check
         assert stats.layers == (STATISTICS_LAYERS[card["architecture"]] if choice.features == "layers" else ())
         assert stats.classes == tuple(card["classes"])
@@ -166,7 +166,7 @@ def test_the_judge_reads_layer_statistics_with_a_pass_of_its_own(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import keras
 
-    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(cam.core.catalog, "CHECKPOINTS", tmp_path)
     loaded = stand_in("nopool_gap", {"dog": 5.0})
     layers = STATISTICS_LAYERS[loaded.card["architecture"]]
     read = FeatureReader(loaded, layers)
@@ -176,7 +176,7 @@ def test_the_judge_reads_layer_statistics_with_a_pass_of_its_own(tmp_path: Path,
     # The same as each photo's activations taken one by one and summarised in numpy.
     inner = keras.Model(loaded.model.inputs, [loaded.model.get_layer(name).output for name in layers])
     for photo, row in zip(photos, features, strict=True):
-        x = cam.verdict.own_aspect(photo, loaded.input_size).astype(np.float32)[None]
+        x = cam.explain.verdict.own_aspect(photo, loaded.input_size).astype(np.float32)[None]
         assert np.allclose(row, layer_statistics(inner.predict_on_batch(x)), atol=1e-4)
     assert features.shape == (3, 2 * sum(loaded.model.get_layer(name).output.shape[-1] for name in layers))
 
@@ -230,11 +230,11 @@ def stand_in_screen(bias: dict[str, float]) -> Screen:
     names = list(imagenet_names())
     logits.set_weights([np.zeros((2, 1000)), np.array([bias.get(name, 0.0) for name in names])])
     card = {"name": "screen", "classes": names, "input_size": 32}
-    return Screen(cam.models.LoadedModel(keras.Model(inputs, outputs), card))
+    return Screen(cam.models.checkpoints.LoadedModel(keras.Model(inputs, outputs), card))
 
 
 def test_the_judge_asks_its_screen_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cam.catalog, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(cam.core.catalog, "CHECKPOINTS", tmp_path)
     loaded = stand_in("nopool_gap", {"cat": 5.0})
     photo = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     result = explain_image(photo, Explainer(None, None, loaded.model), None, loaded)

@@ -1,0 +1,223 @@
+"""The CPU route to a new head: keep a trained network's convolutions, cache their pooled features on many views
+of every training photo (several short sides, own aspect, clean and augmented), and fit the head on the cache.
+
+For VGG16 the head is CAM's (``cam.models.architectures.vgg16(head="linear")``): block5_conv3 -> GAP -> Dense without
+bias, with class-centred weights, so Grad-CAM equals CAM up to a constant and is never blank for the top class. A
+forward pass of VGG16 costs 0.1 s per photo on 2 cores, so the cache takes hours; every part of it is saved as it
+is made and a run started again continues where it stopped. Fitting the head on the cache takes seconds::
+
+    python -m cam.train.head_training cache --checkpoint checkpoints/vgg16_photos.keras --data ../shared/data/photos4 \\
+        --out runs/head/vgg16 --plan 0:128 0:224 1:160 1:192
+    python -m cam.train.head_training fit --checkpoint checkpoints/vgg16_photos.keras --data ../shared/data/photos4 \\
+        --cache runs/head/vgg16 --teacher runs/head/teacher_train.npz --out runs/head/checkpoint
+
+View 0 is the clean photo at its own aspect (as the page feeds it); views 1.. are ``cam.train.augment.photo_augment``'s,
+each seeded by (seed, view, short side, image index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from PIL import Image
+from scipy.optimize import minimize
+
+from cam.core.device import cpu_name, describe_device
+from cam.core.images import own_aspect
+from cam.core.predict import predict_probabilities
+from cam.data.folders import list_classes, list_images, split_train_validation
+from cam.models.architectures import centre_classes, vgg16
+from cam.models.checkpoints import load_checkpoint, save_checkpoint
+from cam.train.augment import photo_augment
+from cam.train.training import TrainConfig, teacher_targets
+
+CHUNK = 256  # images per saved part of the cache: what a stopped run can lose
+FEATURE_LAYER = "block5_conv3"
+# The train/validation split of cam.train.training.train, so that the fitted head is judged on the same photos.
+VALIDATION_FRACTION, SPLIT_SEED = TrainConfig.validation_fraction, TrainConfig.seed
+
+
+def feature_model(model: keras.Model, layer: str = FEATURE_LAYER) -> keras.Model:
+    """images (B, H, W, 3) RGB 0..255 -> the spatial mean of ``layer``'s maps (B, K); ``predict_probabilities``
+    runs it on images of any shapes, batched by shape."""
+    return keras.Model(model.inputs, keras.layers.GlobalAveragePooling2D()(model.get_layer(layer).output))
+
+
+def view(path: Path, short_side: int, view_index: int, image_index: int, seed: int = 0) -> np.ndarray:
+    """View ``view_index`` of a photo at ``short_side``: 0 the clean photo at its own aspect, else augmented."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if view_index == 0:
+            return own_aspect(np.asarray(image), short_side)
+        return photo_augment(image, short_side, np.random.default_rng((seed, view_index, short_side, image_index)))
+
+
+def cache_part(directory: Path, short_side: int, view_index: int) -> Path:
+    return directory / f"size{short_side}_view{view_index}.npz"
+
+
+def cache_features(
+    model: keras.Model, paths: list[Path], out: Path, plan: list[tuple[int, int]], seed: int = 0, log=print
+) -> None:
+    """Write ``out/size{S}_view{V}.npz`` (``features`` (N, K), ``files``) for every (view V, short side S) of
+    ``plan``, in order; parts of CHUNK images go to ``out/parts`` as they are made and are reused."""
+    pooled = feature_model(model)
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    for view_index, short_side in plan:
+        final = cache_part(out, short_side, view_index)
+        if final.exists():
+            continue
+        started, chunks = time.perf_counter(), []
+        for start in range(0, len(paths), CHUNK):
+            chunk = parts / f"size{short_side}_view{view_index}_{start:06d}.npy"
+            if not chunk.exists():
+                images = [view(paths[i], short_side, view_index, i, seed)
+                          for i in range(start, min(start + CHUNK, len(paths)))]
+                np.save(chunk.with_suffix(".tmp.npy"), predict_probabilities(pooled, images))
+                chunk.with_suffix(".tmp.npy").rename(chunk)
+            chunks.append(np.load(chunk))
+            done = min(start + CHUNK, len(paths))
+            log(f"size {short_side} view {view_index}: {done}/{len(paths)} "
+                f"({done / (time.perf_counter() - started):.1f} images/s this run)")
+        np.savez(final, features=np.concatenate(chunks), files=np.asarray([str(p) for p in paths]))
+
+
+def cross_entropy(kernel: np.ndarray, features: np.ndarray, targets: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
+    """Mean soft-target cross-entropy of softmax(features @ kernel) plus l2 * |kernel|^2, and its gradient."""
+    logits = features @ kernel
+    logits -= logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(logits)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    loss = -np.mean(np.sum(targets * np.log(np.clip(probabilities, 1e-12, 1.0)), axis=1)) + l2 * np.sum(kernel**2)
+    gradient = features.T @ (probabilities - targets) / len(features) + 2 * l2 * kernel
+    return float(loss), gradient
+
+
+def fit_linear_head(features: np.ndarray, targets: np.ndarray, l2: float, scale: float) -> np.ndarray:
+    """The bias-free kernel (K, C) minimising ``cross_entropy`` on ``features`` / ``scale`` (L-BFGS), returned for
+    the unscaled features and centred over classes (the regularised optimum is centred already; this makes it
+    exact)."""
+    scaled = features / scale
+    shape = (features.shape[1], targets.shape[1])
+
+    def objective(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, gradient = cross_entropy(flat.reshape(shape), scaled, targets, l2)
+        return loss, gradient.ravel()
+
+    result = minimize(objective, np.zeros(np.prod(shape)), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
+    return centre_classes(result.x.reshape(shape) / scale).astype(np.float32)
+
+
+def linear_head_model(trained: keras.Model, kernel: np.ndarray) -> keras.Model:
+    """``cam.models.architectures.vgg16(head="linear")`` with the convolutions of ``trained`` and ``kernel`` as its
+    head."""
+    model = vgg16(num_classes=kernel.shape[1], batch_norm=False, head="linear")
+    for layer in model.layers:
+        if layer.weights and layer.name != "logits":
+            layer.set_weights(trained.get_layer(layer.name).get_weights())
+    model.get_layer("logits").set_weights([kernel])
+    return model
+
+
+def load_cache(directory: Path, paths: list[Path]) -> dict[tuple[int, int], np.ndarray]:
+    """Every complete (short side, view) of the cache in ``directory``, checked to be of ``paths``, in order."""
+    found = {}
+    for path in sorted(directory.glob("size*_view*.npz")):
+        size, view_index = (int(part) for part in path.stem.removeprefix("size").split("_view"))
+        cached = np.load(path)
+        if list(cached["files"]) != [str(p) for p in paths]:
+            raise ValueError(f"{path} was made from other photos than {paths[0].parent.parent}")
+        found[size, view_index] = cached["features"]
+    return found
+
+
+def plan_entry(text: str) -> tuple[int, int]:
+    """"V:S" (view V at short side S) -> (V, S)."""
+    view_index, short_side = text.split(":")
+    return int(view_index), int(short_side)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cam.train.head_training", description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("cache", "fit"))
+    parser.add_argument("--checkpoint", type=Path, required=True, help="the trained network whose convolutions stay")
+    parser.add_argument("--data", type=Path, required=True, help="image-folder root with train/<class>/")
+    parser.add_argument("--plan", type=plan_entry, nargs="+", metavar="V:S",
+                        default=[(0, 128), (0, 224), (1, 160), (1, 192), (0, 160), (0, 192), (1, 128), (1, 224)],
+                        help="cache: the views (0 clean, 1.. augmented) and short sides to cache, in order")
+    parser.add_argument("--cache", "--out", dest="cache", type=Path, required=True, help="the features' folder")
+    parser.add_argument("--teacher", type=Path, help="the teacher's .npz (cam.train.teacher) for soft targets")
+    parser.add_argument("--teacher-weight", type=float, default=0.5)
+    parser.add_argument("--l2", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+                        help="penalties tried; the best on validation is kept")
+    parser.add_argument("--save", type=Path, help="fit: write the checkpoint and card into this folder")
+    args = parser.parse_args(argv)
+
+    trained = load_checkpoint(args.checkpoint)
+    classes = list_classes(args.data, "train")
+    paths, labels = list_images(args.data, "train", classes)
+    print(f"{len(paths)} training photos; {describe_device()}")
+    if args.step == "cache":
+        cache_features(trained.model, paths, args.cache, args.plan)
+        return
+    train, validation = split_train_validation(len(paths), VALIDATION_FRACTION, SPLIT_SEED)
+    targets = teacher_targets(args.teacher, args.data, paths, labels, args.teacher_weight, len(classes))
+    cache = load_cache(args.cache, paths)
+    print(f"cached: {sorted(cache)}")
+    features = np.concatenate([cache[key][train] for key in cache])
+    fit_targets = np.concatenate([targets[train]] * len(cache))
+    scale = float(features.std())
+    results = []
+    for l2 in args.l2:
+        kernel = fit_linear_head(features, fit_targets, l2, scale)
+        accuracy = {f"{s}": float(((cache[s, 0][validation] @ kernel).argmax(1) == labels[validation]).mean())
+                    for s, v in cache if v == 0}
+        results.append((np.mean(list(accuracy.values())), l2, kernel, accuracy))
+        print(f"l2 {l2:g}: validation accuracy (clean views) {accuracy}")
+    _, l2, kernel, accuracy = max(results, key=lambda row: row[0])
+    print(f"chosen l2 {l2:g}")
+    if args.save:
+        save_head(trained, kernel, args, sorted(cache), accuracy, l2, len(train), len(validation))
+
+
+def save_head(
+    trained, kernel: np.ndarray, args, cached: list, accuracy: dict, l2: float, n_train: int, n_validation: int
+) -> Path:
+    """Write the new checkpoint and its card (the trained card's fields kept, the head's recipe added)."""
+    model = linear_head_model(trained.model, kernel)
+    before = trained.card["training"]
+    card = {**trained.card, "parameters": int(model.count_params())}
+    card["training"] = {
+        "init": f"{before.get('init')}; fine-tuned by {before.get('trainer')} with an MLP head (see 'previous'); "
+                "these convolutions kept as they were, the head replaced by CAM's and fitted here",
+        "head": "block5_conv3 -> GAP -> Dense(4) without bias, weights centred over the classes (CAM's VGG head): "
+                "Grad-CAM at block5_conv3 is CAM / (h w), and the top class's map is never blank",
+        "trainer": "cam.train.head_training: the head fitted by L-BFGS (softmax cross-entropy, L2) on cached pooled "
+                   f"features, on {describe_device()}",
+        "views": f"(short side, view) {sorted(cached)}, own aspect; view 0 is the clean photo, the others "
+                 "cam.train.augment.photo_augment's; photos4's short side is 160, so 192 and 224 are upsampled",
+        "targets": (f"{1 - args.teacher_weight:g} one-hot + {args.teacher_weight:g} EfficientNet-Lite0 teacher "
+                    "(class biases refitted)") if args.teacher else "one-hot",
+        "l2": l2,
+        "split": f"{n_train} train / {n_validation} validation from train/, seed {SPLIT_SEED}",
+        "validation_accuracy_by_size": accuracy,
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "previous": trained.card["training"],
+    }
+    card["metrics"] = {}
+    path = save_checkpoint(model, card, args.save)
+    print(f"wrote {path} and its card")
+    return path
+
+
+if __name__ == "__main__":
+    main()
