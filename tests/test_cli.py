@@ -196,7 +196,7 @@ def test_models_lists_the_registry_without_loading_a_model(checkpoints, tmp_path
         raise AssertionError("`models` must not load a model")
 
     for loader in ("load_checkpoint", "untrained_stand_in", "vgg16_imagenet"):  # every way load_model loads
-        monkeypatch.setattr(cam.models, loader, refuse)
+        monkeypatch.setattr(cam.models.checkpoints, loader, refuse)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no-keras-cache"))
     (checkpoints / "nopool_gap.keras").write_bytes(b"present")
     assert cli.main(["models"]) == 0

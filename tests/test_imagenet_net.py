@@ -14,8 +14,8 @@ from cam.core.images import load_image
 from cam.models import imagenet_net
 from cam.models.checkpoints import imagenet_class_groups
 from cam.models.errors import CheckpointError
+from cam.serve.examples import EXAMPLES_DIR as EXAMPLES
 
-EXAMPLES = Path(imagenet_net.__file__).with_name("examples")
 N_PARAMETERS = 4_652_008  # EfficientNet-Lite0 with its 1000-way head, as published (4.65M)
 
 
