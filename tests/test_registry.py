@@ -71,6 +71,20 @@ def test_explain_adds_the_other_methods_for_the_same_classes(small):
     assert merged.maps["hires_cam"].shape[0] == 8 and merged.classes["gradcam"].tolist() == [2, 1, 0, 1] * 2
 
 
+def test_explain_in_batches_equals_all_at_once_and_keeps_a_limit(small):
+    """The one explain loop: batches of 3 give the maps of one pass over all four images; a method limited to 3
+    images gives exactly the first 3 of them (a batch is cut at the limit, not after it)."""
+    model, x = small
+    models, images = {"gradcam": model, "cam": model}, {"gradcam": x, "cam": x}
+    chosen = registry.selected("hires_cam,grad_cam_pp")
+    whole = registry.explain(Explainer(model, None, model)(x, [2, 1, 0, 1]), chosen, models, images)
+    batched = registry.explain(Explainer(model, None, model)(x, [2, 1, 0, 1]), chosen, models, images,
+                               batch_size=3, limits={"grad_cam_pp": 3})
+    np.testing.assert_allclose(batched.maps["hires_cam"], whole.maps["hires_cam"], rtol=1e-5, atol=1e-7)
+    assert batched.maps["grad_cam_pp"].shape[0] == 3
+    np.testing.assert_allclose(batched.maps["grad_cam_pp"], whole.maps["grad_cam_pp"][:3], rtol=1e-5, atol=1e-7)
+
+
 def test_selected_reads_keys_all_and_the_default():
     assert [m.key for m in registry.selected(None)] == list(STUDY)
     assert [m.key for m in registry.selected("all")] == list(registry.METHODS)

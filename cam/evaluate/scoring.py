@@ -106,18 +106,6 @@ def _known(set_: str, models: dict[str, LoadedModel], names: list[str], skipped:
     return wanted
 
 
-def _explain(
-    explainer: Explainer, images: np.ndarray, classes: np.ndarray | None, batch_size: int, with_cam: bool = True
-) -> Explanation:
-    """``explainer`` on ``images`` in batches, merged into one Explanation (the fused methods' maps).
-    ``classes``: the Grad-CAM model's, one per image, None for its top predictions."""
-    return Explanation.concatenate([
-        explainer(images[start : start + batch_size], None if classes is None else classes[start : start + batch_size],
-                  with_cam=with_cam)
-        for start in range(0, len(images), batch_size)
-    ])
-
-
 def _maps(
     explained: Explanation, cam_classes: np.ndarray, methods: list[Method], models: dict[str, LoadedModel],
     images: np.ndarray, config: EvaluationConfig, cams: Explanation | None = None,
@@ -129,20 +117,9 @@ def _maps(
     source = cams or explained
     explained.cams, explained.probabilities[Role.GAP] = source.cams, source.probabilities[Role.GAP]
     explained.explain_cam_class(cam_classes)
-    layer = models[Role.GRADCAM].card["gradcam_layer"]
-    keras_models = {role: loaded.model for role, loaded in models.items()}
-    for method in methods:
-        if method.key in explained.maps:
-            continue
-        parts = [np.zeros((0, 0, 0), np.float32)]
-        count = min(len(images), limits[method.key]) if limits else config.limit(method, len(images))
-        for start in range(0, count, config.batch_size):
-            end = min(start + config.batch_size, count)
-            part = Explanation(explained.probabilities, {role: c[start:end] for role, c in explained.classes.items()},
-                               {}, {})
-            explain(part, [method], keras_models, {role: images[start:end] for role in models}, layer)
-            parts.append(part.maps[method.key])
-        explained.maps[method.key] = np.concatenate(parts[1:]) if count else parts[0]
+    limits = limits or {method.key: config.limit(method, len(images)) for method in methods}
+    explain(explained, methods, {role: loaded.model for role, loaded in models.items()},
+            {role: images for role in models}, models[Role.GRADCAM].card["gradcam_layer"], config.batch_size, limits)
     return {method.key: explained.maps[method.key] for method in methods}
 
 
@@ -219,7 +196,7 @@ def faithfulness_part(
     on the original images. A slow method is scored on the first ``config.limit`` images only (none: left out)."""
     size = x.shape[1:3]
     methods = [method for method in methods if config.limit(method, len(x))]
-    explained = _explain(explainer, x, None, config.batch_size)
+    explained = explainer.in_batches(x, None, config.batch_size)
     maps = _maps(explained, explained.cam_classes(), methods, models, x, config)
     scorers = {role: with_precision(loaded.model, config.scoring_precision) for role, loaded in models.items()}
     part = {"frames": {}, "deletion": {}, "insertion": {}, "native": {}, "gap": {}}
@@ -311,8 +288,8 @@ def localization_part(
     frames, cams = [], None
     for targets in passes:
         wanted = {role: _indices(loaded, [target.name for target in targets]) for role, loaded in models.items()}
-        explained = _explain(explainer, x, np.maximum(wanted[Role.GRADCAM], 0), config.batch_size,
-                             with_cam=cams is None)
+        explained = explainer.in_batches(x, np.maximum(wanted[Role.GRADCAM], 0), config.batch_size,
+                                         with_cam=cams is None)
         cams = cams or explained
         maps = _maps(explained, np.maximum(wanted[Role.GAP], 0), methods, models, x, config, cams)
         frames += _localize(set_, maps, methods, wanted, targets, tolerance)

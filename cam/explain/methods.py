@@ -502,6 +502,17 @@ class Explainer:
         return (tf.nn.softmax(logits_of(self.cam_model, before_softmax)), cam_from(features, self._cam_dense.kernel),
                 tf.reduce_mean(features, axis=(1, 2)))
 
+    def in_batches(
+        self, images: np.ndarray, classes: np.ndarray | None, batch_size: int, with_cam: bool = True
+    ) -> Explanation:
+        """``self`` on ``images`` ``batch_size`` at a time, merged into one Explanation; ``classes``: the Grad-CAM
+        model's, one per image, None for its top predictions."""
+        return Explanation.concatenate([
+            self(images[start : start + batch_size], None if classes is None else classes[start : start + batch_size],
+                 with_cam=with_cam)
+            for start in range(0, len(images), batch_size)
+        ])
+
     def __call__(
         self, images: np.ndarray | None, classes: Classes = None, cam_images: np.ndarray | None = None,
         with_cam: bool = True,

@@ -69,18 +69,24 @@ def selected(keys: str | Iterable[str] | None = None) -> list[Method]:
 
 def explain(
     explanation: Explanation, chosen: Iterable[Method], models: dict[str, keras.Model], images: dict[str, np.ndarray],
-    layer: str | None = None,
+    layer: str | None = None, batch_size: int | None = None, limits: dict[str, int] | None = None,
 ) -> Explanation:
     """Add the maps of the ``chosen`` methods the Explainer did not give, each explaining the class that
-    ``explanation`` holds for its role; ``models`` and ``images`` per role. Returns ``explanation``."""
+    ``explanation`` holds for its role; ``models`` and ``images`` per role. The one explain loop of the page (a
+    batch of one), the batch job and the report: ``batch_size`` images at a time (default all), and a method in
+    ``limits`` only for the first ``limits[key]`` images (the report's Score-CAM). Returns ``explanation``."""
     for method in chosen:
-        if method.key not in explanation.maps:
-            started = time.perf_counter()
-            classes = explanation.classes[method.role]
-            explanation.maps[method.key] = method.compute(
-                models[method.role], images[method.role], classes, layer if method.role == Role.GRADCAM else None
-            )
-            explanation.seconds[method.key] = time.perf_counter() - started
+        if method.key in explanation.maps:
+            continue
+        started = time.perf_counter()
+        x, classes = images[method.role], explanation.classes[method.role]
+        count = min(len(x), (limits or {}).get(method.key, len(x)))
+        step = batch_size or max(count, 1)
+        own_layer = layer if method.role == Role.GRADCAM else None
+        parts = [method.compute(models[method.role], x[start:end], classes[start:end], own_layer)
+                 for start in range(0, count, step) for end in [min(start + step, count)]]
+        explanation.maps[method.key] = np.concatenate(parts) if parts else np.zeros((0, 0, 0), np.float32)
+        explanation.seconds[method.key] = time.perf_counter() - started
     return explanation
 
 
