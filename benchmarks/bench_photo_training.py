@@ -16,11 +16,9 @@ takes 16 minutes or more (the rows below).
 
 from __future__ import annotations
 
-import argparse
-
 import keras
 
-from benchmarks.bench_training import fit_rate
+from benchmarks.bench_training import fit_rate, parse_rate_options
 from cam.core.device import describe_device
 from cam.models.architectures import NOPOOL_PHOTO_FILTERS, nopool_gap, nopool_gap_dilated, vgg16
 from cam.train.training import freeze_until, resolve_precision
@@ -44,11 +42,7 @@ SETTINGS = {  # label: (builder of a model for an input size or None, training i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
+    args = parse_rate_options(__doc__, batch=16, steps=2, rounds=2)
     precision = resolve_precision("auto")
     keras.mixed_precision.set_global_policy(precision)
     print(f"device: {describe_device()}; precision {precision}; batch {args.batch}, best of {args.rounds} rounds")

@@ -50,6 +50,15 @@ def fit_rate(model: keras.Model, size: int, batch: int, steps: int, rounds: int)
     return best
 
 
+def parse_rate_options(description: str, batch: int, steps: int, rounds: int) -> argparse.Namespace:
+    """The command line's --batch, --steps and --rounds (``fit_rate``'s), with these defaults, under ``description``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser.parse_args()
+
+
 def images_per_second(
     architecture: str, precision: str, normalization: str, crop: int | None, steps: int, rounds: int, batch: int
 ) -> float:
@@ -64,11 +73,7 @@ def images_per_second(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=128)
-    args = parser.parse_args()
+    args = parse_rate_options(__doc__, batch=128, steps=8, rounds=3)
     print(f"device: {describe_device()}; batch {args.batch}, best of {args.rounds} rounds of {args.steps} steps")
     header = ("architecture", "precision", "BN", "input", "img/s", "s/epoch", "speed-up")
     print("{:12s} {:15s} {:6s} {:6s} {:>7s} {:>8s} {:>9s}".format(*header))

@@ -353,27 +353,15 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_explain(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "explain",
-        help="Grad-CAM, Guided Grad-CAM and NoPool-GAP CAM (or any --methods) of images, saved as PNGs",
-        description="For each IMAGE write <stem>_<method key>.png per method (default: <stem>_grad_cam.png, "
-        "<stem>_guided_grad_cam.png, <stem>_nopool_cam.png) at the image's resolution and <stem>_side_by_side.png, "
-        "and print each model's top predictions.",
-    )
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
-    _add_model_choice(parser)
-    parser.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: top one)")
-    parser.add_argument("--layer", help="Grad-CAM layer (default: the model card's gradcam_layer)")
-    parser.add_argument("--size", type=_multiple_of_32, metavar="PIXELS",
-                        help="short side of the networks' input; each photo keeps its aspect ratio (default: the size "
-                        "in the Grad-CAM model's card, 128 for the photo pair; 192, 256 and 320 show finer detail)")
-    parser.add_argument("--colormap", default="jet", help="a matplotlib colormap name (default: jet)")
-    parser.add_argument("--opacity", type=_fraction, default=0.5, help="heat map opacity, 0..1 (default: 0.5)")
-    parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: ./out)")
-    parser.add_argument("--raw", action="store_true", help="also save each map at native resolution as .npy")
-    parser.add_argument("--methods", metavar="KEYS", help=METHODS_HELP)
-    parser.set_defaults(run=explain)
+def _command(
+    commands: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int],
+    arguments: Callable[[argparse.ArgumentParser], None] | None, help: str, description: str | None = None,
+) -> None:
+    """Add the command ``name``, which runs ``run``, with the arguments that ``arguments`` adds (None: none)."""
+    parser = commands.add_parser(name, help=help, description=description)
+    if arguments:
+        arguments(parser)
+    parser.set_defaults(run=run)
 
 
 def _add_model_choice(parser: argparse.ArgumentParser) -> None:
@@ -386,35 +374,51 @@ def _add_model_choice(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cam-model", help="CAM model (needs a GAP head) instead of the set's: a name or PATH.keras")
 
 
-def _add_verdict(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "verdict",
-        help="fit the statistics behind the 'not sure' verdict (run again after retraining a pair)",
-        description="fit: each model's features (cam.explain.verdict.CHOSEN) on a seeded sample of DATA/train, per "
-        "class, with a threshold from other training photos; written to checkpoints/<model>.ood.npz, read by the "
-        "dashboard and explain.",
-    )
+def _add_methods(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", metavar="KEYS", help=METHODS_HELP)
+
+
+def _add_data_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
+
+
+def _add_ray_options(parser: argparse.ArgumentParser, workers_help: str) -> None:
+    """--workers N (Ray actors; 0: this process) and --address (a running Ray cluster)."""
+    parser.add_argument("--workers", type=_at_least(0), default=1, metavar="N", help=workers_help)
+    parser.add_argument("--address", metavar="HOST:PORT",
+                        help="a running Ray cluster (default: $RAY_ADDRESS, else Ray started in this process)")
+
+
+def _explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    _add_model_choice(parser)
+    parser.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: top one)")
+    parser.add_argument("--layer", help="Grad-CAM layer (default: the model card's gradcam_layer)")
+    parser.add_argument("--size", type=_multiple_of_32, metavar="PIXELS",
+                        help="short side of the networks' input; each photo keeps its aspect ratio (default: the size "
+                        "in the Grad-CAM model's card, 128 for the photo pair; 192, 256 and 320 show finer detail)")
+    parser.add_argument("--colormap", default="jet", help="a matplotlib colormap name (default: jet)")
+    parser.add_argument("--opacity", type=_fraction, default=0.5, help="heat map opacity, 0..1 (default: 0.5)")
+    parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: ./out)")
+    parser.add_argument("--raw", action="store_true", help="also save each map at native resolution as .npy")
+    _add_methods(parser)
+
+
+def _verdict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("fit",))
     _add_model_choice(parser)
-    parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
+    _add_data_root(parser)
     parser.add_argument("--n", type=_positive(int), default=1200, help="training photos to fit on (default 1200)")
     parser.add_argument("--held-out", type=_positive(int), default=400,
                         help="other training photos that set the threshold (default 400)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(run=verdict)
 
 
-def _add_report(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "report",
-        help="score the methods: faithfulness, localization, sanity, resolution",
-        description="Score each method on the model it explains and write report.md, scores.csv, report.json and "
-        "figures to OUT. Options left out keep cam.evaluate.scoring.EvaluationConfig's defaults.",
-    )
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root with test/<class>/*.jpg (e.g. cifar4)")
     _add_model_choice(parser)
     parser.add_argument("--boxes", help="box annotations: a JSON file, a VOC .xml file or a folder of them")
-    parser.add_argument("--methods", metavar="KEYS", help=METHODS_HELP)
+    _add_methods(parser)
     parser.add_argument("--n", type=_positive(int), help="test images for faithfulness and resolution (default 1000)")
     parser.add_argument("--mosaics", type=_at_least(0), help="2x2 mosaics for localization (0: none; default 1000)")
     parser.add_argument("--slow-n", type=_at_least(0), metavar="N",
@@ -434,44 +438,21 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     )
     _add_ray_options(parser, "score the maps on N Ray actors (the same numbers with any N; default 1; 0: no Ray, "
                      "this process)")
-    parser.set_defaults(run=report)
 
 
-def _add_ray_options(parser: argparse.ArgumentParser, workers_help: str) -> None:
-    """--workers N (Ray actors; 0: this process) and --address (a running Ray cluster)."""
-    parser.add_argument("--workers", type=_at_least(0), default=1, metavar="N", help=workers_help)
-    parser.add_argument("--address", metavar="HOST:PORT",
-                        help="a running Ray cluster (default: $RAY_ADDRESS, else Ray started in this process)")
-
-
-def _add_batch(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "batch",
-        help="explain every image of a folder or a list of files on Ray: maps and one Parquet table",
-        description="For each image of SOURCE (a folder, searched recursively, or a text file with one path per "
-        "line) write OUT/items/<image>/<method key>.npy (.png with --png) and one row of OUT/table.parquet: both "
-        "networks' top classes, and per map whether it is blank, its min/max, peak and effective grid. A second "
-        "run skips the images OUT already holds; an unreadable file is a row with the reason.",
-    )
+def _batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="DIR|FILE_LIST")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_model_choice(parser)
-    parser.add_argument("--methods", metavar="KEYS", help=METHODS_HELP)
+    _add_methods(parser)
     parser.add_argument("--png", action="store_true", help="also save each map as a PNG at the photo's size")
     parser.add_argument("--colormap", default="jet", help="the PNGs' matplotlib colormap (default: jet)")
     _add_ray_options(parser, "Ray actors, each with its own copy of the models (default 1; 0: no Ray, this process)")
-    parser.set_defaults(run=batch)
 
 
-def _add_train(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "train",
-        help="train an architecture on an image-folder dataset",
-        description="Train on DATA/train (validation split taken from it), test on DATA/test, save "
-        "OUT/NAME.keras and its card. Options left out keep cam.train.training.TrainConfig's defaults.",
-    )
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("architecture", choices=ARCHITECTURES)
-    parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
+    _add_data_root(parser)
     parser.add_argument("--input-size", type=_positive(int), metavar="PIXELS")
     parser.add_argument("--epochs", type=_positive(int), metavar="N")
     parser.add_argument("--batch-size", type=_positive(int), metavar="N")
@@ -523,13 +504,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps-per-epoch", type=_positive(int), metavar="N", help="default: the whole split")
     parser.add_argument("--out", metavar="DIR", help="default: $CAM_CHECKPOINTS or checkpoints/")
     parser.add_argument("--name", help="checkpoint name (default: the architecture)")
-    parser.set_defaults(run=train)
 
 
-def _add_evaluate(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("evaluate", help="accuracy and confusion matrix of a checkpoint")
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="vgg16, nopool_gap (from the checkpoints folder) or PATH.keras")
-    parser.add_argument("--data", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
+    _add_data_root(parser)
     parser.add_argument("--split", default="test", help="sub-folder of DIR to evaluate on (default: test)")
     parser.add_argument("--size", type=_multiple_of_32, metavar="PIXELS",
                         help="short side of the input, a multiple of 32 (default: the size in the model's card)")
@@ -543,33 +522,59 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--card-key", metavar="KEY",
                         help="with --update-card: store it as metrics.KEY instead (e.g. photos4_test for a CIFAR "
                         "model on photos)")
-    parser.set_defaults(run=evaluate)
 
 
-def _add_data(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "data",
-        help="download a dataset: cifar4 (bird, cat, dog, horse of CIFAR-10) or photos4 (photos of them, 160 px)",
-    )
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=("cifar4", "photos4"))
     parser.add_argument("--out", metavar="DIR", help="dataset root (default: $CAM_DATA or data/)")
     parser.add_argument("--url", help=argparse.SUPPRESS)  # a mirror (photos4: of the repositories) or file:// for tests
-    parser.set_defaults(run=data)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command; cheap, it imports nothing heavy."""
     parser = argparse.ArgumentParser(prog=PROG, description="See what a CNN looks at: Grad-CAM, Guided Grad-CAM, CAM.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_explain(commands)
-    _add_train(commands)
-    _add_evaluate(commands)
-    _add_data(commands)
-    commands.add_parser("models", help="list the models and whether each is available here").set_defaults(run=models)
-    commands.add_parser("methods", help="list the saliency methods (keys for --methods)").set_defaults(run=methods)
-    _add_report(commands)
-    _add_batch(commands)
-    _add_verdict(commands)
+    _command(
+        commands, "explain", explain, _explain_arguments,
+        help="Grad-CAM, Guided Grad-CAM and NoPool-GAP CAM (or any --methods) of images, saved as PNGs",
+        description="For each IMAGE write <stem>_<method key>.png per method (default: <stem>_grad_cam.png, "
+        "<stem>_guided_grad_cam.png, <stem>_nopool_cam.png) at the image's resolution and <stem>_side_by_side.png, "
+        "and print each model's top predictions.",
+    )
+    _command(
+        commands, "train", train, _train_arguments,
+        help="train an architecture on an image-folder dataset",
+        description="Train on DATA/train (validation split taken from it), test on DATA/test, save "
+        "OUT/NAME.keras and its card. Options left out keep cam.train.training.TrainConfig's defaults.",
+    )
+    _command(commands, "evaluate", evaluate, _evaluate_arguments, help="accuracy and confusion matrix of a checkpoint")
+    _command(
+        commands, "data", data, _data_arguments,
+        help="download a dataset: cifar4 (bird, cat, dog, horse of CIFAR-10) or photos4 (photos of them, 160 px)",
+    )
+    _command(commands, "models", models, None, help="list the models and whether each is available here")
+    _command(commands, "methods", methods, None, help="list the saliency methods (keys for --methods)")
+    _command(
+        commands, "report", report, _report_arguments,
+        help="score the methods: faithfulness, localization, sanity, resolution",
+        description="Score each method on the model it explains and write report.md, scores.csv, report.json and "
+        "figures to OUT. Options left out keep cam.evaluate.scoring.EvaluationConfig's defaults.",
+    )
+    _command(
+        commands, "batch", batch, _batch_arguments,
+        help="explain every image of a folder or a list of files on Ray: maps and one Parquet table",
+        description="For each image of SOURCE (a folder, searched recursively, or a text file with one path per "
+        "line) write OUT/items/<image>/<method key>.npy (.png with --png) and one row of OUT/table.parquet: both "
+        "networks' top classes, and per map whether it is blank, its min/max, peak and effective grid. A second "
+        "run skips the images OUT already holds; an unreadable file is a row with the reason.",
+    )
+    _command(
+        commands, "verdict", verdict, _verdict_arguments,
+        help="fit the statistics behind the 'not sure' verdict (run again after retraining a pair)",
+        description="fit: each model's features (cam.explain.verdict.CHOSEN) on a seeded sample of DATA/train, per "
+        "class, with a threshold from other training photos; written to checkpoints/<model>.ood.npz, read by the "
+        "dashboard and explain.",
+    )
     return parser
 
 
