@@ -197,12 +197,12 @@ def test_a_paused_child_ends_when_the_server_dies(tmp_path: Path, hangup: signal
     assert letter == "T"  # paused when its server died
     # Ended (gone, or a zombie not yet reaped) within 60 s: the child runs at the lowest priority, so on cores busy
     # with other work its many threads can take several seconds to be torn down (seen: over 10 s beside a report).
-    for _ in range(60):
-        if state(pid, "Z") in ("Z", "gone"):
-            break
-    else:
-        os.kill(pid, signal.SIGKILL)
-        pytest.fail(f"the paused child {pid} outlived its server")
+    deadline = time.monotonic() + 60  # state() returns at once for a running child: the wait keeps its own clock
+    while state(pid, "Z") not in ("Z", "gone"):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"the paused child {pid} outlived its server")
+        time.sleep(0.1)
 
 
 def test_an_idle_child_ends_and_the_next_job_starts_another(tiny: LoadedModel) -> None:
