@@ -19,12 +19,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The page's file, now and before the pages were declared with st.navigation (2026-12-05), for --compare.
+PAGE_FILES = ("pages/evaluation.py", "pages/1_Evaluation.py")
 
 DRAW_ONCE = """
 import json, sys, time
 started = time.perf_counter()
 from streamlit.testing.v1 import AppTest
-page = AppTest.from_file("dashboard.py", default_timeout=300).switch_page("pages/1_Evaluation.py").run()
+page = AppTest.from_file("dashboard.py", default_timeout=300).switch_page(sys.argv[1]).run()
 print(json.dumps({"seconds": time.perf_counter() - started, "errors": len(page.exception),
                   "tabs": len(page.tabs), "tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules}))
 """
@@ -32,8 +34,9 @@ print(json.dumps({"seconds": time.perf_counter() - started, "errors": len(page.e
 
 def draw_once(root: Path) -> dict:
     """One cold draw of ``root``'s Evaluation page: seconds, errors shown, tabs, and whether TF/Keras were loaded."""
-    done = subprocess.run([sys.executable, "-c", DRAW_ONCE], cwd=root, capture_output=True, text=True, timeout=600,
-                          check=True)
+    page = next(name for name in PAGE_FILES if (root / name).is_file())
+    done = subprocess.run([sys.executable, "-c", DRAW_ONCE, page], cwd=root, capture_output=True, text=True,
+                          timeout=600, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

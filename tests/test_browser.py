@@ -35,7 +35,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 PANEL_METHODS = ("Grad-CAM", "Guided Grad-CAM", "NoPool-GAP CAM")
-STANDS_IN = {"Grad-CAM": "Layer-CAM"}  # the label of dashboard.FALLBACK, in Grad-CAM's place where its map is empty
+STANDS_IN = {"Grad-CAM": "Layer-CAM"}  # the label of catalog.FALLBACK, in Grad-CAM's place where its map is empty
 UPLOAD_INPUT = '[data-testid="stFileUploaderDropzoneInput"]'
 SCRIPT_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 SCRIPT_RUNNING = '[data-testid="stApp"][data-test-script-state="running"]'

@@ -29,6 +29,7 @@ import cam.core.catalog
 import cam.explain.pipeline
 import cam.models.architectures
 import cam.models.checkpoints
+import cam.serve.model_service
 from cam.core.catalog import STUDY
 from cam.explain.registry import METHODS
 from cam.explain.verdict import FeatureStats, stats_path
@@ -128,7 +129,7 @@ def test_first_visit_uploads_of_every_format_and_refusals(setup: Path, monkeypat
         calls.append(args)
         return explain(*args, **kwargs)
 
-    monkeypatch.setattr(cam.explain.pipeline, "explain_image", counted)
+    monkeypatch.setattr(cam.serve.model_service, "explain_image", counted)  # where the page calls it
 
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error
@@ -513,7 +514,7 @@ def test_state_follows_the_visitor(setup: Path, monkeypatch: pytest.MonkeyPatch)
             result.explanation.maps[key] = np.zeros_like(result.explanation.maps[key])
         return result
 
-    monkeypatch.setattr(cam.explain.pipeline, "explain_image", no_grad_cam)
+    monkeypatch.setattr(cam.serve.model_service, "explain_image", no_grad_cam)
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error
     # The empty Grad-CAM panel is replaced, in its place, by Layer-CAM on the same layer, labelled as such.

@@ -8,6 +8,7 @@ import inspect
 import sys
 import types
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from python_multipart.exceptions import MultipartParseError
@@ -83,3 +84,14 @@ def test_the_patched_parser_still_limits_a_header_line() -> None:
     assert library_patches.accept_long_upload_names()
     with pytest.raises(MultiPartException):
         parse_form(upload_body("a" * library_patches.UPLOAD_HEADER_LIMIT))
+
+
+def test_streamlit_still_fades_stale_elements_with_the_transition_the_page_turns_off() -> None:
+    """The fade is an opacity transition of a second after half a second in Streamlit's front end; the workaround's
+    rule sets every transition's duration to zero, on the tested version only."""
+    import streamlit
+
+    bundle = Path(streamlit.__file__).parent / "static" / "static" / "js"
+    sources = "".join(path.read_text(errors="ignore") for path in bundle.glob("styled-components.*.js"))
+    assert "=`1s ease-in 0.5s`" in sources and ".stale,transition:`opacity ${" in sources
+    assert library_patches.no_fade_on_rerun() == "*{transition-duration:0s!important}"

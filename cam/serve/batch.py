@@ -8,7 +8,7 @@ go into ``OUT/table.parquet`` (one row per image, columns in ``image_row``), wri
 its row. A file that cannot be read or explained is a row whose ``error`` column holds the reason, in words.
 
 Ray Data spreads the images over a pool of actors (``ImageWorker``), each loading the two models and compiling the
-``Explainer`` once; the work per image is ``cam.pipeline.explain_image``, what the dashboard does for one photo,
+``Explainer`` once; the work per image is ``cam.explain.pipeline.explain_image``, what the dashboard does for one photo,
 so the batch and the page cannot differ. Ray starts inside this process by default (``ray.init``), or joins a
 running cluster (``address``, or ``$RAY_ADDRESS``), whose nodes must see the project, its checkpoints and the
 images at the same paths as this machine.

@@ -1,6 +1,6 @@
-"""The two changes the dashboard server makes to private parts of libraries, each applied only on the version it was
-tested with, said in the log when active (and why), and checked by ``tests/test_library_patches.py``, which fails
-when a library changes under it.
+"""The three changes the dashboard server makes to libraries' private parts and default behaviour, each applied only on
+the version it was tested with, said in the log when active (and why), and checked by
+``tests/test_library_patches.py``, which fails when a library changes under it.
 
 1. Streamlit cleans up after every run of the script by calling ``keras.backend.clear_session()``
    (``script_runner._clean_problem_modules``). Our models are built once, cached and shared by every session;
@@ -13,6 +13,9 @@ when a library changes under it.
    "AxiosError: Request failed with status code 400" in the uploader. The line limit is raised to
    ``UPLOAD_HEADER_LIMIT`` (a 3,000-character name of four-byte characters, twice, fits); the number of header lines
    stays limited, and the page shortens long names for display (``cam.core.names``).
+3. Half a second into every rerun, Streamlit's page fades its elements out over a second (a CSS opacity transition
+   on stale elements). Drawing those frames took 40% of a core from the networks' pass on a small machine (Chrome
+   trace). ``NO_FADE_CSS`` turns the page faded in one step instead; the page adds it to its style.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from importlib import metadata
 log = logging.getLogger(__name__)
 TESTED = {"streamlit": "1.67.0", "python-multipart": "0.0.34"}
 UPLOAD_HEADER_LIMIT = 32 * 1024  # bytes of one multipart header line (python-multipart's default: 4,224)
+NO_FADE_CSS = "*{transition-duration:0s!important}"
 
 
 def _tested(package: str, why: str) -> bool:
@@ -75,7 +79,16 @@ def accept_long_upload_names() -> bool:
     return True
 
 
+@functools.cache
+def no_fade_on_rerun() -> str:
+    """Change 3 above: the CSS rule to add to the page's style ("" on another Streamlit version)."""
+    if not _tested("streamlit", "the page fades out over a second at every rerun (frames drawn beside the networks)"):
+        return ""
+    log.info("workaround active: the page's elements turn faded in one step, not over a second, during a rerun")
+    return NO_FADE_CSS
+
+
 def apply_all() -> None:
-    """Both patches (each once per process)."""
+    """Patches 1 and 2 (each once per process); change 3 is CSS the page adds (``no_fade_on_rerun``)."""
     keep_models_between_runs()
     accept_long_upload_names()

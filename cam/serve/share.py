@@ -14,7 +14,7 @@ import numpy as np
 
 from cam.core.images import DETAIL_LEVELS, resize
 from cam.explain import render
-from cam.explain.pipeline import Panel
+from cam.explain.pipeline import ImageResult, Panel, model_name, side_by_side
 from cam.serve.gallery import GalleryError, split_reference
 
 CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _'-]{0,59}$")
@@ -166,3 +166,18 @@ def comparison_page(
         f'<h2>What the networks think it is</h2><div class="panels">{tables}</div>'
         f"<h2>How to read each method</h2><ul>{how}</ul></body></html>"
     )
+
+
+def comparison_files(
+    title: str, result: ImageResult, panels: list[Panel], colormap: str, verdict: str = ""
+) -> dict[str, bytes]:
+    """Every download of a view: each panel's PNG at full resolution (by method key), all of them ``side_by_side``
+    and the ``comparison_page`` ("page"), with each model's top 5 and how to read each method."""
+    files = {panel.key: render.to_png(panel.image, compress_level=1) for panel in panels}
+    files["side_by_side"] = render.to_png(side_by_side(panels), compress_level=1)
+    predictions = {model_name(result.model(role)): result.top_predictions(role, 5) for role in result.roles}
+    page = comparison_page(title, result.image, panels, predictions,
+                           [(method.label, method.summary) for method in result.methods],
+                           render.colour_bar(colormap, 512, 16), verdict)
+    files["page"] = page.encode("utf-8")
+    return files

@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-import navigation
 from cam.core.images import ImageError, load_image
 from cam.explain.pipeline import model_name, render_panels
 from cam.explain.registry import METHODS
@@ -17,8 +16,6 @@ from cam.serve import batch
 LOG = logging.getLogger(__name__)
 PANELS_PER_ROW = 3
 
-st.set_page_config(page_title="Whole folders", layout="wide")
-navigation.links()
 st.title("Whole folders of photos")
 found = batch.batch_folders()
 if not found:

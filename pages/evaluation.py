@@ -8,7 +8,6 @@ from pathlib import Path
 import streamlit as st
 from streamlit.logger import get_logger
 
-import navigation
 from cam.evaluate import report_content as report
 
 log = get_logger(__name__)
@@ -47,8 +46,6 @@ def title(folder: Path, data: dict | str) -> str:
     return f"Report “{folder.name}”"
 
 
-st.set_page_config(page_title="Which map to trust", layout="wide")
-navigation.links()
 reports = [(folder, data) for folder in report.report_dirs() if (data := read(folder)) is not None]
 if not reports:
     st.title("Which map can I trust for what?")
