@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 import cam.models.architectures
 import cam.models.checkpoints
 from cam import cli
-from cam.core.catalog import CIFAR4_CLASSES
+from cam.core.catalog import CIFAR4_CLASSES, MODEL_SETS
 from cam.core.device import fast_bfloat16
 from cam.evaluate import report, report_content
 from cam.evaluate import scoring as evaluation
@@ -242,32 +242,96 @@ def test_page_without_a_report_says_how_to_make_one(tmp_path, monkeypatch):
     assert "No evaluation report here yet" in page.info[0].value and "python -m cam report" in page.code[0].value
 
 
-def test_the_shipped_report_opens_with_three_plain_sentences():
-    data = report_content.load_report(report_content.DEFAULT_OUT)
-    assert report_content.plain_summary(data) == [
-        "To see **where** the object is, trust **NoPool-GAP CAM** most: on pictures made of four photos, its "
-        "strongest spot fell on the right one 63% of the time (Grad-CAM: 13%).",
-        "To see **fine detail** without retraining the network, use **Layer-CAM, 3 layers fused**: its map holds "
-        "detail of about 5 x 5 of its 32 x 32 cells, where Grad-CAM's holds about 2 x 2 of its 2 x 2 cells.",
-        "To **check that the network learned something**, do not use **Guided Grad-CAM, Score-CAM**: their maps "
-        "hardly change when the network's learned weights are scrambled (rank correlation with the scrambled "
-        "network's map 0.55, 0.51; 1 = unchanged), so their detail shows the photo's edges more than the network's "
-        "reasoning; the others stay at or under 0.02.",
-    ]
+STUDY_GRIDS = {"grad_cam": (7.6, "8x8"), "guided_grad_cam": (128.0, "128x128"), "nopool_cam": (19.7, "128x128")}
 
 
-def test_the_photo_report_says_both_pointing_figures_and_its_tab_names_the_pair():
-    """The photo report measured the pointing game twice (mosaics, masked horses); they name different winners, and
-    the sentence says both, with Grad-CAM's mosaic figure beside Guided Grad-CAM's."""
-    data = report_content.load_report(report_content.DEFAULT_OUT.parent / "photos")
-    assert report_content.plain_summary(data)[0] == (
+def made_report(pair: str, pointing: dict[str, dict[str, float]], sanity: dict[str, float],
+                grids: dict[str, tuple[float, str]] = STUDY_GRIDS) -> dict:
+    """A report's content with hand-set numbers, for the study's three methods on ``pair``'s networks: per set
+    ("mosaics", "masks") each method's pointing score, each method's rank correlation with the scrambled network's map
+    (``sanity``), its effective grid and native map (``grids``); deletion and insertion alike for every method."""
+    def row(set_: str, metric: str, key: str, mean: float, stage: str = "") -> dict:
+        return {"set": set_, "metric": metric, "method": key, "stage": stage, "mean": mean, "low": mean - 0.05,
+                "high": mean + 0.05, "n": 10}
+
+    summary = [row("test", "effective_grid", key, grid) for key, (grid, _) in grids.items()]
+    summary += [row("test", metric, key, 0.3) for key in grids for metric in ("deletion_auc", "insertion_auc")]
+    summary += [row(set_, "pointing", key, score) for set_, scores in pointing.items() for key, score in scores.items()]
+    summary += [row("sanity", "spearman", key, value, "logits") for key, value in sanity.items()]
+    roles = {"gradcam": [key for key in grids if key != "nopool_cam"], "cam": ["nopool_cam"]}
+    names = {"gradcam": MODEL_SETS[pair].gradcam, "cam": MODEL_SETS[pair].gap}
+    models = [{"role": role, "name": names[role], "methods": keys, "native": {key: grids[key][1] for key in keys}}
+              for role, keys in roles.items()]
+    return {"meta": {"models": models, "methods": {key: registry.METHODS[key].label for key in grids}},
+            "summary": summary}
+
+
+PASSING = {"grad_cam": -0.04, "guided_grad_cam": -0.09, "nopool_cam": -0.3}
+
+
+def test_one_method_best_at_both_pointing_games_is_named_once_with_both_figures():
+    pointing = {"mosaics": {"grad_cam": 0.68, "guided_grad_cam": 0.6, "nopool_cam": 0.5},
+                "masks": {"grad_cam": 1.0, "guided_grad_cam": 0.9, "nopool_cam": 0.8}}
+    assert report_content.plain_summary(made_report("photos", pointing, PASSING))[0] == (
+        "To see **where** the object is, trust **Grad-CAM** most: on pictures made of four photos, its strongest spot "
+        "fell on the right one 68% of the time; on photos of horses with their outline drawn, its strongest spot fell "
+        "on the horse 100% of the time."
+    )
+
+
+def test_two_winners_are_both_named_with_grad_cams_figure_beside_the_other():
+    pointing = {"mosaics": {"grad_cam": 0.72, "guided_grad_cam": 0.74, "nopool_cam": 0.51},
+                "masks": {"grad_cam": 1.0, "guided_grad_cam": 0.99, "nopool_cam": 0.99}}
+    assert report_content.plain_summary(made_report("photos", pointing, PASSING))[0] == (
         "To see **where** the object is, trust **Guided Grad-CAM** on pictures made of four photos (its strongest spot "
         "fell on the right one 74% of the time; Grad-CAM: 72%) and **Grad-CAM** on photos of horses with their outline "
         "drawn (its strongest spot fell on the horse 100% of the time)."
     )
-    assert report_content.report_title(data) == "Photos (128 px)"
-    cifar = report_content.load_report(report_content.DEFAULT_OUT)
+
+
+def test_fine_detail_names_the_finest_map_that_passes_the_scrambling_test():
+    pointing = {"mosaics": {"grad_cam": 0.7}}
+    summary = report_content.plain_summary(made_report("photos", pointing, PASSING))
+    assert summary[1] == ("To see **fine detail** without retraining the network, use **Guided Grad-CAM**: its "
+                          "map holds detail of about 128 x 128 of its 128 x 128 cells, where Grad-CAM's holds about "
+                          "8 x 8 of its 8 x 8 cells.")
+    assert summary[2] == ("To **check that the network learned something**, any of these maps will do: each "
+                          "changed when the network's learned weights were scrambled (rank correlation with the "
+                          "scrambled network's map at most -0.04; 1 = unchanged).")
+    careless = report_content.plain_summary(made_report("photos", pointing, {**PASSING, "guided_grad_cam": 0.72}))
+    assert "use **Grad-CAM**: its map holds detail of about 8 x 8 of its 8 x 8 cells" in careless[1]
+    assert careless[2] == (
+        "To **check that the network learned something**, do not use **Guided Grad-CAM**: its map hardly changes when "
+        "the network's learned weights are scrambled (rank correlation with the scrambled network's map 0.72; "
+        "1 = unchanged), so its detail shows the photo's edges more than the network's reasoning; the others stay at "
+        "or under -0.04."
+    )
+
+
+def test_the_tabs_say_why_two_pairs_differ_and_are_named_by_their_pair():
+    photos = made_report("photos", {"mosaics": {"grad_cam": 0.68, "nopool_cam": 0.5}},
+                         {**PASSING, "guided_grad_cam": 0.42})
+    cifar = made_report("cifar", {"mosaics": {"grad_cam": 0.13, "nopool_cam": 0.63}},
+                        {**PASSING, "guided_grad_cam": 0.55}, {**STUDY_GRIDS, "grad_cam": (2.0, "2x2")})
+    assert report_content.report_title(photos) == "Photos (128 px)"
     assert report_content.report_title(cifar) == "CIFAR thumbnails (32 px)"
+    differ = report_content.why_reports_differ([photos, cifar])
+    assert differ[0].startswith("The pairs differ on **Guided Grad-CAM**: with the Photos (128 px) networks its map "
+                                "changed when the weights were scrambled (0.42), with the CIFAR thumbnails (32 px) "
+                                "networks it hardly did (0.55).")
+    assert "68% of the time with the Photos (128 px) networks and 13%" in differ[1]
+    assert "8 x 8 cells and 2 x 2 cells" in differ[1] and len(differ) == 2
+    assert report_content.why_reports_differ([photos]) == []
+
+
+def test_every_shipped_report_reads_and_opens_with_where_detail_and_check():
+    """The shipped reports (their numbers change when they are regenerated: the sentences' logic is tested above)."""
+    folders = report_content.report_dirs()
+    assert {folder.name for folder in folders} >= {"photos", "latest"}
+    for folder in folders:
+        summary = report_content.plain_summary(report_content.load_report(folder))
+        assert [sentence.split("**")[1] for sentence in summary] == ["where", "fine detail",
+                                                                     "check that the network learned something"]
 
 
 def test_accuracy_by_size_reads_the_cards_squashed_first(tmp_path, monkeypatch) -> None:
@@ -283,29 +347,10 @@ def test_accuracy_by_size_reads_the_cards_squashed_first(tmp_path, monkeypatch) 
     assert list(accuracy_by_size()["Photos (128 px)"][0]) == ["network", "128 px, squashed", "128 px", "256 px"]
 
 
-def test_the_photo_report_gives_the_panels_grid_sizes_and_the_tabs_say_why_they_differ():
-    photos = report_content.load_report(report_content.DEFAULT_OUT.parent / "photos")
-    cifar = report_content.load_report(report_content.DEFAULT_OUT)
-    assert "Grad-CAM's holds about 8 x 8 of its 8 x 8 cells" in report_content.plain_summary(photos)[1]
-    assert "the others stay at or under -0.04" in report_content.plain_summary(photos)[2]
-    differ = report_content.why_reports_differ([photos, cifar])
-    assert differ[0].startswith("The pairs differ on **Guided Grad-CAM**: with the Photos (128 px) networks its map "
-                                "changed when the weights were scrambled (-0.09), with the CIFAR thumbnails (32 px) "
-                                "networks it hardly did (0.55).")
-    assert "72% of the time with the Photos (128 px) networks and 13%" in differ[-1]
-    assert "8 x 8 cells and 2 x 2 cells" in differ[-1]
-    assert report_content.why_reports_differ([photos]) == []
-
-
 def test_the_evaluation_page_is_drawn_without_tensorflow_or_keras() -> None:
     """The page only reads reports: drawing it in a fresh process (the shipped reports) loads neither library."""
-    import subprocess
-    import sys
+    from benchmarks.bench_evaluation_page import ROOT, draw_once
 
-    from benchmarks.bench_evaluation_page import DRAW_ONCE, ROOT
-
-    done = subprocess.run([sys.executable, "-c", DRAW_ONCE], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          check=True)
-    drawn = json.loads(done.stdout.strip().splitlines()[-1])
+    drawn = draw_once(ROOT)
     assert drawn["tabs"] >= 1 and drawn["errors"] == 0
     assert not drawn["tensorflow"] and not drawn["keras"]
