@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from cam.core.catalog import Role
 from cam.core.images import ImageError, load_image
 from cam.explain.pipeline import model_name, render_panels
 from cam.explain.registry import METHODS
@@ -37,7 +38,7 @@ def table_of(name: str, _version: float) -> pd.DataFrame:
 def overview(table: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     """The columns people sort by: each network's answer and confidence, and which maps came out blank."""
     shown = pd.DataFrame({"Photo": table["item"]})
-    for role in ("gradcam", "cam"):
+    for role in Role:
         if f"{role}_model" in table:
             model = table[f"{role}_model"].dropna().iloc[0] if table[f"{role}_model"].notna().any() else role
             shown[f"{model}: class"] = table[f"{role}_class_1"]

@@ -34,7 +34,7 @@ import numpy as np
 from streamlit.delta_generator import DeltaGenerator
 from streamlit.logger import get_logger
 
-from cam.core.catalog import FALLBACK, MODEL_SETS, REGISTRY, STUDY, ModelSet, Role, default_set
+from cam.core.catalog import FALLBACK, GRAD_CAM, MODEL_SETS, REGISTRY, STUDY, ModelSet, Role, default_set
 from cam.core.device import describe_device
 from cam.core.images import DECODE_MAX_SIDE, Decoded, ImageError, crop, detail_sizes
 from cam.core.names import markdown_literal, shorten
@@ -350,7 +350,7 @@ def panel_texts(panels: list[Panel], result: ImageResult, colormap: str) -> list
             st.button(f"Explain {name} instead (what {model_name(result.model(role))} sees)", key=f"switch:{role}",
                       on_click=explain_class, args=(name,), icon=":material/swap_horiz:")
     shown = {panel.key for panel in panels}
-    if any(panel.empty for panel in panels if panel.key == "grad_cam") and FALLBACK not in shown:
+    if any(panel.empty for panel in panels if panel.key == GRAD_CAM) and FALLBACK not in shown:
         # Grad-CAM averages each channel's gradient first, so opposite signs can cancel to an empty map; Layer-CAM
         # weighs every cell by its own positive gradient and is rarely empty on the same layer.
         st.button(f"Add {METHODS[FALLBACK].label}: a close relative of Grad-CAM that is rarely empty",

@@ -26,6 +26,7 @@ from cam.core.catalog import (
     RESOLUTION_TOLERANCE,
     ROLE_TITLES,
     STEPS,
+    Role,
     checkpoint_path,
 )
 
@@ -143,7 +144,7 @@ def _finest(data: dict) -> tuple[str, str, list[str], dict] | None:
     faithful methods and the answer's cells; None when the report has no resolution scores (see ``answer``)."""
     cells = _answer_cells(data)
     models = {m["role"]: m for m in data["meta"]["models"]}
-    candidates = [k for k in models.get("gradcam", {}).get("methods", []) if ("test", "effective_grid", k) in cells]
+    candidates = [k for k in models.get(Role.GRADCAM, {}).get("methods", []) if ("test", "effective_grid", k) in cells]
     if not candidates:
         return None
     reference = GRAD_CAM if GRAD_CAM in candidates else candidates[0]

@@ -464,14 +464,14 @@ class Explainer:
         self._steps: dict[tuple[str, int, int], tf.types.experimental.GenericFunction] = {}
         self.compilations = 0
 
-    def _step(self, name: str, shape: tuple[int, int]):
-        """The compiled ``_gradcam_pass`` or ``_cam_pass`` for images of ``shape``."""
-        key = (name, *shape)
+    def _step(self, role: Role, shape: tuple[int, int]):
+        """The compiled ``_gradcam_pass`` or ``_cam_pass`` (by model ``role``) for images of ``shape``."""
+        key = (role, *shape)
         if key not in self._steps:
             image = tf.TensorSpec((None, *shape, 3), tf.float32)
             # TensorFlow logs a "retracing" warning once a pass has been traced for more than five shapes: expected
             # here, where each shape is traced once and kept.
-            if name == "gradcam":
+            if role == Role.GRADCAM:
                 signature = [image, tf.TensorSpec((None,), tf.int32)]
                 self._steps[key] = tf.function(self._gradcam_pass, input_signature=signature)
             else:
@@ -526,7 +526,7 @@ class Explainer:
             x = _batch(images)
             wanted = class_array(classes, x.shape[0], self.gradcam_model.output_shape[-1])
             started = time.perf_counter()
-            step = self._step("gradcam", tuple(x.shape[1:3]))
+            step = self._step(Role.GRADCAM, tuple(x.shape[1:3]))
             probabilities, chosen, maps, guided_maps, layer_maps = (t.numpy() for t in step(x, wanted))
             seconds = time.perf_counter() - started
             result = Explanation({Role.GRADCAM: probabilities}, {Role.GRADCAM: chosen},
@@ -535,7 +535,7 @@ class Explainer:
         if self.cam_model is not None and with_cam:
             started = time.perf_counter()
             cam_x = _batch(images if cam_images is None else cam_images)
-            step = self._step("cam", tuple(cam_x.shape[1:3]))
+            step = self._step(Role.GAP, tuple(cam_x.shape[1:3]))
             result.probabilities[Role.GAP], result.cams, result.pooled[Role.GAP] = (t.numpy() for t in step(cam_x))
             result.seconds[NOPOOL_CAM] = time.perf_counter() - started
             result.explain_cam_class()
