@@ -8,14 +8,21 @@ This script runs before every page and imports no TensorFlow, so the two reading
 """
 
 import streamlit as st
+from streamlit.logger import get_logger
 
 from cam.serve import library_patches
 
-st.set_page_config(page_title="Where does the network look?", page_icon=":material/search:", layout="wide")
-library_patches.apply_all()
-PAGES = [
-    st.Page("pages/compare.py", title="Compare the maps", icon=":material/compare:", default=True),
-    st.Page("pages/evaluation.py", title="Which map to trust", icon=":material/fact_check:"),
-    st.Page("pages/batches.py", title="Whole folders", icon=":material/photo_library:"),
-]
-st.navigation(PAGES).run()
+PAGES = {  # file -> the page's name and icon in the sidebar; the first is the root address
+    "pages/compare.py": ("Compare the maps", ":material/compare:"),
+    "pages/evaluation.py": ("Which map to trust", ":material/fact_check:"),
+    "pages/batches.py": ("Whole folders", ":material/photo_library:"),
+}
+
+# Only as Streamlit's script: the slow methods' child process (multiprocessing's spawn) imports this file again as
+# __mp_main__, where none of this may run.
+if __name__ == "__main__":
+    get_logger("cam")  # the library's own lines (workarounds active, memory returned, exit) go to the server's log
+    st.set_page_config(page_title="Where does the network look?", page_icon=":material/search:", layout="wide")
+    library_patches.apply_all()
+    st.navigation([st.Page(page, title=title, icon=icon, default=index == 0)
+                   for index, (page, (title, icon)) in enumerate(PAGES.items())]).run()

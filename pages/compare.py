@@ -50,7 +50,6 @@ from cam.serve.model_service import Served, serve
 from cam.serve.panels_figure import PANELS_PER_ROW, colour_strip, panels_figure
 
 log = get_logger(__name__)
-get_logger("cam")  # the library's own lines (patches active, memory returned, exit) go to the server's log too
 IMAGENET_MODEL = "vgg16_imagenet"  # offered as the Grad-CAM model of every set (downloaded on first use)
 TOP = "Top prediction"
 FIRST_PICTURE = gallery.reference(gallery.BUILT_IN, "", next(iter(EXAMPLES)))  # a first visit's worked example

@@ -349,6 +349,8 @@ def test_results_stay_on_screen_zoomed_and_downloadable_at_1280x720(served: tupl
             assert png.format == "PNG" and png.width >= 4 * 640 and png.height >= 480
     text = log.read_text(errors="replace")
     assert "MediaFileStorageError" not in text and "Deferred file" not in text and "Traceback" not in text
+    # Each workaround of cam.serve.library_patches says in the server's log that it is active.
+    assert text.count("patch active: ") == 2 and "workaround active: " in text
 
 
 @pytest.mark.browser
