@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
 from cam.evaluate import report_content
 from cam.evaluate.report_content import FIGURES, PANEL_COLUMNS, figure_specs, matplotlib_figures, plotly_figures
 
-PHOTOS = Path(report_content.__file__).resolve().parent.parent / "reports" / "photos"
+PHOTOS = report_content.DEFAULT_OUT.parent / "photos"  # the shipped photo report
 
 
 def row(set_: str, metric: str, method: str, mean: float, low: float, high: float, stage: str = "") -> dict:
@@ -158,7 +156,6 @@ def test_the_renderers_keep_the_figures_essentials() -> None:
     assert [list(t.x) for t in web["resolution"].data] == [["2x2", "4x4", "16x16"]] * 2
 
 
-@pytest.mark.skipif(not (PHOTOS / "report.json").is_file(), reason="no shipped photo report")
 def test_both_renderers_draw_the_shipped_photo_report() -> None:
     data = report_content.load_report(PHOTOS)
     assert_both_renderers_agree(data)
