@@ -269,24 +269,23 @@ def made_report(pair: str, pointing: dict[str, dict[str, float]], sanity: dict[s
 PASSING = {"grad_cam": -0.04, "guided_grad_cam": -0.09, "nopool_cam": -0.3}
 
 
-def test_one_method_best_at_both_pointing_games_is_named_once_with_both_figures():
-    pointing = {"mosaics": {"grad_cam": 0.68, "guided_grad_cam": 0.6, "nopool_cam": 0.5},
-                "masks": {"grad_cam": 1.0, "guided_grad_cam": 0.9, "nopool_cam": 0.8}}
-    assert report_content.plain_summary(made_report("photos", pointing, PASSING))[0] == (
+@pytest.mark.parametrize(("mosaics", "masks", "sentence"), [
+    pytest.param(  # one method best at both: named once, with both figures
+        {"grad_cam": 0.68, "guided_grad_cam": 0.6, "nopool_cam": 0.5},
+        {"grad_cam": 1.0, "guided_grad_cam": 0.9, "nopool_cam": 0.8},
         "To see **where** the object is, trust **Grad-CAM** most: on pictures made of four photos, its strongest spot "
         "fell on the right one 68% of the time; on photos of horses with their outline drawn, its strongest spot fell "
-        "on the horse 100% of the time."
-    )
-
-
-def test_two_winners_are_both_named_with_grad_cams_figure_beside_the_other():
-    pointing = {"mosaics": {"grad_cam": 0.72, "guided_grad_cam": 0.74, "nopool_cam": 0.51},
-                "masks": {"grad_cam": 1.0, "guided_grad_cam": 0.99, "nopool_cam": 0.99}}
-    assert report_content.plain_summary(made_report("photos", pointing, PASSING))[0] == (
+        "on the horse 100% of the time.", id="one winner"),
+    pytest.param(  # two winners: both named, Grad-CAM's figure beside the other's
+        {"grad_cam": 0.72, "guided_grad_cam": 0.74, "nopool_cam": 0.51},
+        {"grad_cam": 1.0, "guided_grad_cam": 0.99, "nopool_cam": 0.99},
         "To see **where** the object is, trust **Guided Grad-CAM** on pictures made of four photos (its strongest spot "
         "fell on the right one 74% of the time; Grad-CAM: 72%) and **Grad-CAM** on photos of horses with their outline "
-        "drawn (its strongest spot fell on the horse 100% of the time)."
-    )
+        "drawn (its strongest spot fell on the horse 100% of the time).", id="two winners"),
+])
+def test_the_where_sentence_names_the_pointing_games_winners(mosaics, masks, sentence):
+    pointing = {"mosaics": mosaics, "masks": masks}
+    assert report_content.plain_summary(made_report("photos", pointing, PASSING))[0] == sentence
 
 
 def test_fine_detail_names_the_finest_map_that_passes_the_scrambling_test():
