@@ -1,8 +1,8 @@
 """The dashboard: ``streamlit run dashboard.py``. Its three pages, named for people in the sidebar:
 
 - ``pages/compare.py``, "Compare the maps" (the root address, which shared links carry): a photo's maps side by side;
-- ``pages/evaluation.py``, "Which map to trust": the reports of ``python -m cam report``;
-- ``pages/batches.py``, "Whole folders": the tables of ``python -m cam batch``.
+- ``pages/Evaluation.py``, "Which map to trust": the reports of ``python -m cam report``;
+- ``pages/Batches.py``, "Whole folders": the tables of ``python -m cam batch``.
 
 This script runs before every page and imports no TensorFlow, so the two reading pages start without it.
 """
@@ -12,10 +12,12 @@ from streamlit.logger import get_logger
 
 from cam.serve import library_patches
 
-PAGES = {  # file -> the page's name and icon in the sidebar; the first is the root address
+# File -> the page's name and icon in the sidebar. The first is at the root address; the others at their file's name
+# (/Evaluation, /Batches: the addresses they had before st.navigation, so old links still reach them).
+PAGES = {
     "pages/compare.py": ("Compare the maps", ":material/compare:"),
-    "pages/evaluation.py": ("Which map to trust", ":material/fact_check:"),
-    "pages/batches.py": ("Whole folders", ":material/photo_library:"),
+    "pages/Evaluation.py": ("Which map to trust", ":material/fact_check:"),
+    "pages/Batches.py": ("Whole folders", ":material/photo_library:"),
 }
 
 # Only as Streamlit's script: the slow methods' child process (multiprocessing's spawn) imports this file again as

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # The page's file, now and before the pages were declared with st.navigation (2026-12-05), for --compare.
-PAGE_FILES = ("pages/evaluation.py", "pages/1_Evaluation.py")
+PAGE_FILES = ("pages/Evaluation.py", "pages/1_Evaluation.py")
 
 DRAW_ONCE = """
 import json, sys, time

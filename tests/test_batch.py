@@ -34,7 +34,7 @@ CIFAR = MODEL_SETS["cifar"]
 SETTINGS = batch.BatchSettings(CIFAR.gradcam, CIFAR.gap, STUDY)
 BROKEN = ("test/cat/001.png", "test/dog/002.png")
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
-PAGE = "pages/batches.py"
+PAGE = "pages/Batches.py"
 
 
 @pytest.fixture(scope="module")

@@ -390,6 +390,10 @@ def test_a_link_and_the_web_page_reproduce_the_comparison(served: tuple[str, Pat
         assert "What the networks think it is" in body and "How to read each method" in body
         shoot(offline, "6_exported_web_page")
 
+        other.goto(f"{url}/Evaluation")  # the reading pages keep the addresses links to them had
+        other.get_by_text("Which map can I trust for what?").wait_for(timeout=TIMEOUT_MS)
+        assert other.url == f"{url}/Evaluation"
+
 
 STOP_TRIES = 10
 STOP_WITHIN_S = 15  # a hang detector, not a timing target: a clean stop takes 1 to 3 s

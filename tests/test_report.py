@@ -30,7 +30,7 @@ DASHBOARD = str(Path(__file__).resolve().parent.parent / "dashboard.py")
 
 def evaluation_page() -> AppTest:
     """The Evaluation page as visitors reach it: a page of the dashboard (its links need the other page)."""
-    return AppTest.from_file(DASHBOARD, default_timeout=60).switch_page("pages/evaluation.py")
+    return AppTest.from_file(DASHBOARD, default_timeout=60).switch_page("pages/Evaluation.py")
 
 
 def tiny(name: str, gap_source: str) -> LoadedModel:
