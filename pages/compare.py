@@ -624,7 +624,6 @@ def explain_choice(settings: Settings, choice: Choice, timings: dict[str, float]
                  "that it is not mistaken for this one; choose another photo.")
         return None
     timings["start and decode"] = (time.perf_counter() - started) * 1000
-    names = (choice.key, settings.gradcam_name, settings.cam_name, settings.layer)
     try:
         with st.spinner("Looking at the photo…"):
             begun = time.perf_counter()
@@ -632,8 +631,9 @@ def explain_choice(settings: Settings, choice: Choice, timings: dict[str, float]
             seen = crop(decoded.pixels, view.box)  # the part of the photo the networks see: all of it up to 2:1
 
             def result_for(class_name: str | None) -> ImageResult:
-                explanation = model_service.explained(*names, class_name, settings.methods, view, decoded.pixels,
-                                                      slow_map)
+                explanation = model_service.explained(
+                    choice.key, settings.gradcam_name, settings.cam_name, settings.layer, class_name,
+                    settings.methods, view, decoded.pixels, slow_map)
                 return ImageResult(seen, gradcam, cam_model, explanation, selected(settings.methods), view)
 
             top = result_for(None)

@@ -83,8 +83,8 @@ def explain(
         count = min(len(x), (limits or {}).get(method.key, len(x)))
         step = batch_size or max(count, 1)
         own_layer = layer if method.role == Role.GRADCAM else None
-        parts = [method.compute(models[method.role], x[start:end], classes[start:end], own_layer)
-                 for start in range(0, count, step) for end in [min(start + step, count)]]
+        bounds = [(start, min(start + step, count)) for start in range(0, count, step)]
+        parts = [method.compute(models[method.role], x[a:b], classes[a:b], own_layer) for a, b in bounds]
         explanation.maps[method.key] = np.concatenate(parts) if parts else np.zeros((0, 0, 0), np.float32)
         explanation.seconds[method.key] = time.perf_counter() - started
     return explanation
