@@ -14,7 +14,15 @@ from conftest import CLASS_COLOURS, NOISE, TINY_COUNTS, TINY_SIZE
 from PIL import Image
 
 from cam.data.downloads import CIFAR10_NAMES, download_cifar4, md5sum, write_cifar4
-from cam.data.folders import DataError, list_classes, load_split, split_train_validation
+from cam.data.folders import (
+    STUDY_HOLD_OUT,
+    DataError,
+    held_out,
+    list_classes,
+    load_split,
+    parse_hold_out,
+    split_train_validation,
+)
 from cam.train.pipelines import augment, cut_mix, cut_out, to_dataset
 
 CLASSES = sorted(CLASS_COLOURS)
@@ -79,6 +87,37 @@ def test_split_changes_with_the_seed() -> None:
     _, validation = split_train_validation(50, 0.2, seed=3)
     _, other = split_train_validation(50, 0.2, seed=4)
     assert set(validation) != set(other)
+
+
+# --- held-out sources ------------------------------------------------------------------------------------------------
+
+
+def test_a_hold_out_is_class_equals_source_and_anything_else_is_refused() -> None:
+    assert parse_hold_out("cat=Chuck-man/laba5") == ("cat", "Chuck-man/laba5")
+    assert [parse_hold_out(pair)[0] for pair in STUDY_HOLD_OUT] == ["bird", "cat", "dog", "horse"]
+    for bad in ("cat", "=Chuck-man/laba5", "cat="):
+        with pytest.raises(ValueError, match="CLASS=SOURCE"):
+            parse_hold_out(bad)
+
+
+def test_held_out_marks_that_class_of_that_source_only() -> None:
+    """A source holding cats and dogs: holding out its cats leaves its dogs (the study's hard case)."""
+    classes = ["cat", "dog"]
+    labels = np.array([0, 0, 1, 1, 0])
+    sources = ["a", "b", "a", "b", "a"]
+    np.testing.assert_array_equal(held_out(sources, labels, classes, [("cat", "a")]), [1, 0, 0, 0, 1])
+    np.testing.assert_array_equal(held_out(sources, labels, classes, [("cat", "a"), ("dog", "b")]), [1, 0, 0, 1, 1])
+    np.testing.assert_array_equal(held_out(None, labels, classes, []), [0, 0, 0, 0, 0])
+
+
+@pytest.mark.parametrize(("pairs", "sources", "message"), [
+    ([("horse", "a")], ["a", "a"], "no class 'horse'"),
+    ([("dog", "a")], ["a", "b"], "no dog photo of that source"),  # a misspelt source would hold out nothing
+    ([("cat", "a")], None, "MANIFEST.csv"),
+])
+def test_a_hold_out_that_holds_out_nothing_is_an_error(pairs, sources, message: str) -> None:
+    with pytest.raises((ValueError, DataError), match=message):
+        held_out(sources, np.array([0, 1]), ["cat", "dog"], pairs)
 
 
 # --- tf.data ---------------------------------------------------------------------------------------------------------

@@ -291,6 +291,7 @@ def test_a_fit_on_torch_writes_weights_that_import_here_as_a_checkpoint(tmp_path
     pack_dir = tmp_path / "pack"
     write_pack(pack_dir, 6, 4)  # one step of 4 photos per epoch, 2 validation photos: the CPU must keep up
     np.savez(pack_dir / f"init_{name}.npz", **quantized(layer_weights(gpu_training.build(name))))
+    (pack_dir / "pack.json").write_text(json.dumps({"start": "fresh", "held_out": ["cat=x/y"], "held_out_photos": 3}))
     run = tmp_path / "run"
     command = [sys.executable, "-m", "cam.train.gpu_training", "fit", "--pack", str(pack_dir), "--model", name,
                "--seconds", "1", "--out", str(run), "--workers", "0", "--batch", "4"]
@@ -310,8 +311,39 @@ def test_a_fit_on_torch_writes_weights_that_import_here_as_a_checkpoint(tmp_path
     saved = gpu_training.import_run(run, name, tmp_path / "checkpoints")
     loaded = load_checkpoint(saved)
     assert "torch" in loaded.card["training"]["trainer"]
+    assert loaded.card["training"]["init"] == gpu_training.INITS["fresh", name]  # the pack's record reaches the card
+    assert loaded.card["training"]["split"].startswith("4 train / 2 validation")
+    assert "held out of training and validation: cat=x/y (3 photos)" in loaded.card["training"]["data"]
     assert loaded.card["training"]["epochs_run"] == 2 and loaded.card["gradcam_layer"] == "cam_features"
     np.testing.assert_array_equal(loaded.model.get_layer("conv14").get_weights()[0], weights["conv14/0"])
+
+
+def test_a_packs_held_out_photos_stay_out_of_training_and_validation_unless_asked_for(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    blobs = [np.frombuffer(bytes([i]), np.uint8) for i in range(20)]
+    held = np.zeros(20, bool)
+    held[rng.choice(20, 6, replace=False)] = True
+    labels = np.arange(20) % 4
+    gpu_training.write_pack(tmp_path, blobs, labels, np.arange(16), np.arange(16, 20), np.eye(4)[labels],
+                            [f"{i}.jpg" for i in range(20)], held)
+    without, control = gpu_training.load_pack(tmp_path), gpu_training.load_pack(tmp_path, with_held_out=True)
+    np.testing.assert_array_equal(control["train_index"], np.arange(16))  # the control: the split as packed
+    np.testing.assert_array_equal(control["val_index"], np.arange(16, 20))
+    np.testing.assert_array_equal(without["train_index"], [i for i in range(16) if not held[i]])
+    np.testing.assert_array_equal(without["val_index"], [i for i in range(16, 20) if not held[i]])
+
+
+def test_the_card_says_whether_a_run_held_photos_out_or_was_their_control() -> None:
+    made = {"held_out": ["cat=x/y", "dog=z/w"], "held_out_photos": 9}
+    assert gpu_training.held_out_words({}) == gpu_training.held_out_words({"held_out": []}) == ""
+    assert gpu_training.held_out_words(made) == "; held out of training and validation: cat=x/y, dog=z/w (9 photos)"
+    assert "every photo used: the control" in gpu_training.held_out_words({**made, "held_out_used": True})
+
+
+def test_a_held_out_pack_refuses_the_shipped_start_which_saw_those_photos(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--start fresh"):
+        gpu_training.pack(tmp_path, tmp_path / "teacher.npz", tmp_path / "out", hold_out=[("cat", "a")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_same_layers_tells_a_continuation_from_a_design_change() -> None:

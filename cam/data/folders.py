@@ -149,3 +149,39 @@ def load_masks(root: str | Path, data: ImageSet, size: int | None = None) -> dic
                 mask = mask.resize((size, size), Image.Resampling.NEAREST)
             masks[index] = np.asarray(mask) >= 128
     return masks
+
+
+# The study's held-out-source run: per class one source whose photos of that class stay out of training, so that
+# the test photos of that class and source show what a network does on photos of an unseen style (people's own).
+STUDY_HOLD_OUT = (
+    "bird=yinlingmei/CUB_200",
+    "cat=Chuck-man/laba5",
+    "dog=quoctrung163/keras-cnn-on-cats-and-dogs-dataset",
+    "horse=shenshutao/image_segmentation",
+)
+
+
+def parse_hold_out(text: str) -> tuple[str, str]:
+    """"CLASS=SOURCE" (SOURCE as MANIFEST.csv's source_repo) -> (class, source)."""
+    name, sep, source = text.partition("=")
+    if not sep or not name or not source:
+        raise ValueError(f"hold-out {text!r}: expected CLASS=SOURCE, e.g. {STUDY_HOLD_OUT[1]}")
+    return name, source
+
+
+def held_out(
+    sources: list[str] | None, labels: np.ndarray, classes: list[str], pairs: list[tuple[str, str]]
+) -> np.ndarray:
+    """Boolean mask of the images whose (class, source) is one of ``pairs``; a pair that matches no image is an
+    error (a misspelt source would silently hold out nothing)."""
+    if pairs and sources is None:
+        raise DataError("holding out a source needs the dataset's MANIFEST.csv (it names each photo's source)")
+    mask = np.zeros(len(labels), bool)
+    for name, source in pairs:
+        if name not in classes:
+            raise ValueError(f"hold-out {name}={source}: no class {name!r}; the classes are {', '.join(classes)}")
+        mine = (np.asarray(labels) == classes.index(name)) & (np.asarray(sources) == source)
+        if not mine.any():
+            raise ValueError(f"hold-out {name}={source}: no {name} photo of that source in this split")
+        mask |= mine
+    return mask

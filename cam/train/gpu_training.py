@@ -1,10 +1,9 @@
 """Training the photo pair on a borrowed GPU machine that has PyTorch but no TensorFlow: Keras 3 on its torch
 backend runs the builders of ``cam.models`` themselves (one definition of each network), in a plain PyTorch loop.
 
-    python -m cam.train.gpu_training pack --data ../shared/data/photos4 --teacher runs/teacher/train.npz --out .gpu  #
-    here python -m cam.train.gpu_training fit --pack .gpu --model vgg16_photos --seconds 400 --out OUT    # there (torch
-    backend) python -m cam.train.gpu_training import --run OUT --model vgg16_photos                           # here:
-    the checkpoint
+    python -m cam.train.gpu_training pack --data ../shared/data/photos4 --teacher runs/teacher/train.npz --out runs/gpu
+    python -m cam.train.gpu_training fit --pack runs/gpu --model vgg16_photos --seconds 400 --out OUT   # there
+    python -m cam.train.gpu_training import --run OUT --model vgg16_photos                              # here again
 
 ``pack`` writes what the GPU machine needs and nothing else (its transfer holds 64 MiB): the training split as WebP
 bytes (quality WEBP_QUALITY, photos4's own 160 px), the train/validation split of ``cam.train.training.train`` (seed 0),
@@ -15,6 +14,9 @@ the starting weights of each network by layer name (large kernels as int8 with a
 of the best validation accuracy (mean over VALIDATION_SIDES) and writes them after every epoch, so that a stopped run
 continues with ``--init OUT``. ``import`` builds the same network here (TensorFlow), copies the weights by layer
 name, and saves the checkpoint with the run's record; its card's figures come from ``python -m cam evaluate``.
+
+A held-out-source run: ``pack --start fresh --hold-out CLASS=SOURCE ...`` (nothing learnt from photos4 at the start;
+those photos marked in the pack), then ``fit`` leaves them out and ``fit --with-held-out``, its control, does not.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from cam.core.images import MAX_ASPECT, input_shape, resize, view_box
+from cam.data.folders import STUDY_HOLD_OUT, parse_hold_out
 from cam.train.augment import photo_augment
 
 TRAINING_SIDES = (128, 160, 192, 224)  # short sides drawn per batch; photos4's is 160, so 192 and 224 upsample
@@ -218,17 +221,26 @@ def validation_batches(pack: dict, side: int, batch: int = 64) -> list[tuple[np.
 
 def write_pack(
     out: Path, blobs: list[np.ndarray], labels: np.ndarray, train_index: np.ndarray, val_index: np.ndarray,
-    targets: np.ndarray, files: list[str],
+    targets: np.ndarray, files: list[str], held_out: np.ndarray | None = None,
 ) -> None:
-    """``out/photos.npz``: the images' encoded bytes end to end with their offsets, labels, split and targets."""
+    """``out/photos.npz``: the images' encoded bytes end to end with their offsets, labels, split, targets and which
+    photos are held out (none by default)."""
     out.mkdir(parents=True, exist_ok=True)
+    held_out = np.zeros(len(labels), bool) if held_out is None else held_out
     np.savez(out / "photos.npz", images=np.concatenate(blobs), offsets=np.cumsum([0] + [len(blob) for blob in blobs]),
-             labels=labels, train_index=train_index, val_index=val_index, targets=targets, files=np.asarray(files))
+             labels=labels, train_index=train_index, val_index=val_index, targets=targets, files=np.asarray(files),
+             held_out=held_out)
 
 
-def load_pack(directory: Path) -> dict:
+def load_pack(directory: Path, with_held_out: bool = False) -> dict:
+    """The pack's arrays; its held-out photos taken out of ``train_index`` and ``val_index`` unless
+    ``with_held_out``."""
     with np.load(directory / "photos.npz") as pack:
-        return {key: pack[key] for key in pack.files}
+        arrays = {key: pack[key] for key in pack.files}
+    if not with_held_out and "held_out" in arrays:
+        for key in ("train_index", "val_index"):
+            arrays[key] = arrays[key][~arrays["held_out"][arrays[key]]]
+    return arrays
 
 
 # --- training (on the GPU machine) --------------------------------------------------------------------------------
@@ -272,10 +284,11 @@ ENGINES = ("twin", "keras")
 
 def fit(
     pack_dir: Path, name: str, seconds: float, out: Path, workers: int, init: Path | None = None,
-    batch: int | None = None, engine: str = "twin",
+    batch: int | None = None, engine: str = "twin", with_held_out: bool = False,
 ) -> dict:
     """Train ``name`` for about ``seconds``: the first epoch's time fixes the number of epochs (warm-up over it,
-    cosine decay over the rest); after each epoch, the best weights so far and the record are written to ``out``."""
+    cosine decay over the rest); after each epoch, the best weights so far and the record are written to ``out``.
+    The pack's held-out photos stay out unless ``with_held_out`` (the control of a held-out run)."""
     import keras
     import torch
 
@@ -285,7 +298,10 @@ def fit(
         keras.config.set_dtype_policy("mixed_bfloat16")
     torch.manual_seed(0)
     recipe = {**RECIPES[name], **({"batch": batch} if batch else {})}
-    pack = load_pack(pack_dir)
+    pack = load_pack(pack_dir, with_held_out)
+    made = json.loads((pack_dir / "pack.json").read_text()) if (pack_dir / "pack.json").is_file() else {}
+    made.update(held_out_used=with_held_out and bool(made.get("held_out")), train=len(pack["train_index"]),
+                validation=len(pack["val_index"]))
     model = build(name)
     if init:
         weights, _ = run_weights(init, name)
@@ -367,6 +383,7 @@ def fit(
         record.update({
             "name": name, "recipe": {**recipe, "training_sides": list(TRAINING_SIDES), "budget_seconds": seconds},
             "init": str(init) if init else f"init_{name}.npz of the pack",
+            "pack": made,
             "epochs_planned": epochs, "epochs_run": epoch, "best_epoch": best_epoch,
             "best_validation": {side: value for side, value in history[best_epoch - 1].items() if "val" in side},
             "seconds_total": round(time.time() - started, 1),
@@ -412,15 +429,55 @@ def nopool_warm_start(old, new, images: np.ndarray) -> dict[str, np.ndarray]:
     return renamed
 
 
-def pack(data: Path, teacher: Path, out: Path, teacher_weight: float = 0.5, seed: int = 0) -> None:
-    """Write ``out/photos.npz`` (training split as WebP, split indices, targets) and ``out/init_<name>.npz``
-    (starting weights: the shipped photo checkpoints; NoPool-GAP widened by ``nopool_warm_start``)."""
+def start_weights(start: str, paths: list[Path], train_idx: np.ndarray, seed: int) -> dict[str, dict]:
+    """The starting weights of both networks by layer name. "shipped": the shipped photo checkpoints (NoPool-GAP
+    widened by ``nopool_warm_start`` if it has the older design). "fresh": nothing learnt from photos4, for a
+    held-out run: VGG16's convolutions from HED with a seeded head, NoPool-GAP seeded from scratch."""
+    import keras
+
     from cam.core.catalog import checkpoint_path
-    from cam.data.folders import list_images, split_train_validation
+    from cam.models.architectures import load_hed_weights
     from cam.models.checkpoints import load_checkpoint
+
+    if start == "fresh":
+        keras.utils.set_random_seed(seed)
+        vgg = build("vgg16_photos")
+        load_hed_weights(vgg)
+        return {"vgg16_photos": layer_weights(vgg), "nopool_gap_photos": layer_weights(build("nopool_gap_photos"))}
+    vgg = load_checkpoint(checkpoint_path("vgg16_photos")).model
+    old, new = load_checkpoint(checkpoint_path("nopool_gap_photos")).model, build("nopool_gap_photos")
+    if same_layers(old, new):  # the shipped checkpoint has today's design: continue from it
+        nopool = layer_weights(old)
+    else:  # the 12-layer design: widened to today's
+        rng = np.random.default_rng(seed)
+        sample = np.stack([
+            photo_augment(Image.open(paths[i]), 160, rng, square=True)
+            for i in rng.choice(train_idx, 256, replace=False)
+        ]).astype(np.float32)
+        nopool = nopool_warm_start(old, new, sample)
+    return {"vgg16_photos": layer_weights(vgg), "nopool_gap_photos": nopool}
+
+
+STARTS = ("shipped", "fresh")
+
+
+def pack(
+    data: Path, teacher: Path, out: Path, teacher_weight: float = 0.5, seed: int = 0,
+    hold_out: list[tuple[str, str]] = (), start: str = "shipped",
+) -> None:
+    """Write ``out/photos.npz`` (training split as WebP, split indices, targets), ``out/init_<name>.npz``
+    (``start_weights``) and ``out/pack.json`` (how the pack was made). ``hold_out``: (class, source) pairs whose
+    photos ``load_pack`` leaves out of training and validation unless asked for them (the held-out run's control
+    trains on the same pack with them)."""
+    from cam.data.folders import held_out, list_classes, list_images, sources_of, split_train_validation
     from cam.train.training import teacher_targets
 
-    paths, labels = list_images(data, "train")
+    if hold_out and start == "shipped":
+        raise ValueError("the shipped checkpoints were trained on the photos to hold out: a held-out run starts "
+                         "from nothing learnt on photos4 (--start fresh)")
+    classes = list_classes(data, "train")
+    paths, labels = list_images(data, "train", classes)
+    held = held_out(sources_of(data, paths), labels, classes, list(hold_out))
     train_idx, val_idx = split_train_validation(len(labels), 0.1, seed)
     blobs = []
     for path in paths:
@@ -430,22 +487,16 @@ def pack(data: Path, teacher: Path, out: Path, teacher_weight: float = 0.5, seed
     targets = np.eye(4, dtype=np.float32)[labels]
     targets[train_idx] = teacher_targets(teacher, data, [paths[i] for i in train_idx], labels[train_idx],
                                          teacher_weight, 4)
-    write_pack(out, blobs, labels, train_idx, val_idx, targets, [path.relative_to(data).as_posix() for path in paths])
-    vgg = load_checkpoint(checkpoint_path("vgg16_photos")).model
-    np.savez(out / "init_vgg16_photos.npz", **quantized(layer_weights(vgg)))
-    old, new = load_checkpoint(checkpoint_path("nopool_gap_photos")).model, build("nopool_gap_photos")
-    if same_layers(old, new):  # the shipped checkpoint has today's design: continue from it
-        start = layer_weights(old)
-    else:  # the 12-layer design: widened to today's
-        rng = np.random.default_rng(seed)
-        sample = np.stack([
-            photo_augment(Image.open(paths[i]), 160, rng, square=True)
-            for i in rng.choice(train_idx, 256, replace=False)
-        ]).astype(np.float32)
-        start = nopool_warm_start(old, new, sample)
-    np.savez(out / "init_nopool_gap_photos.npz", **start)
+    write_pack(out, blobs, labels, train_idx, val_idx, targets, [path.relative_to(data).as_posix() for path in paths],
+               held)
+    for name, weights in start_weights(start, paths, train_idx, seed).items():
+        np.savez(out / f"init_{name}.npz", **quantized(weights))
+    made = {"start": start, "held_out": [f"{name}={source}" for name, source in hold_out],
+            "held_out_photos": int(held.sum())}
+    (out / "pack.json").write_text(json.dumps(made, indent=1))
     size = sum(len(blob) for blob in blobs) / 1e6
-    print(f"packed {len(paths)} images ({size:.1f} MB WebP) and the starting weights of both networks in {out}")
+    print(f"packed {len(paths)} images ({size:.1f} MB WebP) and the starting weights of both networks in {out}: "
+          f"{made}")
 
 
 TRAINERS = {  # the card's words for each engine of ``fit``
@@ -455,12 +506,15 @@ TRAINERS = {  # the card's words for each engine of ``fit``
     "(cam.train.torch_twin.TorchTwin; PyTorch {torch}, bfloat16 autocast), weights copied back into the Keras model, "
     "on {device}",
 }
-INITS = {
-    "vgg16_photos": "the previous vgg16_photos (VGG16's convolutions from the HED edge detector, i.e. ImageNet VGG16 "
-    "retrained on BSDS500 edges, fine-tuned on photos4 at 128 px with an MLP head; then CAM's linear head), its "
-    "large kernels rounded to int8 per output channel for the transfer",
-    "nopool_gap_photos": "the previous 12-layer nopool_gap_photos (trained from scratch on photos4 at 128 px), "
-    "widened to 14 layers by two dilation-32 layers that start as the identity "
+INITS = {  # per start of the pack (``STARTS``), per network
+    ("fresh", "vgg16_photos"): "VGG16's convolutions from the HED edge detector (ImageNet VGG16 retrained on BSDS500 "
+    "edges; nothing learnt from photos4), CAM's head seeded at random; large kernels rounded to int8 for the transfer",
+    ("fresh", "nopool_gap_photos"): "seeded at random (Keras's initialisers): nothing learnt from photos4",
+    ("shipped", "vgg16_photos"): "the previous vgg16_photos (VGG16's convolutions from the HED edge detector, i.e. "
+    "ImageNet VGG16 retrained on BSDS500 edges, fine-tuned on photos4 at 128 px with an MLP head; then CAM's linear "
+    "head), its large kernels rounded to int8 per output channel for the transfer",
+    ("shipped", "nopool_gap_photos"): "the previous 12-layer nopool_gap_photos (trained from scratch on photos4 at "
+    "128 px), widened to 14 layers by two dilation-32 layers that start as the identity "
     "(cam.train.gpu_training.nopool_warm_start)",
 }
 
@@ -476,6 +530,7 @@ def import_run(run: Path, name: str, out: Path) -> Path:
     from cam.models.checkpoints import save_checkpoint
 
     weights, record = run_weights(run, name)
+    made = record.get("pack", {})
     if name == "vgg16_photos":
         weights["logits/0"] = centre_classes(weights["logits/0"])
     model = build(name)
@@ -491,10 +546,11 @@ def import_run(run: Path, name: str, out: Path) -> Path:
         "parameters": int(model.count_params()),
         "receptive_field": receptive_field(model) if name != "vgg16_photos" else None,
         "training": {
-            "init": INITS[name],
+            "init": INITS[made.get("start", "shipped"), name],
             "trainer": TRAINERS[record.get("engine", "keras")].format(**record),
-            "data": "photos4/train, re-encoded as WebP (quality 75) for the transfer",
-            "split": "6354 train / 706 validation from train/, seed 0 (the split of cam.train.training.train)",
+            "data": "photos4/train, re-encoded as WebP (quality 75) for the transfer" + held_out_words(made),
+            "split": f"{made.get('train', 6354)} train / {made.get('validation', 706)} validation from train/, seed 0 "
+            "(the split of cam.train.training.train)",
             "views": "per batch a short side from 128, 160, 192, 224 (photos4's is 160: 192 and 224 are upsampled) "
             "and photos of similar aspect, each at its own aspect (cam.train.augment.photo_augment: JPEG "
             "re-compression, random crop, flip, rotation, colour jitter, frame), cropped to the batch's common shape; "
@@ -523,6 +579,16 @@ def import_run(run: Path, name: str, out: Path) -> Path:
     return save_checkpoint(model, card, out)
 
 
+def held_out_words(made: dict) -> str:
+    """What the card's "data" adds for a pack with held-out photos (``made``: pack.json and the fit's use of it)."""
+    if not made.get("held_out"):
+        return ""
+    pairs = f"{', '.join(made['held_out'])} ({made['held_out_photos']} photos)"
+    if made.get("held_out_used"):
+        return f"; every photo used: the control of the run that holds out {pairs}"
+    return f"; held out of training and validation: {pairs}"
+
+
 RECORD_SUMMARY = ("init", "recipe", "epochs_run", "best_epoch", "best_validation", "seconds_total",
                   "images_per_second", "device", "history")
 
@@ -534,6 +600,12 @@ def main(argv: list[str] | None = None) -> None:
     packing.add_argument("--data", type=Path, required=True)
     packing.add_argument("--teacher", type=Path, required=True, help="the teacher's .npz (python -m cam.train.teacher)")
     packing.add_argument("--out", type=Path, required=True)
+    packing.add_argument("--hold-out", type=parse_hold_out, nargs="+", default=[], metavar="CLASS=SOURCE",
+                         help="leave these photos out of training and validation (a source as MANIFEST.csv names it); "
+                         f"the study's run: {' '.join(STUDY_HOLD_OUT)}")
+    packing.add_argument("--start", choices=STARTS, default="shipped",
+                         help="shipped: continue from the shipped photo checkpoints; fresh: from nothing learnt on "
+                         "photos4 (HED's VGG16 convolutions, NoPool-GAP from scratch), as a held-out run needs")
     fitting = commands.add_parser("fit", help="train one network (on the GPU machine; Keras on torch)")
     fitting.add_argument("--pack", type=Path, required=True)
     fitting.add_argument("--model", choices=tuple(RECIPES), required=True)
@@ -542,6 +614,8 @@ def main(argv: list[str] | None = None) -> None:
     fitting.add_argument("--workers", type=int, default=6)
     fitting.add_argument("--init", type=Path, help="continue from the best weights of this earlier run's --out")
     fitting.add_argument("--batch", type=int, help="images per step (default: the network's recipe)")
+    fitting.add_argument("--with-held-out", action="store_true",
+                         help="train and validate on the photos the pack holds out too (a held-out run's control)")
     fitting.add_argument("--engine", choices=ENGINES, default="twin",
                          help="twin: a PyTorch module derived from the Keras network (faster); keras: the Keras "
                          "network itself on the torch backend (what the shipped checkpoints were trained with)")
@@ -552,9 +626,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "fit":
         os.environ.setdefault("KERAS_BACKEND", "torch")  # before Keras is first imported
-        fit(args.pack, args.model, args.seconds, args.out, args.workers, args.init, args.batch, args.engine)
+        fit(args.pack, args.model, args.seconds, args.out, args.workers, args.init, args.batch, args.engine,
+            args.with_held_out)
     elif args.command == "pack":
-        pack(args.data, args.teacher, args.out)
+        pack(args.data, args.teacher, args.out, hold_out=args.hold_out, start=args.start)
     else:
         from cam.core.catalog import CHECKPOINTS
 
