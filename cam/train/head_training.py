@@ -64,11 +64,12 @@ def cache_part(directory: Path, short_side: int, view_index: int) -> Path:
 
 
 def cache_features(
-    model: keras.Model, paths: list[Path], out: Path, plan: list[tuple[int, int]], seed: int = 0, log=print
+    model: keras.Model, paths: list[Path], out: Path, plan: list[tuple[int, int]], seed: int = 0, log=print,
+    layer: str = FEATURE_LAYER,
 ) -> None:
-    """Write ``out/size{S}_view{V}.npz`` (``features`` (N, K), ``files``) for every (view V, short side S) of
-    ``plan``, in order; parts of CHUNK images go to ``out/parts`` as they are made and are reused."""
-    pooled = feature_model(model)
+    """Write ``out/size{S}_view{V}.npz`` (``features`` (N, K): ``layer``'s pooled maps, ``files``) for every (view V,
+    short side S) of ``plan``, in order; parts of CHUNK images go to ``out/parts`` as they are made and are reused."""
+    pooled = feature_model(model, layer)
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     for view_index, short_side in plan:
