@@ -429,6 +429,9 @@ def nopool_warm_start(old, new, images: np.ndarray) -> dict[str, np.ndarray]:
     return renamed
 
 
+STARTS = ("shipped", "fresh")  # where a pack's networks start: see start_weights
+
+
 def start_weights(start: str, paths: list[Path], train_idx: np.ndarray, seed: int) -> dict[str, dict]:
     """The starting weights of both networks by layer name. "shipped": the shipped photo checkpoints (NoPool-GAP
     widened by ``nopool_warm_start`` if it has the older design). "fresh": nothing learnt from photos4, for a
@@ -456,9 +459,6 @@ def start_weights(start: str, paths: list[Path], train_idx: np.ndarray, seed: in
         ]).astype(np.float32)
         nopool = nopool_warm_start(old, new, sample)
     return {"vgg16_photos": layer_weights(vgg), "nopool_gap_photos": nopool}
-
-
-STARTS = ("shipped", "fresh")
 
 
 def pack(
