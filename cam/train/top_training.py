@@ -1,0 +1,285 @@
+"""The CPU route to a new top of VGG16: cache ``block4_pool``'s maps on views of every training photo, then fine-tune
+``block5`` and the head on the cache.
+
+The forward pass up to ``block4_pool`` is most of VGG16's cost, so once it is cached a training step of the top is
+about 6 times cheaper than a forward pass of the whole network (2 cores: 0.08 s per photo to cache at short side 128,
+0.013 s per photo to train the top on it). The frozen blocks 1-4 are the checkpoint's; a cache remembers which
+weights made it, and a run started from another checkpoint with other blocks 1-4 is refused::
+
+    python -m cam.train.top_training cache --checkpoint checkpoints/vgg16_photos.keras --data ../shared/data/photos4 \\
+        --out runs/top/vgg16 --plan 0:128 0:224 1:128 1:224
+    python -m cam.train.top_training fit --checkpoint checkpoints/vgg16_photos.keras --data ../shared/data/photos4 \\
+        --cache runs/top/vgg16 --teacher runs/teacher/train.npz --epochs 6 --out runs/top/run
+
+View 0 (the clean photo at its own aspect) is cached for every training photo, the augmented views only for the
+training split: validation is judged on clean photos, as the page feeds them. ``fit`` writes the best epoch's
+checkpoint and card after every epoch; ``--checkpoint`` that checkpoint continues a stopped run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from cam.core.device import cpu_name, describe_device
+from cam.core.predict import by_shape, images_per_batch
+from cam.data.folders import list_classes, list_images, split_train_validation
+from cam.models.architectures import centre_classes
+from cam.models.checkpoints import load_checkpoint, save_checkpoint
+from cam.train.head_training import CHUNK, SPLIT_SEED, VALIDATION_FRACTION, plan_entry, view
+from cam.train.training import teacher_targets
+
+CACHED_LAYER = "block4_pool"
+TOP_LAYERS = ("block5_conv1", "block5_conv2", "block5_conv3", "gap", "dropout", "logits")
+
+
+def frozen_fingerprint(model: keras.Model) -> float:
+    """A number that changes when the frozen blocks change: the sum of ``block4_conv3``'s kernel."""
+    return float(np.sum(model.get_layer("block4_conv3").get_weights()[0], dtype=np.float64))
+
+
+def cached_indices(num_photos: int, view_index: int) -> np.ndarray:
+    """The photos a view is cached for: all for the clean view 0, the training split for augmented views."""
+    if view_index == 0:
+        return np.arange(num_photos)
+    return np.sort(split_train_validation(num_photos, VALIDATION_FRACTION, SPLIT_SEED)[0])
+
+
+def maps_file(directory: Path, short_side: int, view_index: int) -> Path:
+    return directory / f"size{short_side}_view{view_index}.npz"
+
+
+def pack_maps(maps: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Maps of several shapes as one flat float16 array with their shapes (what ``unpack_maps`` reverses)."""
+    return {"flat": np.concatenate([m.astype(np.float16).ravel() for m in maps]),
+            "shapes": np.asarray([m.shape for m in maps], np.int32)}
+
+
+def unpack_maps(flat: np.ndarray, shapes: np.ndarray) -> list[np.ndarray]:
+    ends = np.cumsum(np.prod(shapes, axis=1))
+    return [flat[end - np.prod(shape):end].reshape(shape) for end, shape in zip(ends, shapes, strict=True)]
+
+
+def predict_maps(model: keras.Model, images: list[np.ndarray]) -> list[np.ndarray]:
+    """``model``'s output for each image (RGB 0..255, any shapes), batched by shape."""
+    maps: list[np.ndarray] = [np.empty(0)] * len(images)
+    for indices in by_shape(images).values():
+        batch = np.stack([images[i] for i in indices]).astype("float32")
+        step = images_per_batch(*batch.shape[1:3])
+        outputs = np.concatenate([model.predict_on_batch(batch[i:i + step]) for i in range(0, len(batch), step)])
+        for index, output in zip(indices, outputs, strict=True):
+            maps[index] = output
+    return maps
+
+
+def cache_maps(
+    model: keras.Model, paths: list[Path], out: Path, plan: list[tuple[int, int]], seed: int = 0, log=print
+) -> None:
+    """Write ``out/size{S}_view{V}.npz`` (``flat``, ``shapes``: ``CACHED_LAYER``'s maps; ``indices`` into ``paths``;
+    ``files``; ``fingerprint``) for every (view V, short side S) of ``plan``; parts of CHUNK photos go to
+    ``out/parts`` as they are made and are reused by a run started again."""
+    lower = keras.Model(model.inputs, model.get_layer(CACHED_LAYER).output)
+    fingerprint = frozen_fingerprint(model)
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    for view_index, short_side in plan:
+        final = maps_file(out, short_side, view_index)
+        if final.exists():
+            continue
+        indices = cached_indices(len(paths), view_index)
+        started, packed = time.perf_counter(), []
+        for start in range(0, len(indices), CHUNK):
+            part = parts / f"size{short_side}_view{view_index}_{start:06d}.npz"
+            if not part.exists():
+                chunk = indices[start:start + CHUNK]
+                maps = predict_maps(lower, [view(paths[i], short_side, view_index, i, seed) for i in chunk])
+                np.savez(part.with_suffix(".tmp.npz"), **pack_maps(maps))
+                part.with_suffix(".tmp.npz").rename(part)
+            with np.load(part) as loaded:
+                packed.append((loaded["flat"], loaded["shapes"]))
+            done = min(start + CHUNK, len(indices))
+            log(f"size {short_side} view {view_index}: {done}/{len(indices)} "
+                f"({done / (time.perf_counter() - started):.1f} photos/s this run)")
+        np.savez(final, flat=np.concatenate([f for f, _ in packed]), shapes=np.concatenate([s for _, s in packed]),
+                 indices=indices, files=np.asarray([str(p) for p in paths]), fingerprint=fingerprint)
+
+
+def load_maps(directory: Path, paths: list[Path], fingerprint: float) -> dict[tuple[int, int], tuple[np.ndarray, list]]:
+    """Every complete (short side, view) of the cache: (indices into ``paths``, maps), checked to be of ``paths``
+    and of the frozen blocks with ``fingerprint``."""
+    found = {}
+    for path in sorted(directory.glob("size*_view*.npz")):
+        size, view_index = (int(part) for part in path.stem.removeprefix("size").split("_view"))
+        with np.load(path) as cached:
+            if list(cached["files"]) != [str(p) for p in paths]:
+                raise ValueError(f"{path} was made from other photos than {paths[0].parent.parent}")
+            if not np.isclose(float(cached["fingerprint"]), fingerprint, rtol=1e-6):
+                raise ValueError(f"{path} was made by other blocks 1-4 than this checkpoint's")
+            found[size, view_index] = (cached["indices"], unpack_maps(cached["flat"], cached["shapes"]))
+    if not found:
+        raise ValueError(f"no cached maps in {directory}: run the cache step first")
+    return found
+
+
+def top_model(model: keras.Model) -> keras.Model:
+    """(B, h, w, 512) ``CACHED_LAYER`` maps -> logits, through ``model``'s own top layers (shared: training this
+    trains ``model``)."""
+    maps = keras.Input((None, None, model.get_layer(CACHED_LAYER).output.shape[-1]))
+    outputs = maps
+    for name in TOP_LAYERS:
+        outputs = model.get_layer(name)(outputs)
+    return keras.Model(maps, outputs)
+
+
+def balanced_draw(train: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's photos: ``len(train)`` drawn from ``train`` with replacement, every class equally often (photos4's
+    training classes range from 813 horses to 2,500 birds)."""
+    classes = np.unique(labels[train])
+    per_class = np.full(len(classes), len(train) // len(classes))
+    per_class[: len(train) % len(classes)] += 1
+    return np.concatenate([rng.choice(train[labels[train] == c], n) for c, n in zip(classes, per_class, strict=True)])
+
+
+def epoch_batches(
+    cache: dict, photos: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> list[tuple[tuple[int, int], list[int]]]:
+    """Batches that show each of ``photos`` (repeats allowed) once, in one of its cached views drawn at random, each
+    batch of one view and one map shape: (view key, positions in that view's cache), shuffled."""
+    keys = [key for key in cache if np.isin(photos, cache[key][0]).all()]
+    position = {key: {photo: i for i, photo in enumerate(cache[key][0].tolist())} for key in keys}
+    groups: dict[tuple, list[int]] = {}
+    for photo, key_index in zip(photos.tolist(), rng.integers(len(keys), size=len(photos)).tolist(), strict=True):
+        key = keys[key_index]
+        at = position[key][photo]
+        groups.setdefault((key, cache[key][1][at].shape), []).append(at)
+    batches = []
+    for (key, _), positions in groups.items():
+        positions = rng.permutation(positions).tolist()
+        batches += [(key, positions[i:i + batch_size]) for i in range(0, len(positions), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def clean_accuracy(top: keras.Model, cache: dict, photos: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy of ``top`` on the clean view (0) of ``photos``, per cached short side."""
+    accuracy = {}
+    for (size, view_index), (indices, maps) in sorted(cache.items()):
+        if view_index == 0:
+            logits = np.concatenate([o.reshape(1, -1) for o in predict_maps(top, [maps[i] for i in photos])])
+            accuracy[str(size)] = float((logits.argmax(1) == labels[indices[photos]]).mean())
+    return accuracy
+
+
+def fit_top(
+    trained, cache: dict, targets: np.ndarray, labels: np.ndarray, train: np.ndarray, validation: np.ndarray,
+    args, log=print,
+) -> None:
+    """Fine-tune the top on the cache (AdamW, cosine schedule, label smoothing); after every epoch the best one so
+    far by mean clean validation accuracy over the cached sizes is written to ``args.out``."""
+    top = top_model(trained.model)
+    rng = np.random.default_rng(args.seed)
+    plan = [epoch_batches(cache, balanced_draw(train, labels, rng), args.batch_size, rng) for _ in range(args.epochs)]
+    schedule = keras.optimizers.schedules.CosineDecay(args.lr, sum(len(batches) for batches in plan))
+    top.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
+                loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=args.label_smoothing))
+    best = clean_accuracy(top, cache, validation, labels)
+    log(f"before: validation {best}")
+    history, best_weights, best_epoch, started = [], top.get_weights(), 0, time.perf_counter()
+    for epoch, batches in enumerate(plan, 1):
+        begun, losses = time.perf_counter(), []
+        for key, positions in batches:
+            indices, maps = cache[key]
+            x = np.stack([maps[p] for p in positions]).astype("float32")
+            losses.append(float(top.train_on_batch(x, targets[indices[positions]])))
+        accuracy = clean_accuracy(top, cache, validation, labels)
+        history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 4),
+                        "s": round(time.perf_counter() - begun, 1), **{f"val_{k}": v for k, v in accuracy.items()}})
+        log(history[-1])
+        if np.mean(list(accuracy.values())) > np.mean(list(best.values())):
+            best, best_weights, best_epoch = accuracy, top.get_weights(), epoch
+        current = top.get_weights()
+        top.set_weights(best_weights)
+        save_top(trained, args, best, best_epoch, history, time.perf_counter() - started, len(train), len(validation),
+                 sorted(cache))
+        top.set_weights(current)
+    top.set_weights(best_weights)
+
+
+def save_top(trained, args, accuracy: dict, best_epoch: int, history: list, seconds: float, n_train: int,
+             n_validation: int, cached: list) -> Path:
+    """Write the network (its head centred over the classes) and its card, the trained card's fields kept."""
+    logits = trained.model.get_layer("logits")
+    kernel = logits.get_weights()
+    logits.set_weights([centre_classes(kernel[0])])
+    card = {**trained.card, "metrics": {}}
+    card["training"] = {
+        "init": "the checkpoint in 'previous', blocks 1-4 kept frozen",
+        "trainer": f"cam.train.top_training: block5 and the head fine-tuned on cached {CACHED_LAYER} maps, on "
+                   f"{describe_device()}",
+        "views": f"(short side, view) {cached}, own aspect; view 0 is the clean photo, the others "
+                 "cam.train.augment.photo_augment's; an epoch draws as many photos as the training split "
+                 "holds, classes equally often, each in one of its cached views at random; photos4's short side "
+                 "is 160, so 224 is upsampled",
+        "targets": (f"{1 - args.teacher_weight:g} one-hot + {args.teacher_weight:g} EfficientNet-Lite0 teacher "
+                    f"(class biases refitted), label smoothing {args.label_smoothing:g}") if args.teacher else
+                   f"one-hot, label smoothing {args.label_smoothing:g}",
+        "config": {"optimizer": "adamw", "lr": args.lr, "schedule": "cosine to 0", "weight_decay": args.weight_decay,
+                   "batch": args.batch_size, "epochs": args.epochs, "seed": args.seed},
+        "split": f"{n_train} train / {n_validation} validation from train/, seed {SPLIT_SEED}",
+        "selection": "the epoch with the best mean clean validation accuracy over the cached short sides",
+        "best_epoch": best_epoch,
+        "validation_accuracy_by_size": accuracy,
+        "history": history,
+        "seconds_total": round(seconds, 1),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "previous": trained.card["training"],
+    }
+    path = save_checkpoint(trained.model, card, args.out)
+    logits.set_weights(kernel)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cam.train.top_training", description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("cache", "fit"))
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="the VGG16 whose blocks 1-4 stay (fit: and whose top is trained further)")
+    parser.add_argument("--data", type=Path, required=True, help="image-folder root with train/<class>/")
+    parser.add_argument("--plan", type=plan_entry, nargs="+", metavar="V:S", default=[(0, 128), (0, 224), (1, 128)],
+                        help="cache: the views (0 clean, 1.. augmented) and short sides to cache, in order")
+    parser.add_argument("--cache", type=Path, required=True, help="the maps' folder")
+    parser.add_argument("--teacher", type=Path, help="the teacher's .npz (cam.train.teacher) for soft targets")
+    parser.add_argument("--teacher-weight", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="fit: the folder for the checkpoint and its card")
+    args = parser.parse_args(argv)
+    trained = load_checkpoint(args.checkpoint)
+    classes = list_classes(args.data, "train")
+    paths, labels = list_images(args.data, "train", classes)
+    print(f"{len(paths)} training photos; {describe_device()}")
+    if args.step == "cache":
+        cache_maps(trained.model, paths, args.cache, args.plan)
+        return
+    if args.out is None:
+        parser.error("fit needs --out")
+    train, validation = split_train_validation(len(paths), VALIDATION_FRACTION, SPLIT_SEED)
+    targets = teacher_targets(args.teacher, args.data, paths, labels, args.teacher_weight, len(classes))
+    cache = load_maps(args.cache, paths, frozen_fingerprint(trained.model))
+    print(f"cached: {sorted(cache)}")
+    fit_top(trained, cache, targets, labels, np.sort(train), np.sort(validation), args)
+
+
+if __name__ == "__main__":
+    main()
