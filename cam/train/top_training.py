@@ -7,7 +7,7 @@ about 6 times cheaper than a forward pass of the whole network (2 cores: 0.08 s 
 weights made it, and a run started from another checkpoint with other blocks 1-4 is refused::
 
     python -m cam.train.top_training cache --checkpoint checkpoints/vgg16_photos.keras --data ../shared/data/photos4 \\
-        --out runs/top/vgg16 --plan 0:128 0:224 1:128 1:224
+        --cache runs/top/vgg16 --plan 0:128 0:224 1:128 1:224
     python -m cam.train.top_training fit --checkpoint checkpoints/vgg16_photos.keras --data ../shared/data/photos4 \\
         --cache runs/top/vgg16 --teacher runs/teacher/train.npz --epochs 6 --out runs/top/run
 
