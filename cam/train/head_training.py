@@ -140,6 +140,15 @@ def load_cache(directory: Path, paths: list[Path]) -> dict[tuple[int, int], np.n
     return found
 
 
+def checkpoint_and_photos(checkpoint: Path, data: Path) -> tuple:
+    """(the trained checkpoint, the class names, the training photos' paths and labels), the device said."""
+    trained = load_checkpoint(checkpoint)
+    classes = list_classes(data, "train")
+    paths, labels = list_images(data, "train", classes)
+    print(f"{len(paths)} training photos; {describe_device()}")
+    return trained, classes, paths, labels
+
+
 def plan_entry(text: str) -> tuple[int, int]:
     """"V:S" (view V at short side S) -> (V, S)."""
     view_index, short_side = text.split(":")
@@ -162,10 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save", type=Path, help="fit: write the checkpoint and card into this folder")
     args = parser.parse_args(argv)
 
-    trained = load_checkpoint(args.checkpoint)
-    classes = list_classes(args.data, "train")
-    paths, labels = list_images(args.data, "train", classes)
-    print(f"{len(paths)} training photos; {describe_device()}")
+    trained, classes, paths, labels = checkpoint_and_photos(args.checkpoint, args.data)
     if args.step == "cache":
         cache_features(trained.model, paths, args.cache, args.plan)
         return

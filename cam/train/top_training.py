@@ -30,10 +30,17 @@ import numpy as np
 
 from cam.core.device import cpu_name, describe_device
 from cam.core.predict import by_shape, images_per_batch
-from cam.data.folders import list_classes, list_images, split_train_validation
+from cam.data.folders import split_train_validation
 from cam.models.architectures import centre_classes
-from cam.models.checkpoints import load_checkpoint, save_checkpoint
-from cam.train.head_training import CHUNK, SPLIT_SEED, VALIDATION_FRACTION, plan_entry, view
+from cam.models.checkpoints import save_checkpoint
+from cam.train.head_training import (
+    CHUNK,
+    SPLIT_SEED,
+    VALIDATION_FRACTION,
+    checkpoint_and_photos,
+    plan_entry,
+    view,
+)
 from cam.train.training import teacher_targets
 
 CACHED_LAYER = "block4_pool"
@@ -265,10 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="fit: the folder for the checkpoint and its card")
     args = parser.parse_args(argv)
-    trained = load_checkpoint(args.checkpoint)
-    classes = list_classes(args.data, "train")
-    paths, labels = list_images(args.data, "train", classes)
-    print(f"{len(paths)} training photos; {describe_device()}")
+    trained, classes, paths, labels = checkpoint_and_photos(args.checkpoint, args.data)
     if args.step == "cache":
         cache_maps(trained.model, paths, args.cache, args.plan)
         return
