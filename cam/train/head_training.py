@@ -22,6 +22,8 @@ import datetime
 import os
 import platform
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -63,12 +65,38 @@ def cache_part(directory: Path, short_side: int, view_index: int) -> Path:
     return directory / f"size{short_side}_view{view_index}.npz"
 
 
+def cache_in_parts(
+    parts: Path, name: str, indices: np.ndarray, compute: Callable[[np.ndarray], dict[str, np.ndarray]], log=print
+) -> list[dict[str, np.ndarray]]:
+    """``compute(chunk)`` (a dict of arrays) for each CHUNK of ``indices`` in turn, each saved as
+    ``parts/{name}_{start:06d}.npz`` as it is made and reused by a run started again: a stopped cache loses at most
+    one part. A part is written under a temporary name and then renamed, so a half-written one is never taken."""
+    started, results = time.perf_counter(), []
+    for start in range(0, len(indices), CHUNK):
+        part = parts / f"{name}_{start:06d}.npz"
+        if not part.exists():
+            np.savez(part.with_suffix(".tmp.npz"), **compute(indices[start:start + CHUNK]))
+            part.with_suffix(".tmp.npz").rename(part)
+        with np.load(part) as loaded:
+            results.append(dict(loaded))
+        done = min(start + CHUNK, len(indices))
+        log(f"{name}: {done}/{len(indices)} ({done / (time.perf_counter() - started):.1f} photos/s this run)")
+    return results
+
+
+def pooled_part(
+    pooled: keras.Model, paths: list[Path], short_side: int, view_index: int, seed: int, chunk: np.ndarray
+) -> dict[str, np.ndarray]:
+    """One part of the cache: ``features``, ``pooled`` on view ``view_index`` of the photos ``paths[chunk]``."""
+    return {"features": predict_probabilities(pooled, [view(paths[i], short_side, view_index, i, seed) for i in chunk])}
+
+
 def cache_features(
     model: keras.Model, paths: list[Path], out: Path, plan: list[tuple[int, int]], seed: int = 0, log=print,
     layer: str = FEATURE_LAYER,
 ) -> None:
     """Write ``out/size{S}_view{V}.npz`` (``features`` (N, K): ``layer``'s pooled maps, ``files``) for every (view V,
-    short side S) of ``plan``, in order; parts of CHUNK images go to ``out/parts`` as they are made and are reused."""
+    short side S) of ``plan``, in order, through ``cache_in_parts`` (``out/parts``)."""
     pooled = feature_model(model, layer)
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
@@ -76,19 +104,10 @@ def cache_features(
         final = cache_part(out, short_side, view_index)
         if final.exists():
             continue
-        started, chunks = time.perf_counter(), []
-        for start in range(0, len(paths), CHUNK):
-            chunk = parts / f"size{short_side}_view{view_index}_{start:06d}.npy"
-            if not chunk.exists():
-                images = [view(paths[i], short_side, view_index, i, seed)
-                          for i in range(start, min(start + CHUNK, len(paths)))]
-                np.save(chunk.with_suffix(".tmp.npy"), predict_probabilities(pooled, images))
-                chunk.with_suffix(".tmp.npy").rename(chunk)
-            chunks.append(np.load(chunk))
-            done = min(start + CHUNK, len(paths))
-            log(f"size {short_side} view {view_index}: {done}/{len(paths)} "
-                f"({done / (time.perf_counter() - started):.1f} images/s this run)")
-        np.savez(final, features=np.concatenate(chunks), files=np.asarray([str(p) for p in paths]))
+        compute = partial(pooled_part, pooled, paths, short_side, view_index, seed)
+        made = cache_in_parts(parts, final.stem, np.arange(len(paths)), compute, log)
+        np.savez(final, features=np.concatenate([part["features"] for part in made]),
+                 files=np.asarray([str(p) for p in paths]))
 
 
 def cross_entropy(kernel: np.ndarray, features: np.ndarray, targets: np.ndarray, l2: float) -> tuple[float, np.ndarray]:

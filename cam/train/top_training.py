@@ -23,6 +23,7 @@ import datetime
 import os
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -34,9 +35,9 @@ from cam.data.folders import split_train_validation
 from cam.models.architectures import centre_classes
 from cam.models.checkpoints import save_checkpoint
 from cam.train.head_training import (
-    CHUNK,
     SPLIT_SEED,
     VALIDATION_FRACTION,
+    cache_in_parts,
     checkpoint_and_photos,
     plan_entry,
     view,
@@ -86,12 +87,19 @@ def predict_maps(model: keras.Model, images: list[np.ndarray]) -> list[np.ndarra
     return maps
 
 
+def maps_part(
+    lower: keras.Model, paths: list[Path], short_side: int, view_index: int, seed: int, chunk: np.ndarray
+) -> dict[str, np.ndarray]:
+    """One part of the cache: ``lower``'s maps on view ``view_index`` of the photos ``paths[chunk]``, packed."""
+    return pack_maps(predict_maps(lower, [view(paths[i], short_side, view_index, i, seed) for i in chunk]))
+
+
 def cache_maps(
     model: keras.Model, paths: list[Path], out: Path, plan: list[tuple[int, int]], seed: int = 0, log=print
 ) -> None:
     """Write ``out/size{S}_view{V}.npz`` (``flat``, ``shapes``: ``CACHED_LAYER``'s maps; ``indices`` into ``paths``;
-    ``files``; ``fingerprint``) for every (view V, short side S) of ``plan``; parts of CHUNK photos go to
-    ``out/parts`` as they are made and are reused by a run started again."""
+    ``files``; ``fingerprint``) for every (view V, short side S) of ``plan``, through ``cache_in_parts``
+    (``out/parts``)."""
     lower = keras.Model(model.inputs, model.get_layer(CACHED_LAYER).output)
     fingerprint = frozen_fingerprint(model)
     parts = out / "parts"
@@ -101,20 +109,10 @@ def cache_maps(
         if final.exists():
             continue
         indices = cached_indices(len(paths), view_index)
-        started, packed = time.perf_counter(), []
-        for start in range(0, len(indices), CHUNK):
-            part = parts / f"size{short_side}_view{view_index}_{start:06d}.npz"
-            if not part.exists():
-                chunk = indices[start:start + CHUNK]
-                maps = predict_maps(lower, [view(paths[i], short_side, view_index, i, seed) for i in chunk])
-                np.savez(part.with_suffix(".tmp.npz"), **pack_maps(maps))
-                part.with_suffix(".tmp.npz").rename(part)
-            with np.load(part) as loaded:
-                packed.append((loaded["flat"], loaded["shapes"]))
-            done = min(start + CHUNK, len(indices))
-            log(f"size {short_side} view {view_index}: {done}/{len(indices)} "
-                f"({done / (time.perf_counter() - started):.1f} photos/s this run)")
-        np.savez(final, flat=np.concatenate([f for f, _ in packed]), shapes=np.concatenate([s for _, s in packed]),
+        compute = partial(maps_part, lower, paths, short_side, view_index, seed)
+        made = cache_in_parts(parts, final.stem, indices, compute, log)
+        np.savez(final, flat=np.concatenate([part["flat"] for part in made]),
+                 shapes=np.concatenate([part["shapes"] for part in made]),
                  indices=indices, files=np.asarray([str(p) for p in paths]), fingerprint=fingerprint)
 
 
