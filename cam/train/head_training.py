@@ -61,31 +61,35 @@ def view(path: Path, short_side: int, view_index: int, image_index: int, seed: i
         return photo_augment(image, short_side, np.random.default_rng((seed, view_index, short_side, image_index)))
 
 
-def cache_part(directory: Path, short_side: int, view_index: int) -> Path:
-    return directory / f"size{short_side}_view{view_index}.npz"
-
-
-def cache_in_parts(
-    parts: Path, name: str, indices: np.ndarray, compute: Callable[[np.ndarray], dict[str, np.ndarray]], log=print
-) -> list[dict[str, np.ndarray]]:
-    """``compute(chunk)`` (a dict of arrays) for each CHUNK of ``indices`` in turn, each saved as
-    ``parts/{name}_{start:06d}.npz`` as it is made and reused by a run started again: a stopped cache loses at most
-    one part. A part is written under a temporary name and then renamed, so a half-written one is never taken."""
-    started, results = time.perf_counter(), []
-    for start in range(0, len(indices), CHUNK):
-        part = parts / f"{name}_{start:06d}.npz"
-        if not part.exists():
-            np.savez(part.with_suffix(".tmp.npz"), **compute(indices[start:start + CHUNK]))
-            part.with_suffix(".tmp.npz").rename(part)
-        with np.load(part) as loaded:
-            results.append(dict(loaded))
-        done = min(start + CHUNK, len(indices))
-        log(f"{name}: {done}/{len(indices)} ({done / (time.perf_counter() - started):.1f} photos/s this run)")
-    return results
+def cache_views(
+    out: Path, plan: list[tuple[int, int]], indices_of: Callable[[int], np.ndarray],
+    compute: Callable[[int, int, np.ndarray], dict[str, np.ndarray]], extra: dict[str, np.ndarray], log=print,
+) -> None:
+    """For every (view V, short side S) of ``plan`` not cached yet, ``out/size{S}_view{V}.npz``: the arrays of
+    ``compute(S, V, chunk)`` over the photos ``indices_of(V)``, concatenated, with ``indices`` and ``extra``.
+    Each CHUNK of photos is saved to ``out/parts`` as it is made (under a temporary name, then renamed, so a
+    half-written part is never taken) and reused by a run started again: a stopped cache loses at most one part."""
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    for view_index, short_side in plan:
+        final = out / f"size{short_side}_view{view_index}.npz"
+        if final.exists():
+            continue
+        indices, made, started = indices_of(view_index), [], time.perf_counter()
+        for start in range(0, len(indices), CHUNK):
+            part = parts / f"{final.stem}_{start:06d}.npz"
+            if not part.exists():
+                np.savez(part.with_suffix(".tmp.npz"), **compute(short_side, view_index, indices[start:start + CHUNK]))
+                part.with_suffix(".tmp.npz").rename(part)
+            with np.load(part) as loaded:
+                made.append(dict(loaded))
+            done = min(start + CHUNK, len(indices))
+            log(f"{final.stem}: {done}/{len(indices)} ({done / (time.perf_counter() - started):.1f} photos/s this run)")
+        np.savez(final, **{key: np.concatenate([m[key] for m in made]) for key in made[0]}, indices=indices, **extra)
 
 
 def pooled_part(
-    pooled: keras.Model, paths: list[Path], short_side: int, view_index: int, seed: int, chunk: np.ndarray
+    pooled: keras.Model, paths: list[Path], seed: int, short_side: int, view_index: int, chunk: np.ndarray
 ) -> dict[str, np.ndarray]:
     """One part of the cache: ``features``, ``pooled`` on view ``view_index`` of the photos ``paths[chunk]``."""
     return {"features": predict_probabilities(pooled, [view(paths[i], short_side, view_index, i, seed) for i in chunk])}
@@ -96,18 +100,10 @@ def cache_features(
     layer: str = FEATURE_LAYER,
 ) -> None:
     """Write ``out/size{S}_view{V}.npz`` (``features`` (N, K): ``layer``'s pooled maps, ``files``) for every (view V,
-    short side S) of ``plan``, in order, through ``cache_in_parts`` (``out/parts``)."""
-    pooled = feature_model(model, layer)
-    parts = out / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    for view_index, short_side in plan:
-        final = cache_part(out, short_side, view_index)
-        if final.exists():
-            continue
-        compute = partial(pooled_part, pooled, paths, short_side, view_index, seed)
-        made = cache_in_parts(parts, final.stem, np.arange(len(paths)), compute, log)
-        np.savez(final, features=np.concatenate([part["features"] for part in made]),
-                 files=np.asarray([str(p) for p in paths]))
+    short side S) of ``plan``, in order, through ``cache_views``."""
+    every_photo = np.arange(len(paths))
+    cache_views(out, plan, lambda _: every_photo, partial(pooled_part, feature_model(model, layer), paths, seed),
+                {"files": np.asarray([str(p) for p in paths])}, log)
 
 
 def cross_entropy(kernel: np.ndarray, features: np.ndarray, targets: np.ndarray, l2: float) -> tuple[float, np.ndarray]:

@@ -37,7 +37,7 @@ from cam.models.checkpoints import save_checkpoint
 from cam.train.head_training import (
     SPLIT_SEED,
     VALIDATION_FRACTION,
-    cache_in_parts,
+    cache_views,
     checkpoint_and_photos,
     plan_entry,
     view,
@@ -58,10 +58,6 @@ def cached_indices(num_photos: int, view_index: int) -> np.ndarray:
     if view_index == 0:
         return np.arange(num_photos)
     return np.sort(split_train_validation(num_photos, VALIDATION_FRACTION, SPLIT_SEED)[0])
-
-
-def maps_file(directory: Path, short_side: int, view_index: int) -> Path:
-    return directory / f"size{short_side}_view{view_index}.npz"
 
 
 def pack_maps(maps: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -88,7 +84,7 @@ def predict_maps(model: keras.Model, images: list[np.ndarray]) -> list[np.ndarra
 
 
 def maps_part(
-    lower: keras.Model, paths: list[Path], short_side: int, view_index: int, seed: int, chunk: np.ndarray
+    lower: keras.Model, paths: list[Path], seed: int, short_side: int, view_index: int, chunk: np.ndarray
 ) -> dict[str, np.ndarray]:
     """One part of the cache: ``lower``'s maps on view ``view_index`` of the photos ``paths[chunk]``, packed."""
     return pack_maps(predict_maps(lower, [view(paths[i], short_side, view_index, i, seed) for i in chunk]))
@@ -98,22 +94,10 @@ def cache_maps(
     model: keras.Model, paths: list[Path], out: Path, plan: list[tuple[int, int]], seed: int = 0, log=print
 ) -> None:
     """Write ``out/size{S}_view{V}.npz`` (``flat``, ``shapes``: ``CACHED_LAYER``'s maps; ``indices`` into ``paths``;
-    ``files``; ``fingerprint``) for every (view V, short side S) of ``plan``, through ``cache_in_parts``
-    (``out/parts``)."""
+    ``files``; ``fingerprint``) for every (view V, short side S) of ``plan``, through ``cache_views``."""
     lower = keras.Model(model.inputs, model.get_layer(CACHED_LAYER).output)
-    fingerprint = frozen_fingerprint(model)
-    parts = out / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    for view_index, short_side in plan:
-        final = maps_file(out, short_side, view_index)
-        if final.exists():
-            continue
-        indices = cached_indices(len(paths), view_index)
-        compute = partial(maps_part, lower, paths, short_side, view_index, seed)
-        made = cache_in_parts(parts, final.stem, indices, compute, log)
-        np.savez(final, flat=np.concatenate([part["flat"] for part in made]),
-                 shapes=np.concatenate([part["shapes"] for part in made]),
-                 indices=indices, files=np.asarray([str(p) for p in paths]), fingerprint=fingerprint)
+    cache_views(out, plan, partial(cached_indices, len(paths)), partial(maps_part, lower, paths, seed),
+                {"files": np.asarray([str(p) for p in paths]), "fingerprint": frozen_fingerprint(model)}, log)
 
 
 def load_maps(directory: Path, paths: list[Path], fingerprint: float) -> dict[tuple[int, int], tuple[np.ndarray, list]]:
