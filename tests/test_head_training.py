@@ -11,7 +11,7 @@ from PIL import Image
 from cam.core.catalog import checkpoint_path
 from cam.core.predict import predict_probabilities
 from cam.explain.methods import cam, grad_cam
-from cam.models.architectures import centre_classes, vgg16
+from cam.models.architectures import centre_classes, nopool_gap, vgg16
 from cam.models.checkpoints import load_checkpoint
 from cam.train import head_training
 
@@ -100,6 +100,29 @@ def test_the_new_model_keeps_the_trained_convolutions(linear_vgg) -> None:
     images = two_images(64, 64)
     pooled = predict_probabilities(head_training.feature_model(trained), list(images))
     np.testing.assert_allclose(predict_probabilities(model, images), softmax(pooled @ kernel), rtol=1e-4, atol=1e-6)
+
+
+def test_a_nopool_gap_keeps_its_layers_and_reads_the_kernel_with_its_bias_at_zero() -> None:
+    trained = nopool_gap(num_classes=3, filters=(4, 4), dilations=(1, 2))
+    trained.get_layer("logits").set_weights([np.ones((256, 3), "float32"), np.array([5.0, -1.0, 2.0], "float32")])
+    kernel = centre_classes(np.random.default_rng(5).normal(size=(256, 3)).astype("float32"))
+    model = head_training.linear_head_model(trained, kernel)
+    assert [layer.name for layer in model.layers] == [layer.name for layer in trained.layers]
+    np.testing.assert_array_equal(model.get_layer("conv2").get_weights()[0],
+                                  trained.get_layer("conv2").get_weights()[0])
+    np.testing.assert_array_equal(model.get_layer("logits").get_weights()[1], np.zeros(3))
+    images = two_images(24, 32)
+    pooled = predict_probabilities(head_training.feature_model(trained, "cam_features"), list(images))
+    np.testing.assert_allclose(predict_probabilities(model, images), softmax(pooled @ kernel), rtol=1e-4, atol=1e-6)
+
+
+def test_head_accuracy_counts_clean_views_only_and_adds_the_bias() -> None:
+    features = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    cache = {(128, 0): features, (128, 1): features[:, ::-1], (224, 0): features}  # view 1 would score 1/3
+    labels, photos = np.array([0, 1, 1]), np.arange(3)
+    assert head_training.head_accuracy(cache, photos, labels, np.eye(2)) == {"128": 2 / 3, "224": 2 / 3}
+    # A bias large enough for class 0 makes every photo class 0.
+    assert head_training.head_accuracy(cache, photos, labels, np.eye(2), np.array([5.0, 0.0]))["128"] == 1 / 3
 
 
 def test_a_stopped_cache_continues_from_its_saved_parts(tmp_path: Path, monkeypatch, linear_vgg) -> None:

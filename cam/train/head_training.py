@@ -1,10 +1,11 @@
 """The CPU route to a new head: keep a trained network's convolutions, cache their pooled features on many views
 of every training photo (several short sides, own aspect, clean and augmented), and fit the head on the cache.
 
-For VGG16 the head is CAM's (``cam.models.architectures.vgg16(head="linear")``): block5_conv3 -> GAP -> Dense without
-bias, with class-centred weights, so Grad-CAM equals CAM up to a constant and is never blank for the top class. A
-forward pass of VGG16 costs 0.1 s per photo on 2 cores, so the cache takes hours; every part of it is saved as it
-is made and a run started again continues where it stopped. Fitting the head on the cache takes seconds::
+The head is CAM's: the checkpoint's Grad-CAM layer (VGG16 ``block5_conv3``, NoPool-GAP ``cam_features``) -> GAP ->
+Dense without bias, with class-centred weights, so Grad-CAM equals CAM up to a constant and is never blank for the
+top class (VGG16 is rebuilt as ``cam.models.architectures.vgg16(head="linear")``). A forward pass costs 0.1 s per
+photo on 2 cores (both networks at short side 128), so the cache takes hours; every part of it is saved as it is
+made and a run started again continues where it stopped. Fitting the head on the cache takes seconds::
 
     python -m cam.train.head_training cache --checkpoint checkpoints/vgg16_photos.keras --data ../shared/data/photos4 \\
         --out runs/head/vgg16 --plan 0:128 0:224 1:160 1:192
@@ -133,8 +134,15 @@ def fit_linear_head(features: np.ndarray, targets: np.ndarray, l2: float, scale:
 
 
 def linear_head_model(trained: keras.Model, kernel: np.ndarray) -> keras.Model:
-    """``cam.models.architectures.vgg16(head="linear")`` with the convolutions of ``trained`` and ``kernel`` as its
-    head."""
+    """``trained``'s convolutions with ``kernel`` as CAM's head (GAP -> Dense, no bias). VGG16 is rebuilt as
+    ``cam.models.architectures.vgg16(head="linear")``, so that an MLP head goes; any other network (NoPool-GAP,
+    whose head is GAP -> Dense already) keeps its layers, its Dense's bias set to 0."""
+    if "block5_conv3" not in [layer.name for layer in trained.layers]:
+        model = keras.models.clone_model(trained)
+        model.set_weights(trained.get_weights())
+        logits = model.get_layer("logits")
+        logits.set_weights([kernel, np.zeros(kernel.shape[1], np.float32)][:len(logits.get_weights())])
+        return model
     model = vgg16(num_classes=kernel.shape[1], batch_norm=False, head="linear")
     for layer in model.layers:
         if layer.weights and layer.name != "logits":
@@ -153,6 +161,14 @@ def load_cache(directory: Path, paths: list[Path]) -> dict[tuple[int, int], np.n
             raise ValueError(f"{path} was made from other photos than {paths[0].parent.parent}")
         found[size, view_index] = cached["features"]
     return found
+
+
+def head_accuracy(
+    cache: dict, photos: np.ndarray, labels: np.ndarray, kernel: np.ndarray, bias: np.ndarray | float = 0.0
+) -> dict[str, float]:
+    """Accuracy of the head (kernel, bias) on the clean views of ``photos``, by cached short side."""
+    return {f"{side}": float(((cache[side, 0][photos] @ kernel + bias).argmax(1) == labels[photos]).mean())
+            for side, view_index in cache if view_index == 0}
 
 
 def checkpoint_and_photos(checkpoint: Path, data: Path) -> tuple:
@@ -188,20 +204,24 @@ def main(argv: list[str] | None = None) -> None:
 
     trained, classes, paths, labels = checkpoint_and_photos(args.checkpoint, args.data)
     if args.step == "cache":
-        cache_features(trained.model, paths, args.cache, args.plan)
+        # The layer the head reads, which Grad-CAM reads too: block5_conv3 for VGG16, cam_features for NoPool-GAP.
+        cache_features(trained.model, paths, args.cache, args.plan, layer=trained.card["gradcam_layer"])
         return
     train, validation = split_train_validation(len(paths), VALIDATION_FRACTION, SPLIT_SEED)
     targets = teacher_targets(args.teacher, args.data, paths, labels, args.teacher_weight, len(classes))
     cache = load_cache(args.cache, paths)
     print(f"cached: {sorted(cache)}")
+    own = trained.model.get_layer("logits").get_weights()
+    if own[0].shape[0] == next(iter(cache.values())).shape[1]:  # the checkpoint's head reads these features: compare
+        print(f"the checkpoint's own head: validation accuracy (clean views) "
+              f"{head_accuracy(cache, validation, labels, *own)}")
     features = np.concatenate([cache[key][train] for key in cache])
     fit_targets = np.concatenate([targets[train]] * len(cache))
     scale = float(features.std())
     results = []
     for l2 in args.l2:
         kernel = fit_linear_head(features, fit_targets, l2, scale)
-        accuracy = {f"{s}": float(((cache[s, 0][validation] @ kernel).argmax(1) == labels[validation]).mean())
-                    for s, v in cache if v == 0}
+        accuracy = head_accuracy(cache, validation, labels, kernel)
         results.append((np.mean(list(accuracy.values())), l2, kernel, accuracy))
         print(f"l2 {l2:g}: validation accuracy (clean views) {accuracy}")
     _, l2, kernel, accuracy = max(results, key=lambda row: row[0])
@@ -217,11 +237,13 @@ def save_head(
     model = linear_head_model(trained.model, kernel)
     before = trained.card["training"]
     card = {**trained.card, "parameters": int(model.count_params())}
+    layer = trained.card["gradcam_layer"]
     card["training"] = {
-        "init": f"{before.get('init')}; fine-tuned by {before.get('trainer')} with an MLP head (see 'previous'); "
-                "these convolutions kept as they were, the head replaced by CAM's and fitted here",
-        "head": "block5_conv3 -> GAP -> Dense(4) without bias, weights centred over the classes (CAM's VGG head): "
-                "Grad-CAM at block5_conv3 is CAM / (h w), and the top class's map is never blank",
+        "init": f"{before.get('init')}; trained by {before.get('trainer')} (see 'previous'); these convolutions "
+                "kept as they were, the head fitted here",
+        "head": f"{layer} -> GAP -> Dense({kernel.shape[1]}) without bias (one the network has is set to 0), weights "
+                f"centred over the classes (CAM's head): Grad-CAM at {layer} is CAM / (h w), and the top class's map "
+                "is never blank",
         "trainer": "cam.train.head_training: the head fitted by L-BFGS (softmax cross-entropy, L2) on cached pooled "
                    f"features, on {describe_device()}",
         "views": f"(short side, view) {sorted(cached)}, own aspect; view 0 is the clean photo, the others "
