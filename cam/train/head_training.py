@@ -76,16 +76,17 @@ def cache_views(
         final = out / f"size{short_side}_view{view_index}.npz"
         if final.exists():
             continue
-        indices, made, started = indices_of(view_index), [], time.perf_counter()
+        indices, made, started, computed = indices_of(view_index), [], time.perf_counter(), 0
         for start in range(0, len(indices), CHUNK):
-            part = parts / f"{final.stem}_{start:06d}.npz"
+            part, chunk = parts / f"{final.stem}_{start:06d}.npz", indices[start:start + CHUNK]
             if not part.exists():
-                np.savez(part.with_suffix(".tmp.npz"), **compute(short_side, view_index, indices[start:start + CHUNK]))
+                np.savez(part.with_suffix(".tmp.npz"), **compute(short_side, view_index, chunk))
                 part.with_suffix(".tmp.npz").rename(part)
+                computed += len(chunk)  # parts reused from a stopped run do not count towards this run's speed
             with np.load(part) as loaded:
                 made.append(dict(loaded))
-            done = min(start + CHUNK, len(indices))
-            log(f"{final.stem}: {done}/{len(indices)} ({done / (time.perf_counter() - started):.1f} photos/s this run)")
+            speed = computed / (time.perf_counter() - started)
+            log(f"{final.stem}: {start + len(chunk)}/{len(indices)} ({speed:.1f} photos/s computed this run)")
         np.savez(final, **{key: np.concatenate([m[key] for m in made]) for key in made[0]}, indices=indices, **extra)
 
 
