@@ -64,7 +64,7 @@ def view(path: Path, short_side: int, view_index: int, image_index: int, seed: i
 
 def cache_views(
     out: Path, plan: list[tuple[int, int]], indices_of: Callable[[int], np.ndarray],
-    compute: Callable[[int, int, np.ndarray], dict[str, np.ndarray]], extra: dict[str, np.ndarray], log=print,
+    compute: Callable[[int, int, np.ndarray], dict[str, np.ndarray]], extra: dict[str, np.ndarray | float], log=print,
 ) -> None:
     """For every (view V, short side S) of ``plan`` not cached yet, ``out/size{S}_view{V}.npz``: the arrays of
     ``compute(S, V, chunk)`` over the photos ``indices_of(V)``, concatenated, with ``indices`` and ``extra``.
