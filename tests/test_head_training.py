@@ -139,6 +139,8 @@ def test_a_stopped_cache_continues_from_its_saved_parts(tmp_path: Path, monkeypa
     direct = predict_probabilities(head_training.feature_model(linear_vgg),
                                    [head_training.view(p, 32, 0, i) for i, p in enumerate(paths)])
     np.testing.assert_allclose(first[32, 0], direct, rtol=1e-5)
+    seconds = head_training.cache_seconds(out)
+    assert sorted(seconds) == ["size32_view0", "size32_view1"] and all(s >= 0 for s in seconds.values())
     # A run stopped after its parts: the final files are made again from the parts, no image is looked at again.
     for final in out.glob("*.npz"):
         final.unlink()
@@ -146,6 +148,8 @@ def test_a_stopped_cache_continues_from_its_saved_parts(tmp_path: Path, monkeypa
     head_training.cache_features(linear_vgg, paths, out, [(0, 32), (1, 32)], log=lambda _: None)
     again = head_training.load_cache(out, paths)
     np.testing.assert_array_equal(again[32, 1], first[32, 1])
+    # Each file knows what its parts cost when they were made, also when a later run put it together.
+    assert head_training.cache_seconds(out) == seconds
 
 
 shipped = checkpoint_path("vgg16_photos")

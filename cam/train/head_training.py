@@ -10,7 +10,7 @@ made and a run started again continues where it stopped. Fitting the head on the
     python -m cam.train.head_training cache --checkpoint checkpoints/vgg16_photos.keras --data ../shared/data/photos4 \\
         --out runs/head/vgg16 --plan 0:128 0:224 1:160 1:192
     python -m cam.train.head_training fit --checkpoint checkpoints/vgg16_photos.keras --data ../shared/data/photos4 \\
-        --cache runs/head/vgg16 --teacher runs/head/teacher_train.npz --out runs/head/checkpoint
+        --cache runs/head/vgg16 --teacher runs/head/teacher_train.npz --save runs/head/checkpoint
 
 View 0 is the clean photo at its own aspect (as the page feeds it); views 1.. are ``cam.train.augment.photo_augment``'s,
 each seeded by (seed, view, short side, image index).
@@ -67,7 +67,8 @@ def cache_views(
     compute: Callable[[int, int, np.ndarray], dict[str, np.ndarray]], extra: dict[str, np.ndarray | float], log=print,
 ) -> None:
     """For every (view V, short side S) of ``plan`` not cached yet, ``out/size{S}_view{V}.npz``: the arrays of
-    ``compute(S, V, chunk)`` over the photos ``indices_of(V)``, concatenated, with ``indices`` and ``extra``.
+    ``compute(S, V, chunk)`` over the photos ``indices_of(V)``, concatenated, with ``indices``, ``extra`` and
+    ``seconds`` (the computing time of each part; ``cache_seconds`` sums them).
     Each CHUNK of photos is saved to ``out/parts`` as it is made (under a temporary name, then renamed, so a
     half-written part is never taken) and reused by a run started again: a stopped cache loses at most one part."""
     parts = out / "parts"
@@ -80,11 +81,15 @@ def cache_views(
         for start in range(0, len(indices), CHUNK):
             part, chunk = parts / f"{final.stem}_{start:06d}.npz", indices[start:start + CHUNK]
             if not part.exists():
-                np.savez(part.with_suffix(".tmp.npz"), **compute(short_side, view_index, chunk))
+                part_started = time.perf_counter()
+                arrays = compute(short_side, view_index, chunk)
+                # Each part keeps the time it took, so that a cache made over several runs still knows its cost.
+                arrays["seconds"] = np.array([time.perf_counter() - part_started])
+                np.savez(part.with_suffix(".tmp.npz"), **arrays)
                 part.with_suffix(".tmp.npz").rename(part)
                 computed += len(chunk)  # parts reused from a stopped run do not count towards this run's speed
-            with np.load(part) as loaded:
-                made.append(dict(loaded))
+            with np.load(part) as loaded:  # parts made before parts were timed: time unknown
+                made.append({"seconds": np.array([np.nan]), **dict(loaded)})
             speed = computed / (time.perf_counter() - started)
             log(f"{final.stem}: {start + len(chunk)}/{len(indices)} ({speed:.1f} photos/s computed this run)")
         np.savez(final, **{key: np.concatenate([m[key] for m in made]) for key in made[0]}, indices=indices, **extra)
@@ -164,6 +169,17 @@ def load_cache(directory: Path, paths: list[Path]) -> dict[tuple[int, int], np.n
     return found
 
 
+def cache_seconds(directory: Path) -> dict[str, float]:
+    """The computing time of each complete (short side, view) of the cache in ``directory``, by file stem; None
+    where some part's time is unknown."""
+    seconds = {}
+    for path in sorted(directory.glob("size*_view*.npz")):
+        with np.load(path) as cached:
+            total = float(cached["seconds"].sum()) if "seconds" in cached else float("nan")
+        seconds[path.stem] = None if np.isnan(total) else round(total, 1)
+    return seconds
+
+
 def head_accuracy(
     cache: dict, photos: np.ndarray, labels: np.ndarray, kernel: np.ndarray, bias: np.ndarray | float = 0.0
 ) -> dict[str, float]:
@@ -208,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         # The layer the head reads, which Grad-CAM reads too: block5_conv3 for VGG16, cam_features for NoPool-GAP.
         cache_features(trained.model, paths, args.cache, args.plan, layer=trained.card["gradcam_layer"])
         return
+    started = time.perf_counter()
     train, validation = split_train_validation(len(paths), VALIDATION_FRACTION, SPLIT_SEED)
     targets = teacher_targets(args.teacher, args.data, paths, labels, args.teacher_weight, len(classes))
     cache = load_cache(args.cache, paths)
@@ -228,11 +245,13 @@ def main(argv: list[str] | None = None) -> None:
     _, l2, kernel, accuracy = max(results, key=lambda row: row[0])
     print(f"chosen l2 {l2:g}")
     if args.save:
-        save_head(trained, kernel, args, sorted(cache), accuracy, l2, len(train), len(validation))
+        seconds = {"cache": cache_seconds(args.cache), "fit": round(time.perf_counter() - started, 1)}
+        save_head(trained, kernel, args, sorted(cache), accuracy, l2, len(train), len(validation), seconds)
 
 
 def save_head(
-    trained, kernel: np.ndarray, args, cached: list, accuracy: dict, l2: float, n_train: int, n_validation: int
+    trained, kernel: np.ndarray, args, cached: list, accuracy: dict, l2: float, n_train: int, n_validation: int,
+    seconds: dict,
 ) -> Path:
     """Write the new checkpoint and its card (the trained card's fields kept, the head's recipe added)."""
     model = linear_head_model(trained.model, kernel)
@@ -254,6 +273,7 @@ def save_head(
         "l2": l2,
         "split": f"{n_train} train / {n_validation} validation from train/, seed {SPLIT_SEED}",
         "validation_accuracy_by_size": accuracy,
+        "seconds": seconds,  # {"cache": {file stem: s}, "fit": s}: where the CPU route's hours go
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "previous": trained.card["training"],
