@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 EXAMPLES_DIR = Path(__file__).resolve().parent
-# File -> what it shows (in the order of the gallery; the first one is the page's worked example: with the photo
-# pair, the horse is the built-in picture whose Grad-CAM map is not empty for its top class, horse; Chelsea's is).
+# File -> what it shows (in the order of the gallery; the first one is the page's worked example: at the standard
+# detail both networks of the photo pair call the drawing a horse, and its outline shows where each map looks).
 EXAMPLES = {
     "horse_drawing.png": "A drawing of a horse",
     "chelsea_cat.jpg": "Chelsea the cat",
