@@ -169,7 +169,7 @@ def load_cache(directory: Path, paths: list[Path]) -> dict[tuple[int, int], np.n
     return found
 
 
-def cache_seconds(directory: Path) -> dict[str, float]:
+def cache_seconds(directory: Path) -> dict[str, float | None]:
     """The computing time of each complete (short side, view) of the cache in ``directory``, by file stem; None
     where some part's time is unknown."""
     seconds = {}
