@@ -91,6 +91,14 @@ def test_the_fitted_head_separates_separable_features_and_is_centred() -> None:
     np.testing.assert_allclose(kernel.sum(axis=1), 0.0, atol=1e-5)
 
 
+def test_a_penalty_chosen_at_the_edge_of_the_grid_is_noted() -> None:
+    assert head_training.grid_edge_note(1e-4, [1e-4, 1e-3, 1e-2]) == (
+        "l2 0.0001 is the smallest tried: the best may lie beyond it; try smaller ones")
+    assert "largest tried" in head_training.grid_edge_note(1e-2, [1e-3, 1e-2, 1e-4])
+    assert head_training.grid_edge_note(1e-3, [1e-4, 1e-3, 1e-2]) is None
+    assert head_training.grid_edge_note(1e-3, [1e-3]) is None  # one value: no grid to be at the edge of
+
+
 def test_the_new_model_keeps_the_trained_convolutions(linear_vgg) -> None:
     trained = vgg16(num_classes=4, batch_norm=False, head_norm=True)
     kernel = centre_classes(np.random.default_rng(4).normal(size=(512, 4)).astype("float32"))

@@ -5,7 +5,7 @@ The head is CAM's: the checkpoint's Grad-CAM layer (VGG16 ``block5_conv3``, NoPo
 Dense without bias, with class-centred weights, so Grad-CAM equals CAM up to a constant and is never blank for the
 top class (VGG16 is rebuilt as ``cam.models.architectures.vgg16(head="linear")``). A forward pass costs 0.1 s per
 photo on 2 cores (both networks at short side 128), so the cache takes hours; every part of it is saved as it is
-made and a run started again continues where it stopped. Fitting the head on the cache takes seconds::
+made and a run started again continues where it stopped. Fitting the head on the cache takes minutes::
 
     python -m cam.train.head_training cache --checkpoint checkpoints/vgg16_photos.keras --data ../shared/data/photos4 \\
         --out runs/head/vgg16 --plan 0:128 0:224 1:160 1:192
@@ -139,6 +139,15 @@ def fit_linear_head(features: np.ndarray, targets: np.ndarray, l2: float, scale:
     return centre_classes(result.x.reshape(shape) / scale).astype(np.float32)
 
 
+def grid_edge_note(chosen: float, tried: list[float]) -> str | None:
+    """A note when the chosen penalty is the smallest or largest of several tried (the best may lie beyond it),
+    else None."""
+    if len(set(tried)) < 2 or min(tried) < chosen < max(tried):
+        return None
+    extreme, beyond = ("smallest", "smaller") if chosen == min(tried) else ("largest", "larger")
+    return f"l2 {chosen:g} is the {extreme} tried: the best may lie beyond it; try {beyond} ones"
+
+
 def linear_head_model(trained: keras.Model, kernel: np.ndarray) -> keras.Model:
     """``trained``'s convolutions with ``kernel`` as CAM's head (GAP -> Dense, no bias). VGG16 is rebuilt as
     ``cam.models.architectures.vgg16(head="linear")``, so that an MLP head goes; any other network (NoPool-GAP,
@@ -244,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"l2 {l2:g}: validation accuracy (clean views) {accuracy}")
     _, l2, kernel, accuracy = max(results, key=lambda row: row[0])
     print(f"chosen l2 {l2:g}")
+    if note := grid_edge_note(l2, args.l2):
+        print(note)
     if args.save:
         seconds = {"cache": cache_seconds(args.cache), "fit": round(time.perf_counter() - started, 1)}
         save_head(trained, kernel, args, sorted(cache), accuracy, l2, len(train), len(validation), seconds)
