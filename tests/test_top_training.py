@@ -1,14 +1,16 @@
-"""The CPU route that fine-tunes VGG16's block5 and head on cached block4_pool maps: the cached route computes the
-same network, an epoch shows each training photo once, the frozen blocks stay and the cache is tied to them."""
+"""The CPU route that fine-tunes a network's top on cached maps (VGG16: block5 and the head on block4_pool's maps;
+NoPool-GAP: its last convolutions and head on conv12's full-resolution maps, kept on disk): the cached route computes
+the same network, an epoch shows each training photo once, the frozen layers stay and the cache is tied to them."""
 
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from cam.models.architectures import centre_classes, vgg16
+from cam.models.architectures import centre_classes, nopool_gap, vgg16
 from cam.models.checkpoints import load_checkpoint, save_checkpoint
 from cam.train import head_training, top_training
 
@@ -36,6 +38,80 @@ def checkpoint(tmp_path_factory) -> Path:
             "preprocessing": "none", "gradcam_layer": "block5_conv3", "training": {"init": "random"}, "metrics": {}}
     return save_checkpoint(model, card, tmp_path_factory.mktemp("start"))
 
+
+@pytest.fixture(scope="module")
+def nopool_checkpoint(tmp_path_factory) -> Path:
+    """A 14-layer NoPool-GAP of 4 filters per layer (random weights and BatchNorm statistics, 2 classes)."""
+    model = nopool_gap(num_classes=2, filters=(4,) * 14, dilations=(1, 2) * 7)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([gamma, beta, rng.normal(size=mean.shape), rng.uniform(0.5, 2.0, variance.shape)])
+    card = {"name": "nopool_gap_photos", "architecture": "nopool_gap_dilated", "classes": ["bird", "cat"],
+            "input_size": 32, "preprocessing": "none", "gradcam_layer": "cam_features",
+            "training": {"init": "random"}, "metrics": {}}
+    return save_checkpoint(model, card, tmp_path_factory.mktemp("nopool"))
+
+
+def test_parts_concatenated_on_disk_equal_the_concatenation_in_memory(tmp_path: Path) -> None:
+    arrays = [np.arange(n * 6, dtype=np.float16).reshape(n, 6) + n for n in (3, 1, 5)]
+    parts = []
+    for index, array in enumerate(arrays):
+        parts.append(tmp_path / f"part{index}.npz")
+        np.savez(parts[-1], flat=array, other=np.zeros(2))
+    head_training.concatenate_to_npy(parts, "flat", tmp_path / "whole.npy")
+    whole = np.load(tmp_path / "whole.npy", mmap_mode="r")
+    assert whole.dtype == np.float16
+    np.testing.assert_array_equal(whole, np.concatenate(arrays))
+    np.savez(parts[1], flat=arrays[1].astype(np.float32))
+    with pytest.raises(ValueError, match="differ in type"):
+        head_training.concatenate_to_npy(parts, "flat", tmp_path / "mixed.npy")
+
+
+def test_the_nopool_top_on_its_full_resolution_maps_on_disk_gives_the_whole_networks_logits(
+    tmp_path: Path, photo_folder, nopool_checkpoint
+) -> None:
+    model = load_checkpoint(nopool_checkpoint).model
+    paths = sorted((photo_folder / "train").glob("*/*.png"))
+    top_training.cache_maps(model, paths, tmp_path, [(0, 32)], log=lambda _: None)
+    assert not list((tmp_path / "parts").iterdir())  # the maps are on disk once, in size32_view0.flat.npy
+    indices, maps = top_training.load_maps(tmp_path, paths, top_training.frozen_fingerprint(model))[32, 0]
+    assert isinstance(maps[0].base, np.memmap)
+    top = top_training.top_model(model)
+    assert [layer.name for layer in top.layers[1:4]] == ["conv13", "conv13_bn", "conv13_relu"]
+    # Trained as it predicts: no dropout, BatchNorm frozen (a head fitted without dropout breaks with it).
+    batch = maps[0][None].astype("float32")
+    np.testing.assert_array_equal(top(batch, training=True), top(batch, training=False))
+    for index, path in enumerate(paths):
+        clean = head_training.view(path, 32, 0, index)
+        assert maps[index].shape == (*clean.shape[:2], 4)  # no pooling: the photo's own size
+        whole = model.predict_on_batch(clean[None].astype("float32"))[0]
+        logits = top.predict_on_batch(maps[index][None].astype("float32"))[0]
+        np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(), whole, atol=2e-3)
+
+
+def test_fitting_the_nopool_top_keeps_the_lower_layers_and_the_batchnorm_statistics(
+    tmp_path: Path, monkeypatch, photo_folder, nopool_checkpoint
+) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    common = ["--checkpoint", str(nopool_checkpoint), "--data", str(photo_folder), "--cache", str(cache)]
+    top_training.main(["cache", *common, "--plan", "0:32"])
+    scores = iter((0.5, 0.9))
+    monkeypatch.setattr(top_training, "clean_accuracy", lambda *args: {"32": next(scores)})
+    top_training.main(["fit", *common, "--epochs", "1", "--lr", "1e-2", "--batch-size", "2", "--out", str(out)])
+    before = load_checkpoint(nopool_checkpoint).model
+    after = load_checkpoint(out / "nopool_gap_photos.keras").model
+    for name in ("conv1", "conv12", "conv12_bn", "conv13_bn", "conv14_bn"):  # BatchNorm in the top is frozen too
+        for old, new in zip(before.get_layer(name).get_weights(), after.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(new, old)
+    assert after.get_layer("conv13_bn").trainable  # saved as it was, for a later fit
+    for name in ("conv13", "conv14", "cam_features"):
+        assert not np.array_equal(after.get_layer(name).get_weights()[0], before.get_layer(name).get_weights()[0])
+    np.testing.assert_array_equal(after.get_layer("logits").get_weights()[1], 0)  # CAM's head: no bias
+    card = json.loads((out / "nopool_gap_photos.json").read_text())
+    assert "conv12_relu" in card["training"]["init"]
+    assert "conv13, conv14, cam_features, logits fine-tuned" in card["training"]["trainer"]
 
 def test_packed_maps_of_several_shapes_come_back_unchanged() -> None:
     maps = [np.arange(n * 3 * 5, dtype=np.float32).reshape(n, 3, 5) for n in (1, 2, 4)]
@@ -123,7 +199,7 @@ def test_a_cache_made_by_other_frozen_blocks_is_refused(tmp_path: Path, photo_fo
     model = load_checkpoint(checkpoint).model
     paths = sorted((photo_folder / "train").glob("*/*.png"))
     top_training.cache_maps(model, paths, tmp_path, [(0, 32)], log=lambda _: None)
-    with pytest.raises(ValueError, match="other blocks 1-4"):
+    with pytest.raises(ValueError, match="other frozen layers"):
         top_training.load_maps(tmp_path, paths, top_training.frozen_fingerprint(model) + 1.0)
     with pytest.raises(ValueError, match="other photos"):
         top_training.load_maps(tmp_path, paths[::-1], top_training.frozen_fingerprint(model))

@@ -23,6 +23,7 @@ import datetime
 import os
 import platform
 import time
+import zipfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -65,12 +66,16 @@ def view(path: Path, short_side: int, view_index: int, image_index: int, seed: i
 def cache_views(
     out: Path, plan: list[tuple[int, int]], indices_of: Callable[[int], np.ndarray],
     compute: Callable[[int, int, np.ndarray], dict[str, np.ndarray]], extra: dict[str, np.ndarray | float], log=print,
+    on_disk: tuple[str, ...] = (),
 ) -> None:
     """For every (view V, short side S) of ``plan`` not cached yet, ``out/size{S}_view{V}.npz``: the arrays of
     ``compute(S, V, chunk)`` over the photos ``indices_of(V)``, concatenated, with ``indices``, ``extra`` and
     ``seconds`` (the computing time of each part; ``cache_seconds`` sums them).
     Each CHUNK of photos is saved to ``out/parts`` as it is made (under a temporary name, then renamed, so a
-    half-written part is never taken) and reused by a run started again: a stopped cache loses at most one part."""
+    half-written part is never taken) and reused by a run started again: a stopped cache loses at most one part.
+    The arrays named in ``on_disk`` (too large for memory: NoPool-GAP's full-resolution maps) go instead to
+    ``out/size{S}_view{V}.{name}.npy``, part by part, for ``np.load(..., mmap_mode="r")``; their parts are then
+    deleted, so the disk holds them once."""
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     for view_index, short_side in plan:
@@ -89,10 +94,43 @@ def cache_views(
                 part.with_suffix(".tmp.npz").rename(part)
                 computed += len(chunk)  # parts reused from a stopped run do not count towards this run's speed
             with np.load(part) as loaded:  # parts made before parts were timed: time unknown
-                made.append({"seconds": np.array([np.nan]), **dict(loaded)})
+                made.append({"seconds": np.array([np.nan]),
+                             **{key: loaded[key] for key in loaded.files if key not in on_disk}})
             speed = computed / (time.perf_counter() - started)
             log(f"{final.stem}: {start + len(chunk)}/{len(indices)} ({speed:.1f} photos/s computed this run)")
+        part_paths = [parts / f"{final.stem}_{start:06d}.npz" for start in range(0, len(indices), CHUNK)]
+        for name in on_disk:
+            concatenate_to_npy(part_paths, name, out / f"{final.stem}.{name}.npy")
         np.savez(final, **{key: np.concatenate([m[key] for m in made]) for key in made[0]}, indices=indices, **extra)
+        if on_disk:
+            for part in part_paths:
+                part.unlink()
+
+
+def concatenate_to_npy(parts: list[Path], name: str, path: Path) -> None:
+    """Concatenate the array ``name`` of the .npz files ``parts`` (along axis 0) into the .npy file ``path``, one
+    part in memory at a time (written under a temporary name, then renamed)."""
+    shapes, dtypes = [], set()
+    for part in parts:  # the shapes from the arrays' headers, without reading the arrays
+        with zipfile.ZipFile(part) as archive, archive.open(f"{name}.npy") as header:
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(header)]
+            shape, _, dtype = read_header(header)
+        shapes.append(shape)
+        dtypes.add(dtype)
+    if len(dtypes) != 1:
+        raise ValueError(f"the parts' '{name}' arrays differ in type: {dtypes}")
+    total = (sum(shape[0] for shape in shapes), *shapes[0][1:])
+    temporary = path.with_suffix(".tmp.npy")
+    whole = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtypes.pop(), shape=total)
+    at = 0
+    for part, shape in zip(parts, shapes, strict=True):
+        with np.load(part) as loaded:
+            whole[at:at + shape[0]] = loaded[name]
+        at += shape[0]
+    whole.flush()
+    del whole
+    temporary.rename(path)
 
 
 def pooled_part(

@@ -1,10 +1,14 @@
-"""The CPU route to a new top of VGG16: cache ``block4_pool``'s maps on views of every training photo, then fine-tune
-``block5`` and the head on the cache.
+"""The CPU route to a new top of a photo network: cache the maps of a layer near the top (``CACHED_LAYERS``) on views
+of every training photo, then fine-tune the layers above it on the cache.
 
-The forward pass up to ``block4_pool`` is most of VGG16's cost, so once it is cached a training step of the top is
-about 6 times cheaper than a forward pass of the whole network (2 cores: 0.08 s per photo to cache at short side 128,
-0.013 s per photo to train the top on it). The frozen blocks 1-4 are the checkpoint's; a cache remembers which
-weights made it, and a run started from another checkpoint with other blocks 1-4 is refused::
+VGG16: ``block4_pool`` is cached and ``block5`` and the head are trained; the forward pass up to ``block4_pool`` is most
+of VGG16's cost, so a training step of the top is about 6 times cheaper than a forward pass of the whole network (2
+cores: 0.08 s per photo to cache at short side 128, 0.013 s per photo to train the top on it). NoPool-GAP:
+``conv12_relu`` is cached and the last two 3x3 convolutions, ``cam_features`` and the head are trained; its maps are
+at the photo's full resolution (2.8 MB per photo at short side 128 in float16), so the cache stays on disk and is
+memory-mapped. BatchNorm layers in the top stay frozen (inference mode): the cache holds fewer sizes than the network
+was trained on, and their statistics are the multi-scale training's. The frozen layers are the checkpoint's; a cache
+remembers which weights made it, and a run started from a checkpoint with other frozen layers is refused::
 
     python -m cam.train.top_training cache --checkpoint checkpoints/vgg16_photos.keras --data ../shared/data/photos4 \\
         --cache runs/top/vgg16 --plan 0:128 0:224 1:128 1:224
@@ -44,13 +48,30 @@ from cam.train.head_training import (
 )
 from cam.train.training import teacher_targets
 
-CACHED_LAYER = "block4_pool"
-TOP_LAYERS = ("block5_conv1", "block5_conv2", "block5_conv3", "gap", "dropout", "logits")
+# For each architecture (the builder's model name), the layer whose maps are cached: it and all below stay frozen.
+CACHED_LAYERS = {"vgg16": "block4_pool", "nopool_gap": "conv12_relu"}
+
+
+def cached_layer(model: keras.Model) -> str:
+    """The layer of ``model`` whose maps are cached (``CACHED_LAYERS``)."""
+    if model.name not in CACHED_LAYERS:
+        raise ValueError(f"no top to train for a '{model.name}' network: known are {sorted(CACHED_LAYERS)}")
+    return CACHED_LAYERS[model.name]
+
+
+def top_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers above the cached one, up to ``logits``: what ``fit`` trains."""
+    names = [layer.name for layer in model.layers]
+    return model.layers[names.index(cached_layer(model)) + 1:names.index("logits") + 1]
 
 
 def frozen_fingerprint(model: keras.Model) -> float:
-    """A number that changes when the frozen blocks change: the sum of ``block4_conv3``'s kernel."""
-    return float(np.sum(model.get_layer("block4_conv3").get_weights()[0], dtype=np.float64))
+    """A number that changes when the frozen layers change: the sum of the kernel of the last convolution below the
+    cached layer."""
+    names = [layer.name for layer in model.layers]
+    below = model.layers[:names.index(cached_layer(model)) + 1]
+    last_convolution = [layer for layer in below if isinstance(layer, keras.layers.Conv2D)][-1]
+    return float(np.sum(last_convolution.get_weights()[0], dtype=np.float64))
 
 
 def cached_indices(num_photos: int, view_index: int) -> np.ndarray:
@@ -93,16 +114,18 @@ def maps_part(
 def cache_maps(
     model: keras.Model, paths: list[Path], out: Path, plan: list[tuple[int, int]], seed: int = 0, log=print
 ) -> None:
-    """Write ``out/size{S}_view{V}.npz`` (``flat``, ``shapes``: ``CACHED_LAYER``'s maps; ``indices`` into ``paths``;
-    ``files``; ``fingerprint``) for every (view V, short side S) of ``plan``, through ``cache_views``."""
-    lower = keras.Model(model.inputs, model.get_layer(CACHED_LAYER).output)
+    """Write ``out/size{S}_view{V}.npz`` (``shapes`` of the cached layer's maps; ``indices`` into ``paths``;
+    ``files``; ``fingerprint``) and the maps themselves, flat, to ``out/size{S}_view{V}.flat.npy`` for every (view V,
+    short side S) of ``plan``, through ``cache_views``."""
+    lower = keras.Model(model.inputs, model.get_layer(cached_layer(model)).output)
     cache_views(out, plan, partial(cached_indices, len(paths)), partial(maps_part, lower, paths, seed),
-                {"files": np.asarray([str(p) for p in paths]), "fingerprint": frozen_fingerprint(model)}, log)
+                {"files": np.asarray([str(p) for p in paths]), "fingerprint": frozen_fingerprint(model)}, log,
+                on_disk=("flat",))
 
 
 def load_maps(directory: Path, paths: list[Path], fingerprint: float) -> dict[tuple[int, int], tuple[np.ndarray, list]]:
-    """Every complete (short side, view) of the cache: (indices into ``paths``, maps), checked to be of ``paths``
-    and of the frozen blocks with ``fingerprint``."""
+    """Every complete (short side, view) of the cache: (indices into ``paths``, maps, memory-mapped), checked to be
+    of ``paths`` and of the frozen layers with ``fingerprint``."""
     found = {}
     for path in sorted(directory.glob("size*_view*.npz")):
         size, view_index = (int(part) for part in path.stem.removeprefix("size").split("_view"))
@@ -110,21 +133,37 @@ def load_maps(directory: Path, paths: list[Path], fingerprint: float) -> dict[tu
             if list(cached["files"]) != [str(p) for p in paths]:
                 raise ValueError(f"{path} was made from other photos than {paths[0].parent.parent}")
             if not np.isclose(float(cached["fingerprint"]), fingerprint, rtol=1e-6):
-                raise ValueError(f"{path} was made by other blocks 1-4 than this checkpoint's")
-            found[size, view_index] = (cached["indices"], unpack_maps(cached["flat"], cached["shapes"]))
+                raise ValueError(f"{path} was made by other frozen layers than this checkpoint's")
+            flat = np.load(path.with_suffix(".flat.npy"), mmap_mode="r")
+            found[size, view_index] = (cached["indices"], unpack_maps(flat, cached["shapes"]))
     if not found:
         raise ValueError(f"no cached maps in {directory}: run the cache step first")
     return found
 
 
 def top_model(model: keras.Model) -> keras.Model:
-    """(B, h, w, 512) ``CACHED_LAYER`` maps -> logits, through ``model``'s own top layers (shared: training this
-    trains ``model``)."""
-    maps = keras.Input((None, None, model.get_layer(CACHED_LAYER).output.shape[-1]))
+    """(B, h, w, C) maps of the cached layer -> logits, through ``model``'s own top layers (shared: training this
+    trains ``model``), without dropout: a head fitted by ``head_training`` (NoPool-GAP's) has large weights of both
+    signs whose sum cancels, and dropping features broke that (an epoch's training loss 9.6, 0.58 without; 2026-12-07).
+    Frozen in it: BatchNorm layers (``trainable`` False: inference mode, statistics, scale and
+    offset kept; ``save_top`` saves them trainable, as they were) and a bias the head has (NoPool-GAP's, kept at 0:
+    with it, Grad-CAM would no longer be CAM up to a constant)."""
+    logits = model.get_layer("logits")
+    if logits.use_bias:
+        logits.bias.trainable = False
+    for layer in normalisations(model):
+        layer.trainable = False
+    maps = keras.Input((None, None, model.get_layer(cached_layer(model)).output.shape[-1]))
     outputs = maps
-    for name in TOP_LAYERS:
-        outputs = model.get_layer(name)(outputs)
+    for layer in top_layers(model):
+        if not isinstance(layer, keras.layers.Dropout):
+            outputs = layer(outputs)
     return keras.Model(maps, outputs)
+
+
+def normalisations(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """The BatchNorm layers of ``model``'s top."""
+    return [layer for layer in top_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def balanced_draw(train: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -205,12 +244,13 @@ def save_top(trained, args, accuracy: dict, best_epoch: int, history: list, seco
     """Write the network (its head centred over the classes) and its card, the trained card's fields kept."""
     logits = trained.model.get_layer("logits")
     kernel = logits.get_weights()
-    logits.set_weights([centre_classes(kernel[0])])
+    logits.set_weights([centre_classes(kernel[0]), *kernel[1:]])
     card = {**trained.card, "metrics": {}}
+    trained_layers = ", ".join(layer.name for layer in top_layers(trained.model) if layer.trainable_weights)
     card["training"] = {
-        "init": "the checkpoint in 'previous', blocks 1-4 kept frozen",
-        "trainer": f"cam.train.top_training: block5 and the head fine-tuned on cached {CACHED_LAYER} maps, on "
-                   f"{describe_device()}",
+        "init": f"the checkpoint in 'previous', its layers up to {cached_layer(trained.model)} kept frozen",
+        "trainer": f"cam.train.top_training: {trained_layers} fine-tuned on cached {cached_layer(trained.model)} "
+                   f"maps (BatchNorm layers frozen, no dropout), on {describe_device()}",
         "views": f"(short side, view) {cached}, own aspect; view 0 is the clean photo, the others "
                  "cam.train.augment.photo_augment's; an epoch draws as many photos as the training split "
                  "holds, classes equally often, each in one of its cached views at random; photos4's short side "
@@ -230,7 +270,12 @@ def save_top(trained, args, accuracy: dict, best_epoch: int, history: list, seco
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "previous": trained.card["training"],
     }
+    frozen = normalisations(trained.model)
+    for layer in frozen:  # frozen for this fit only: a later fit from the checkpoint may train them
+        layer.trainable = True
     path = save_checkpoint(trained.model, card, args.out)
+    for layer in frozen:
+        layer.trainable = False
     logits.set_weights(kernel)
     return path
 
@@ -239,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cam.train.top_training", description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("cache", "fit"))
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="the VGG16 whose blocks 1-4 stay (fit: and whose top is trained further)")
+                        help="the network whose lower layers stay (fit: and whose top is trained further)")
     parser.add_argument("--data", type=Path, required=True, help="image-folder root with train/<class>/")
     parser.add_argument("--plan", type=plan_entry, nargs="+", metavar="V:S", default=[(0, 128), (0, 224), (1, 128)],
                         help="cache: the views (0 clean, 1.. augmented) and short sides to cache, in order")
