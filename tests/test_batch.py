@@ -241,7 +241,7 @@ def assert_nested_close(actual, expected, rtol: float = 1e-6) -> None:
         assert isinstance(actual, list | tuple) and len(actual) == len(expected)
         for one, other in zip(actual, expected, strict=True):
             assert_nested_close(one, other, rtol)
-    elif isinstance(expected, float | np.floating) and not isinstance(expected, bool):
+    elif isinstance(expected, float | np.floating):
         assert actual == pytest.approx(expected, rel=rtol, abs=1e-9, nan_ok=True)
     else:
         assert actual == expected

@@ -113,6 +113,7 @@ def test_fitting_the_nopool_top_keeps_the_lower_layers_and_the_batchnorm_statist
     assert "conv12_relu" in card["training"]["init"]
     assert "conv13, conv14, cam_features, logits fine-tuned" in card["training"]["trainer"]
 
+
 def test_packed_maps_of_several_shapes_come_back_unchanged() -> None:
     maps = [np.arange(n * 3 * 5, dtype=np.float32).reshape(n, 3, 5) for n in (1, 2, 4)]
     packed = top_training.pack_maps(maps)

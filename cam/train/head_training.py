@@ -82,9 +82,10 @@ def cache_views(
         final = out / f"size{short_side}_view{view_index}.npz"
         if final.exists():
             continue
-        indices, made, started, computed = indices_of(view_index), [], time.perf_counter(), 0
+        indices, made, part_paths, started, computed = indices_of(view_index), [], [], time.perf_counter(), 0
         for start in range(0, len(indices), CHUNK):
             part, chunk = parts / f"{final.stem}_{start:06d}.npz", indices[start:start + CHUNK]
+            part_paths.append(part)
             if not part.exists():
                 part_started = time.perf_counter()
                 arrays = compute(short_side, view_index, chunk)
@@ -98,7 +99,6 @@ def cache_views(
                              **{key: loaded[key] for key in loaded.files if key not in on_disk}})
             speed = computed / (time.perf_counter() - started)
             log(f"{final.stem}: {start + len(chunk)}/{len(indices)} ({speed:.1f} photos/s computed this run)")
-        part_paths = [parts / f"{final.stem}_{start:06d}.npz" for start in range(0, len(indices), CHUNK)]
         for name in on_disk:
             concatenate_to_npy(part_paths, name, out / f"{final.stem}.{name}.npy")
         np.savez(final, **{key: np.concatenate([m[key] for m in made]) for key in made[0]}, indices=indices, **extra)

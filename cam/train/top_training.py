@@ -59,17 +59,20 @@ def cached_layer(model: keras.Model) -> str:
     return CACHED_LAYERS[model.name]
 
 
+def layer_position(model: keras.Model, name: str) -> int:
+    """Where the layer ``name`` is in ``model.layers``."""
+    return [layer.name for layer in model.layers].index(name)
+
+
 def top_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers above the cached one, up to ``logits``: what ``fit`` trains."""
-    names = [layer.name for layer in model.layers]
-    return model.layers[names.index(cached_layer(model)) + 1:names.index("logits") + 1]
+    """The layers above the cached one, up to ``logits`` (``fit`` trains those with weights, BatchNorm excepted)."""
+    return model.layers[layer_position(model, cached_layer(model)) + 1:layer_position(model, "logits") + 1]
 
 
 def frozen_fingerprint(model: keras.Model) -> float:
     """A number that changes when the frozen layers change: the sum of the kernel of the last convolution below the
     cached layer."""
-    names = [layer.name for layer in model.layers]
-    below = model.layers[:names.index(cached_layer(model)) + 1]
+    below = model.layers[:layer_position(model, cached_layer(model)) + 1]
     last_convolution = [layer for layer in below if isinstance(layer, keras.layers.Conv2D)][-1]
     return float(np.sum(last_convolution.get_weights()[0], dtype=np.float64))
 
