@@ -5,7 +5,6 @@ the same network, an epoch shows each training photo once, the frozen layers sta
 import json
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +12,7 @@ from PIL import Image
 from cam.models.architectures import centre_classes, nopool_gap, vgg16
 from cam.models.checkpoints import load_checkpoint, save_checkpoint
 from cam.train import head_training, top_training
+from tests.test_gpu_training import randomise_batch_norms
 
 SHAPES = [(40, 30), (30, 40), (32, 32), (48, 32), (32, 32), (36, 32), (32, 40), (40, 30)]
 
@@ -43,11 +43,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def nopool_checkpoint(tmp_path_factory) -> Path:
     """A 14-layer NoPool-GAP of 4 filters per layer (random weights and BatchNorm statistics, 2 classes)."""
     model = nopool_gap(num_classes=2, filters=(4,) * 14, dilations=(1, 2) * 7)
-    rng = np.random.default_rng(1)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, variance = layer.get_weights()
-            layer.set_weights([gamma, beta, rng.normal(size=mean.shape), rng.uniform(0.5, 2.0, variance.shape)])
+    randomise_batch_norms(model, 1)
     card = {"name": "nopool_gap_photos", "architecture": "nopool_gap_dilated", "classes": ["bird", "cat"],
             "input_size": 32, "preprocessing": "none", "gradcam_layer": "cam_features",
             "training": {"init": "random"}, "metrics": {}}
